@@ -1,0 +1,458 @@
+"""Hugging Face <-> albert-jax checkpoints: one table of (Flax path, HF key, transform), with checks.
+
+    python -m albert_jax.hf_convert hf-to-orbax HF_DIR OUT_DIR [--head=...] [--overwrite]
+    python -m albert_jax.hf_convert orbax-to-hf CKPT_DIR OUT_DIR [--head=...] [--spm_model=...]
+
+An HF directory is `config.json` + `model.safetensors` (or `pytorch_model.bin`, read only with
+`torch.load(weights_only=True)` when torch is installed, or a sharded `*.index.json`). Exports
+write `config.json`, `model.safetensors` and, given a SentencePiece model, the tokenizer files,
+loadable by `transformers.AlbertFor*.from_pretrained(dir)` with no missing or unused weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import mmap
+import shutil
+import struct
+import sys
+from pathlib import Path
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+import safetensors.numpy
+
+from albert_jax import checkpointing
+from albert_jax.model import (AlbertConfig, HEADS, abstract_params, head_from_architecture,
+                              init_params, make_model)
+
+log = logging.getLogger(__name__)
+
+Array = np.ndarray
+
+
+# ----------------------------------------------------------------------------- the table
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One parameter: where it lives in the Flax tree and in the HF state dict, and how to map it."""
+  flax: str  # "/"-joined path in the Flax params tree
+  hf: str  # key in the HF state dict
+  to_hf: Callable[[Array], Array]
+  from_hf: Callable[[Array], Array]
+  backbone: bool  # embeddings/encoder weights (a head change keeps them)
+
+
+_COPY = (lambda x: x, lambda x: x)
+_TRANSPOSE = (lambda k: k.T, lambda w: w.T)  # Dense: Flax kernel [in, out], torch weight [out, in]
+
+
+def _layer_rows(cfg: AlbertConfig, f: str, h: str) -> list[tuple[str, str, tuple]]:
+  """The shared AlbertLayer. Flax keeps attention heads as their own axis (for sharding)."""
+  H, heads, d = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
+  qkv_kernel = (lambda k: k.reshape(H, heads * d).T, lambda w: w.T.reshape(H, heads, d))
+  qkv_bias = (lambda b: b.reshape(heads * d), lambda b: b.reshape(heads, d))
+  out_kernel = (lambda k: k.reshape(heads * d, H).T, lambda w: w.T.reshape(heads, d, H))
+  rows = []
+  for proj in ("query", "key", "value"):
+    rows += [(f"{f}/attention/{proj}/kernel", f"{h}.attention.{proj}.weight", qkv_kernel),
+             (f"{f}/attention/{proj}/bias", f"{h}.attention.{proj}.bias", qkv_bias)]
+  rows += [
+      (f"{f}/attention/dense/kernel", f"{h}.attention.dense.weight", out_kernel),
+      (f"{f}/attention/dense/bias", f"{h}.attention.dense.bias", _COPY),
+      (f"{f}/attention/LayerNorm/scale", f"{h}.attention.LayerNorm.weight", _COPY),
+      (f"{f}/attention/LayerNorm/bias", f"{h}.attention.LayerNorm.bias", _COPY),
+      (f"{f}/ffn/kernel", f"{h}.ffn.weight", _TRANSPOSE),
+      (f"{f}/ffn/bias", f"{h}.ffn.bias", _COPY),
+      (f"{f}/ffn_output/kernel", f"{h}.ffn_output.weight", _TRANSPOSE),
+      (f"{f}/ffn_output/bias", f"{h}.ffn_output.bias", _COPY),
+      (f"{f}/full_layer_layer_norm/scale", f"{h}.full_layer_layer_norm.weight", _COPY),
+      (f"{f}/full_layer_layer_norm/bias", f"{h}.full_layer_layer_norm.bias", _COPY),
+  ]
+  return rows
+
+
+def _dense(f, h):
+  return [(f"{f}/kernel", f"{h}.weight", _TRANSPOSE), (f"{f}/bias", f"{h}.bias", _COPY)]
+
+
+def _layer_norm(f, h):
+  return [(f"{f}/scale", f"{h}.weight", _COPY), (f"{f}/bias", f"{h}.bias", _COPY)]
+
+
+# Heads whose AlbertModel has the pooler (HF builds the others with add_pooling_layer=False).
+_POOLED = {"base", "pretraining", "sequence_classification", "multiple_choice"}
+
+# HF state-dict keys that carry no information of their own: buffers and tied copies.
+_TIED_OR_BUFFER = ("embeddings.position_ids", "embeddings.token_type_ids",
+                   "predictions.decoder.weight", "predictions.decoder.bias")
+
+
+def param_table(cfg: AlbertConfig, head: str) -> list[Row]:
+  """Every parameter of `head` for `cfg`: Flax path, HF key, transform. The single source of truth."""
+  if head not in HEADS:
+    raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
+  fp, hp = ("", "") if head == "base" else ("albert/", "albert.")
+  backbone = [
+      (f"{fp}embeddings/word_embeddings/embedding", f"{hp}embeddings.word_embeddings.weight", _COPY),
+      (f"{fp}embeddings/position_embeddings/embedding",
+       f"{hp}embeddings.position_embeddings.weight", _COPY),
+      (f"{fp}embeddings/token_type_embeddings/embedding",
+       f"{hp}embeddings.token_type_embeddings.weight", _COPY),
+      *_layer_norm(f"{fp}embeddings/LayerNorm", f"{hp}embeddings.LayerNorm"),
+      *_dense(f"{fp}encoder/embedding_hidden_mapping_in", f"{hp}encoder.embedding_hidden_mapping_in"),
+  ]
+  for g in range(cfg.num_hidden_groups):
+    for i in range(cfg.inner_group_num):
+      backbone += _layer_rows(cfg, f"{fp}encoder/albert_layer_groups_{g}/albert_layers_{i}",
+                              f"{hp}encoder.albert_layer_groups.{g}.albert_layers.{i}")
+  rest = _dense(f"{fp}pooler", f"{hp}pooler") if head in _POOLED else []
+  if head in ("pretraining", "masked_lm"):
+    rest += [*_dense("predictions/dense", "predictions.dense"),
+             *_layer_norm("predictions/LayerNorm", "predictions.LayerNorm"),
+             ("predictions/bias", "predictions.bias", _COPY)]
+  if head == "pretraining":
+    rest += _dense("sop_classifier/classifier", "sop_classifier.classifier")
+  if head in ("sequence_classification", "token_classification", "multiple_choice"):
+    rest += _dense("classifier", "classifier")
+  if head == "question_answering":
+    rest += _dense("qa_outputs", "qa_outputs")
+  return ([Row(f, h, *t, backbone=True) for f, h, t in backbone]
+          + [Row(f, h, *t, backbone=False) for f, h, t in rest])
+
+
+# ----------------------------------------------------------------------------- flat trees
+
+def flatten(tree) -> dict[str, Array]:
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
+  return flat
+
+
+def unflatten(flat: dict[str, Array]) -> dict:
+  tree: dict = {}
+  for path, leaf in flat.items():
+    node = tree
+    *parents, name = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[name] = leaf
+  return tree
+
+
+def _expected_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
+  """Flax path -> shape for `head`, traced without allocating anything."""
+  abstract = nn.unbox(abstract_params(make_model(cfg, head)))
+  return {k: tuple(v.shape) for k, v in flatten(abstract).items()}
+
+
+# ----------------------------------------------------------------------------- reading HF files
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _reject_duplicates(pairs):
+  seen = {}
+  for key, value in pairs:
+    if key in seen:
+      raise ValueError(f"duplicate tensor name {key!r} in the safetensors header")
+    seen[key] = value
+  return seen
+
+
+def read_safetensors(path: str | Path) -> dict[str, Array]:
+  """Reads a safetensors file strictly: duplicate names, bad offsets and NaN/Inf are errors.
+
+  The safetensors library accepts a header with duplicate names (the last one wins) and
+  non-finite values; a checkpoint that holds either is broken, so we refuse it here.
+  """
+  import ml_dtypes
+  dtypes = {**_ST_DTYPES, "BF16": ml_dtypes.bfloat16}
+  path = Path(path)
+  with open(path, "rb") as f:
+    size = path.stat().st_size
+    if size < 8:
+      raise ValueError(f"{path}: not a safetensors file ({size} bytes)")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > size - 8:
+      raise ValueError(f"{path}: header length {n} exceeds the file size {size}")
+    try:
+      header = json.loads(f.read(n), object_pairs_hook=_reject_duplicates)
+    except ValueError as e:
+      raise ValueError(f"{path}: invalid safetensors header: {e}") from None
+    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else b""
+  header.pop("__metadata__", None)
+  tensors = {}
+  for key, info in header.items():
+    if info.get("dtype") not in dtypes:
+      raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
+    dtype = np.dtype(dtypes[info["dtype"]])
+    shape = tuple(info["shape"])
+    start, end = info["data_offsets"]
+    count = int(np.prod(shape, dtype=np.int64))
+    if not 0 <= start <= end <= size - 8 - n or end - start != count * dtype.itemsize:
+      raise ValueError(f"{path}: tensor {key!r} has data_offsets {info['data_offsets']} that do "
+                       f"not fit shape {shape} {info['dtype']} in the file")
+    tensors[key] = np.frombuffer(buf, dtype, count, 8 + n + start).reshape(shape)
+  return tensors
+
+
+def _read_torch_bin(path: Path) -> dict[str, Array]:
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(
+        f"{path} is a PyTorch pickle; reading it needs torch (`pip install torch`), or convert "
+        "it to model.safetensors with transformers first") from None
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # weights_only refuses arbitrary pickles; never fall back
+    raise ValueError(f"{path}: torch.load(weights_only=True) refused the file ({e}); it is not a "
+                     "plain state dict and will not be unpickled") from None
+  if not isinstance(state, dict):
+    raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+  out = {}
+  for key, t in state.items():
+    if not isinstance(t, torch.Tensor):
+      raise ValueError(f"{path}: entry {key!r} is a {type(t).__name__}, not a tensor")
+    t = t.detach()
+    out[key] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+  return out
+
+
+def read_hf_weights(hf_dir: str | Path) -> dict[str, Array]:
+  """The state dict of an HF directory, from safetensors (preferred) or pytorch_model.bin."""
+  hf_dir = Path(hf_dir)
+  for name, reader in (("model.safetensors", read_safetensors),
+                       ("pytorch_model.bin", _read_torch_bin)):
+    if (hf_dir / name).is_file():
+      tensors = reader(hf_dir / name)
+      break
+    index = hf_dir / f"{name}.index.json"
+    if index.is_file():
+      shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+      tensors = {}
+      for shard in shards:
+        part = reader(hf_dir / shard)
+        for key in part.keys() & tensors.keys():
+          raise ValueError(f"{index}: tensor {key!r} appears in more than one shard")
+        tensors.update(part)
+      break
+  else:
+    found = sorted(p.name for p in hf_dir.iterdir()) if hf_dir.is_dir() else []
+    raise FileNotFoundError(f"{hf_dir}: no model.safetensors or pytorch_model.bin (found {found})")
+  for key, t in tensors.items():
+    if np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16":
+      bad = ~np.isfinite(t.astype(np.float32))
+      if bad.any():
+        raise ValueError(f"{hf_dir}: tensor {key!r} holds {int(bad.sum())} non-finite values")
+  return tensors
+
+
+def read_hf_config(hf_dir: str | Path) -> tuple[AlbertConfig, str | None]:
+  """(config, head the checkpoint was saved from, or None) from `config.json`."""
+  path = Path(hf_dir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: not a Hugging Face model directory")
+  d = json.loads(path.read_text())
+  if "model_type" not in d:
+    raise ValueError(f"{path} has no model_type; expected 'albert'")
+  try:
+    config = AlbertConfig.from_hf_dict(d)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+  archs = d.get("architectures") or []
+  return config, (head_from_architecture(archs[0]) if archs else None)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def from_hf_state_dict(config: AlbertConfig, tensors: dict[str, Array], head: str,
+                       source_head: str | None, seed: int = 0) -> dict:
+  """Flax params for `head` from an HF state dict saved from `source_head` (None: unknown).
+
+  Loading into the head the checkpoint was saved from is strict: every tensor must be there,
+  with the right shape, and nothing may be left over. Loading into another head keeps the
+  backbone and initialises what the checkpoint lacks, saying so, as transformers does.
+  """
+  strict = source_head == head
+  src_prefixed = any(k.startswith("albert.") for k in tensors)
+  if "predictions.bias" not in tensors and "predictions.decoder.bias" in tensors:
+    tensors = {**tensors, "predictions.bias": tensors["predictions.decoder.bias"]}
+  expected = _expected_shapes(config, head)
+  flat, used, new = {}, set(), []
+  for row in param_table(config, head):
+    key = row.hf
+    if head == "base" or key.startswith("albert."):  # AlbertModel weights: add or strip "albert."
+      key = ("albert." if src_prefixed else "") + key.removeprefix("albert.")
+    hf_shape = row.to_hf(np.empty(expected[row.flax], np.float32)).shape
+    if key not in tensors:
+      if strict or row.backbone:
+        raise KeyError(f"missing tensor {key!r} (shape {hf_shape}) for the {head} head")
+      new.append(row.flax)
+      continue
+    t = tensors[key]
+    if t.shape != hf_shape:
+      raise ValueError(f"tensor {key!r} has shape {tuple(t.shape)} but the config expects "
+                       f"{hf_shape} (Flax {row.flax} {expected[row.flax]})")
+    flat[row.flax] = np.ascontiguousarray(row.from_hf(t).astype(np.float32))
+    used.add(key)
+  unused = sorted(k for k in tensors.keys() - used if not k.endswith(_TIED_OR_BUFFER))
+  if unused and strict:
+    raise ValueError(f"unexpected tensors for the {head} head: {unused}")
+  if unused:
+    log.warning("Checkpoint weights not used by the %s head: %s", head, unused)
+  if new:
+    log.warning("Newly initialised %s weights (not in the checkpoint; train them): %s", head, new)
+    fresh = flatten(init_params(make_model(config, head), seed))
+    flat.update({k: np.asarray(fresh[k]) for k in new})
+  return unflatten(flat)
+
+
+def to_hf_state_dict(config: AlbertConfig, params, head: str) -> dict[str, Array]:
+  """The HF state dict (as transformers saves it: no tied copies) for Flax `params`."""
+  flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+  expected = _expected_shapes(config, head)
+  rows = param_table(config, head)
+  extra = sorted(flat.keys() - {r.flax for r in rows})
+  if extra:
+    raise ValueError(f"parameters not part of the {head} head for this config: {extra}")
+  out = {}
+  for row in rows:
+    if row.flax not in flat:
+      raise KeyError(f"missing parameter {row.flax!r} (shape {expected[row.flax]}) "
+                     f"for the {head} head")
+    if flat[row.flax].shape != expected[row.flax]:
+      raise ValueError(f"parameter {row.flax!r} has shape {flat[row.flax].shape} but the config "
+                       f"expects {expected[row.flax]} (HF {row.hf})")
+    out[row.hf] = np.ascontiguousarray(row.to_hf(flat[row.flax]))
+  return out
+
+
+def infer_head(params) -> str:
+  """The head a params tree belongs to, from its top-level names."""
+  if "albert" not in params:
+    return "base"
+  names = set(params) - {"albert"}
+  if "sop_classifier" in names:
+    return "pretraining"
+  if "predictions" in names:
+    return "masked_lm"
+  if "qa_outputs" in names:
+    return "question_answering"
+  raise ValueError("cannot tell the head from the parameters (sequence/token/multiple-choice "
+                   "classification share their names); pass head=...")
+
+
+# ----------------------------------------------------------------------------- public API
+
+def load(path, head: str | None = None, seed: int = 0) -> tuple[AlbertConfig, dict, str]:
+  """(config, params, head) from an HF directory; `head` defaults to the saved architecture."""
+  config, source_head = read_hf_config(path)
+  head = head or source_head or "base"
+  if head not in HEADS:
+    raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
+  tensors = read_hf_weights(path)
+  try:
+    params = from_hf_state_dict(config, tensors, head, source_head, seed)
+  except (KeyError, ValueError) as e:
+    raise type(e)(f"{path}: {e.args[0]}") from None
+  return config, params, head
+
+
+def _write_tokenizer(out: Path, spm_model: str | Path, config: AlbertConfig) -> None:
+  """spiece.model plus the tokenizer files transformers' AlbertTokenizer reads."""
+  shutil.copyfile(spm_model, out / "spiece.model")
+  special = {"bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "<unk>",
+             "sep_token": "[SEP]", "pad_token": "<pad>", "cls_token": "[CLS]",
+             "mask_token": {"content": "[MASK]", "lstrip": True, "rstrip": False,
+                            "normalized": False, "single_word": False}}
+  checkpointing.write_json_atomic(out / "special_tokens_map.json", special)
+  checkpointing.write_json_atomic(out / "tokenizer_config.json", {
+      **special, "tokenizer_class": "AlbertTokenizer", "do_lower_case": True,
+      "remove_space": True, "keep_accents": False,
+      "model_max_length": config.max_position_embeddings})
+
+
+def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=None,
+         overwrite: bool = False) -> Path:
+  """Writes an HF directory for `params`; `tokenizer` is a `spiece.model` path (or has .vocab_file).
+
+  Everything is written to a temporary directory first and renamed into place.
+  """
+  head = head or infer_head(params)
+  tensors = to_hf_state_dict(config, params, head)
+  spm = getattr(tokenizer, "vocab_file", tokenizer)
+  if spm is not None and not Path(spm).is_file():
+    raise FileNotFoundError(f"tokenizer model {spm} not found")
+  with checkpointing.atomic_directory(path, overwrite) as tmp:
+    hf_config = {"architectures": [HEADS[head][1]], **config.to_hf_dict()}
+    checkpointing.write_json_atomic(tmp / "config.json", hf_config)
+    safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if spm is not None:
+      _write_tokenizer(tmp, spm, config)
+  return Path(path)
+
+
+def load_any(path, head: str | None = None, seed: int = 0) -> tuple[AlbertConfig, dict, str]:
+  """(config, params, head) from an HF directory or an albert-jax (Orbax) model directory."""
+  if checkpointing.is_model_dir(path):
+    config, params, saved_head = checkpointing.load_model_dir(path)
+    if head in (None, saved_head):
+      return config, params, saved_head
+    # Another head: go through the HF state dict, so heads change by one set of rules.
+    tensors = to_hf_state_dict(config, params, saved_head)
+    return config, from_hf_state_dict(config, tensors, head, saved_head, seed), head
+  return load(path, head, seed)
+
+
+def from_pretrained(path, head: str | None = None, seed: int = 0, **runtime):
+  """(module, params) for an HF or Orbax model directory; `runtime`: dtype, remat_policy, ..."""
+  config, params, head = load_any(path, head, seed)
+  return make_model(config, head, **runtime), params
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m albert_jax.hf_convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  for name, help_ in (("hf-to-orbax", "HF directory -> albert-jax model directory (Orbax)"),
+                      ("orbax-to-hf", "albert-jax model directory (Orbax) -> HF directory")):
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--head", choices=sorted(HEADS), default=None,
+                   help="head to write (default: the source's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.add_argument("--spm_model", default=None,
+                   help="SentencePiece model to include (default: the source's spiece.model)")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  try:
+    if args.command == "hf-to-orbax":
+      config, params, head = load(args.src, args.head)
+      spm = args.spm_model or checkpointing.spm_model_in(args.src)
+      checkpointing.save_model_dir(args.dst, config, params, head, spm, args.overwrite)
+    else:
+      config, params, head = load_any(args.src, args.head)
+      spm = args.spm_model or checkpointing.spm_model_in(args.src)
+      save(config, params, args.dst, head, spm, args.overwrite)
+  except (FileNotFoundError, FileExistsError, KeyError, ValueError, ImportError) as e:
+    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    return 1
+  n = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
+  print(f"wrote {args.dst}: {head} head, {n:,} parameters")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

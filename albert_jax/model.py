@@ -1,0 +1,604 @@
+"""ALBERT in Flax linen: the config, the shared layer scanned over depth, and every HF head.
+
+Module and parameter names mirror Hugging Face's `modeling_albert.py`, so the conversion table in
+`hf_convert.py` reads as a list of renames. Parameters carry logical axis names only
+(`vocab`, `emb`, `hidden`, `heads`, `kv`, `mlp`); activations use `batch`, `length` and `act_*`.
+`sharding.py` maps those names onto a mesh; no mesh axis is named here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclasses.dataclass(frozen=True)
+class AlbertConfig:
+  """The model's hyperparameters; field names and defaults are Hugging Face's `AlbertConfig`."""
+
+  vocab_size: int = 30000
+  embedding_size: int = 128
+  hidden_size: int = 4096
+  num_hidden_layers: int = 12
+  num_hidden_groups: int = 1
+  num_attention_heads: int = 64
+  intermediate_size: int = 16384
+  inner_group_num: int = 1
+  hidden_act: str = "gelu_new"
+  hidden_dropout_prob: float = 0.0
+  attention_probs_dropout_prob: float = 0.0
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  initializer_range: float = 0.02
+  layer_norm_eps: float = 1e-12
+  classifier_dropout_prob: float = 0.1
+  pad_token_id: int = 0
+  bos_token_id: int = 2
+  eos_token_id: int = 3
+  # Classification heads (HF keeps these on PretrainedConfig): `num_labels` outputs, named by
+  # `id2label` when the checkpoint names them. num_labels == 1 means regression.
+  num_labels: int = 2
+  id2label: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    problems = []
+    if self.hidden_size % self.num_attention_heads:
+      problems.append(f"hidden_size={self.hidden_size} is not divisible by "
+                      f"num_attention_heads={self.num_attention_heads}")
+    if self.num_hidden_groups < 1 or self.num_hidden_layers % self.num_hidden_groups:
+      problems.append(f"num_hidden_layers={self.num_hidden_layers} is not a multiple of "
+                      f"num_hidden_groups={self.num_hidden_groups}")
+    if self.inner_group_num < 1:
+      problems.append(f"inner_group_num={self.inner_group_num} must be >= 1")
+    if self.hidden_act not in ACTIVATIONS:
+      problems.append(f"hidden_act={self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+    if self.id2label and len(self.id2label) != self.num_labels:
+      problems.append(f"id2label has {len(self.id2label)} names but num_labels={self.num_labels}")
+    if problems:
+      raise ValueError("Invalid AlbertConfig: " + "; ".join(problems))
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  def replace(self, **changes) -> "AlbertConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_hf_dict(cls, d: dict) -> "AlbertConfig":
+    """Builds a config from a Hugging Face `config.json` dict; unknown keys are ignored."""
+    model_type = d.get("model_type", "albert")
+    if model_type != "albert":
+      raise ValueError(f"config.json has model_type={model_type!r}; only 'albert' is supported")
+    pet = d.get("position_embedding_type", "absolute")
+    if pet != "absolute":
+      raise ValueError(f"config.json has position_embedding_type={pet!r}; only 'absolute' is "
+                       "supported (every released ALBERT checkpoint uses it)")
+    names = {f.name for f in dataclasses.fields(cls)} - {"num_labels", "id2label"}
+    kwargs = {k: d[k] for k in names if k in d and d[k] is not None}
+    if d.get("id2label"):
+      labels = {int(k): v for k, v in d["id2label"].items()}
+      if sorted(labels) != list(range(len(labels))):
+        raise ValueError(f"config.json id2label keys {sorted(labels)} are not 0..n-1")
+      kwargs["num_labels"] = len(labels)
+      names_ = tuple(labels[i] for i in range(len(labels)))
+      if names_ != tuple(f"LABEL_{i}" for i in range(len(labels))):
+        kwargs["id2label"] = names_
+    elif "num_labels" in d:
+      kwargs["num_labels"] = int(d["num_labels"])
+    return cls(**kwargs)
+
+  def to_hf_dict(self) -> dict:
+    """The `config.json` dict Hugging Face writes for this config (without `architectures`)."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    d.pop("num_labels")
+    labels = d.pop("id2label") or tuple(f"LABEL_{i}" for i in range(self.num_labels))
+    d["id2label"] = {str(i): name for i, name in enumerate(labels)}
+    d["label2id"] = {name: i for i, name in enumerate(labels)}
+    d["model_type"] = "albert"
+    d["position_embedding_type"] = "absolute"
+    return d
+
+
+def _preset(hidden, layers, heads, intermediate):
+  return dict(embedding_size=128, hidden_size=hidden, num_hidden_layers=layers,
+              num_attention_heads=heads, intermediate_size=intermediate)
+
+
+# The released ALBERT sizes (paper, Table 1). v2 differs from v1 only in these settings.
+SIZES = {
+    "base": _preset(768, 12, 12, 3072),
+    "large": _preset(1024, 24, 16, 4096),
+    "xlarge": _preset(2048, 24, 16, 8192),
+    "xxlarge": _preset(4096, 12, 64, 16384),
+}
+VERSIONS = {
+    "v1": dict(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+    "v2": dict(hidden_act="gelu_new", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+}
+
+
+def preset(name: str, **overrides) -> AlbertConfig:
+  """`preset("large")`, `preset("large-v1")`, `preset("albert-base-v2", vocab_size=...)`."""
+  key = name.removeprefix("albert-").replace(",", "-")
+  size, _, version = key.partition("-")
+  version = version or "v2"
+  if size not in SIZES or version not in VERSIONS:
+    raise ValueError(f"Unknown ALBERT preset {name!r}: sizes {sorted(SIZES)}, versions "
+                     f"{sorted(VERSIONS)} (e.g. 'large' or 'large-v1')")
+  return AlbertConfig(**{**SIZES[size], **VERSIONS[version], **overrides})
+
+
+# ----------------------------------------------------------------------------- activations
+
+def _gelu_tanh(x):
+  return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_erf(x):
+  return jax.nn.gelu(x, approximate=False)
+
+
+# Hugging Face's ACT2FN names, computed the same way.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": _gelu_erf,
+    "gelu_python": _gelu_erf,
+    "gelu_new": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "gelu_10": lambda x: jnp.clip(_gelu_erf(x), -10.0, 10.0),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+    "relu6": jax.nn.relu6,
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "linear": lambda x: x,
+}
+
+# Rematerialisation of the scanned layer (`remat_policy`): what the backward pass may keep.
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+@flax.struct.dataclass
+class BaseModelOutput:
+  last_hidden_state: jax.Array
+  pooler_output: jax.Array | None = None
+  hidden_states: tuple[jax.Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class PreTrainingOutput:
+  prediction_logits: jax.Array
+  sop_logits: jax.Array
+  hidden_states: tuple[jax.Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class MaskedLMOutput:
+  logits: jax.Array
+  hidden_states: tuple[jax.Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class ClassifierOutput:
+  """Sequence, token and multiple-choice classification."""
+  logits: jax.Array
+  hidden_states: tuple[jax.Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class QuestionAnsweringOutput:
+  start_logits: jax.Array
+  end_logits: jax.Array
+  hidden_states: tuple[jax.Array, ...] | None = None
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def tf_truncated_normal(stddev: float):
+  """The original's `tf.truncated_normal_initializer`: N(0, stddev) cut at 2 stddev, not rescaled."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32).astype(dtype) * stddev
+  return init
+
+
+class _Albert(nn.Module):
+  """Fields every ALBERT module shares: the config and how to run it."""
+  config: AlbertConfig
+  dtype: Dtype = jnp.float32  # compute dtype (bf16 on accelerators)
+  param_dtype: Dtype = jnp.float32
+  remat_policy: str = "none"  # a key of REMAT_POLICIES
+  scan_layers: bool = True  # False: a Python loop over the same shared weights (for tests)
+
+  @property
+  def runtime(self) -> dict:
+    return dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
+                remat_policy=self.remat_policy, scan_layers=self.scan_layers)
+
+  def dense(self, features, axes, name, in_axes=-1):
+    """A Dense (or DenseGeneral) whose kernel and bias carry logical axis names `axes`."""
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features, axis=in_axes, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            tf_truncated_normal(self.config.initializer_range), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-n_out:]),
+        name=name)
+
+  def layer_norm(self, axis_name, name):
+    return nn.LayerNorm(
+        epsilon=self.config.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis_name,)),
+        name=name)
+
+  def dropout(self, rate, x, deterministic):
+    return nn.Dropout(rate=rate)(x, deterministic=deterministic)
+
+
+class AlbertEmbeddings(_Albert):
+  """Word + position + token-type embeddings (E-dim), LayerNorm, dropout."""
+
+  def setup(self):
+    cfg = self.config
+    def embed(num, axes):
+      return nn.Embed(num, cfg.embedding_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                      embedding_init=nn.with_logical_partitioning(
+                          tf_truncated_normal(cfg.initializer_range), axes))
+    self.word_embeddings = embed(cfg.vocab_size, ("vocab", "emb"))
+    self.position_embeddings = embed(cfg.max_position_embeddings, (None, "emb"))
+    self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "emb"))
+    self.LayerNorm = self.layer_norm("emb", None)
+    self.drop = nn.Dropout(rate=cfg.hidden_dropout_prob)
+
+  def __call__(self, input_ids, token_type_ids, position_ids, deterministic):
+    x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+         + self.token_type_embeddings(token_type_ids))
+    x = self.drop(self.LayerNorm(x), deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "act_emb"))
+
+  def attend(self, x):
+    """x @ word_embeddings.T: the MLM decoder, tied to the input embeddings."""
+    return self.word_embeddings.attend(x)
+
+
+class AlbertAttention(_Albert):
+  """Multi-head self-attention, output projection, dropout, residual, LayerNorm."""
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic):
+    cfg = self.config
+    heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+    def project(name):  # [batch, length, hidden] -> [batch, length, heads, head_dim]
+      y = self.dense((heads, head_dim), ("hidden", "heads", "kv"), name)(x)
+      return nn.with_logical_constraint(y, ("batch", "length", "act_heads", "act_kv"))
+    q, k, v = project("query"), project("key"), project("value")
+
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
+    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    probs = self.dropout(cfg.attention_probs_dropout_prob, probs, deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+    out = self.dense(cfg.hidden_size, ("heads", "kv", "hidden"), "dense", in_axes=(-2, -1))(context)
+    out = self.dropout(cfg.hidden_dropout_prob, out, deterministic)
+    return self.layer_norm("hidden", "LayerNorm")(x + out)
+
+
+class AlbertLayer(_Albert):
+  """The transformer layer ALBERT shares across depth: attention block, then FFN block."""
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic):
+    cfg = self.config
+    x = AlbertAttention(**self.runtime, name="attention")(x, mask, deterministic)
+    h = self.dense(cfg.intermediate_size, ("hidden", "mlp"), "ffn")(x)
+    h = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "act_mlp"))
+    h = self.dense(cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)
+    # The original applies dropout to the FFN output; HF's port drops it (same at eval time).
+    h = self.dropout(cfg.hidden_dropout_prob, h, deterministic)
+    x = self.layer_norm("hidden", "full_layer_layer_norm")(h + x)
+    return nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
+
+
+class AlbertLayerGroup(_Albert):
+  """`inner_group_num` layers applied in sequence: one iteration of the scan (carry -> carry)."""
+  deterministic: bool = True
+  output_hidden_states: bool = False  # emit the carry per iteration (costs [L, ...] memory)
+
+  @nn.compact
+  def __call__(self, x, mask):
+    for i in range(self.config.inner_group_num):
+      x = AlbertLayer(**self.runtime, name=f"albert_layers_{i}")(x, mask, self.deterministic)
+    return x, (x if self.output_hidden_states else None)
+
+
+class AlbertTransformer(_Albert):
+  """E->H projection, then each of the `num_hidden_groups` groups applied L/G times in a row.
+
+  Each group's weights exist once (`variable_broadcast="params"`) however many times the scan
+  applies them, so depth costs neither parameters nor compile time. Layer i uses group
+  i // (L / G), as in Hugging Face; G == L is the paper's not-shared ablation.
+  """
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic, output_hidden_states=False):
+    cfg = self.config
+    x = self.dense(cfg.hidden_size, ("emb", "hidden"), "embedding_hidden_mapping_in")(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
+    repeats = cfg.num_hidden_layers // cfg.num_hidden_groups
+    group_cls = AlbertLayerGroup
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+    if self.remat_policy != "none":
+      group_cls = nn.remat(group_cls, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+    all_hidden = [x]
+    for g in range(cfg.num_hidden_groups):
+      name = f"albert_layer_groups_{g}"
+      if self.scan_layers:
+        stack = nn.scan(group_cls, variable_broadcast="params",
+                        split_rngs={"params": False, "dropout": True},
+                        in_axes=nn.broadcast, length=repeats)
+        x, ys = stack(**self.runtime, deterministic=deterministic,
+                      output_hidden_states=output_hidden_states, name=name)(x, mask)
+        if output_hidden_states:
+          all_hidden.extend(ys[i] for i in range(repeats))
+      else:
+        group = group_cls(**self.runtime, deterministic=deterministic, name=name)
+        for _ in range(repeats):
+          x, _ = group(x, mask)
+          all_hidden.append(x)
+    return x, (tuple(all_hidden) if output_hidden_states else None)
+
+
+def _default_inputs(input_ids, attention_mask, token_type_ids, position_ids):
+  if attention_mask is None:
+    attention_mask = jnp.ones_like(input_ids)
+  if token_type_ids is None:
+    token_type_ids = jnp.zeros_like(input_ids)
+  if position_ids is None:
+    position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+  return attention_mask, token_type_ids, position_ids
+
+
+# ----------------------------------------------------------------------------- models and heads
+
+class AlbertModel(_Albert):
+  """The backbone: `last_hidden_state` [batch, length, hidden] and `pooler_output` [batch, hidden]."""
+  add_pooling_layer: bool = True
+
+  def setup(self):
+    self.embeddings = AlbertEmbeddings(**self.runtime)
+    self.encoder = AlbertTransformer(**self.runtime)
+    if self.add_pooling_layer:
+      self.pooler = self.dense(self.config.hidden_size, ("hidden", None), None)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               deterministic: bool = True, output_hidden_states: bool = False) -> BaseModelOutput:
+    attention_mask, token_type_ids, position_ids = _default_inputs(
+        input_ids, attention_mask, token_type_ids, position_ids)
+    x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+    x, hidden_states = self.encoder(x, attention_mask.astype(bool), deterministic,
+                                    output_hidden_states)
+    pooled = jnp.tanh(self.pooler(x[:, 0])) if self.add_pooling_layer else None
+    return BaseModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states)
+
+  def attend(self, x):
+    return self.embeddings.attend(x)
+
+
+class AlbertMLMHead(_Albert):
+  """H->E dense, activation, LayerNorm, then the decoder tied to the word embeddings + a bias."""
+
+  @nn.compact
+  def __call__(self, x, attend):
+    cfg = self.config
+    x = self.dense(cfg.embedding_size, ("hidden", "emb"), "dense")(x)
+    x = self.layer_norm("emb", "LayerNorm")(ACTIVATIONS[cfg.hidden_act](x))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                      (cfg.vocab_size,), self.param_dtype)
+    logits = attend(x) + bias.astype(self.dtype)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+
+def _gather(x, positions):
+  """x [batch, length, hidden] at positions [batch, P] -> [batch, P, hidden]."""
+  return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class AlbertForPreTraining(_Albert):
+  """MLM (`prediction_logits`) + sentence-order prediction (`sop_logits`).
+
+  With `masked_lm_positions` [batch, P], MLM logits are computed at those positions only
+  ([batch, P, vocab]), as the original does: the vocab projection is most of the head's cost.
+  """
+
+  def setup(self):
+    self.albert = AlbertModel(**self.runtime)
+    self.predictions = AlbertMLMHead(**self.runtime)
+    self.sop_classifier = _SOPHead(**self.runtime)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               deterministic: bool = True, output_hidden_states: bool = False,
+               masked_lm_positions=None) -> PreTrainingOutput:
+    out = self.albert(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                      output_hidden_states)
+    x = out.last_hidden_state
+    if masked_lm_positions is not None:
+      x = _gather(x, masked_lm_positions)
+    return PreTrainingOutput(
+        prediction_logits=self.predictions(x, self.albert.attend),
+        sop_logits=self.sop_classifier(out.pooler_output, deterministic),
+        hidden_states=out.hidden_states)
+
+
+class _SOPHead(_Albert):
+  """Dropout + Dense on the pooled output; its HF key is `sop_classifier.classifier`.
+
+  Its width is `num_labels`, as in HF (2 for every released checkpoint: in order / swapped).
+  """
+
+  @nn.compact
+  def __call__(self, pooled, deterministic):
+    pooled = self.dropout(self.config.classifier_dropout_prob, pooled, deterministic)
+    logits = self.dense(self.config.num_labels, ("hidden", None), "classifier")(pooled)
+    return logits.astype(jnp.float32)
+
+
+class AlbertForMaskedLM(_Albert):
+  """MLM logits over the vocabulary (at `masked_lm_positions` only, when given)."""
+
+  def setup(self):
+    self.albert = AlbertModel(**self.runtime, add_pooling_layer=False)
+    self.predictions = AlbertMLMHead(**self.runtime)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               deterministic: bool = True, output_hidden_states: bool = False,
+               masked_lm_positions=None) -> MaskedLMOutput:
+    out = self.albert(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                      output_hidden_states)
+    x = out.last_hidden_state
+    if masked_lm_positions is not None:
+      x = _gather(x, masked_lm_positions)
+    return MaskedLMOutput(logits=self.predictions(x, self.albert.attend),
+                          hidden_states=out.hidden_states)
+
+
+class AlbertForSequenceClassification(_Albert):
+  """`num_labels` logits from the pooled output (one logit = regression)."""
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               deterministic: bool = True, output_hidden_states: bool = False) -> ClassifierOutput:
+    out = AlbertModel(**self.runtime, name="albert")(
+        input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+        output_hidden_states)
+    x = self.dropout(self.config.classifier_dropout_prob, out.pooler_output, deterministic)
+    logits = self.dense(self.config.num_labels, ("hidden", None), "classifier")(x)
+    return ClassifierOutput(logits=logits.astype(jnp.float32), hidden_states=out.hidden_states)
+
+
+class AlbertForTokenClassification(_Albert):
+  """`num_labels` logits for every token."""
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               deterministic: bool = True, output_hidden_states: bool = False) -> ClassifierOutput:
+    out = AlbertModel(**self.runtime, add_pooling_layer=False, name="albert")(
+        input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+        output_hidden_states)
+    x = self.dropout(self.config.classifier_dropout_prob, out.last_hidden_state, deterministic)
+    logits = self.dense(self.config.num_labels, ("hidden", None), "classifier")(x)
+    return ClassifierOutput(logits=logits.astype(jnp.float32), hidden_states=out.hidden_states)
+
+
+class AlbertForQuestionAnswering(_Albert):
+  """Span extraction: `start_logits` and `end_logits` [batch, length]."""
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               deterministic: bool = True,
+               output_hidden_states: bool = False) -> QuestionAnsweringOutput:
+    if self.config.num_labels != 2:
+      raise ValueError(f"AlbertForQuestionAnswering needs num_labels=2 (start, end), "
+                       f"got {self.config.num_labels}")
+    out = AlbertModel(**self.runtime, add_pooling_layer=False, name="albert")(
+        input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+        output_hidden_states)
+    logits = self.dense(2, ("hidden", None), "qa_outputs")(out.last_hidden_state)
+    logits = logits.astype(jnp.float32)
+    return QuestionAnsweringOutput(start_logits=logits[..., 0], end_logits=logits[..., 1],
+                                   hidden_states=out.hidden_states)
+
+
+class AlbertForMultipleChoice(_Albert):
+  """Inputs [batch, choices, length] -> one logit per choice, `logits` [batch, choices]."""
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               deterministic: bool = True, output_hidden_states: bool = False) -> ClassifierOutput:
+    batch, choices, length = input_ids.shape
+    flat = lambda t: None if t is None else t.reshape(batch * choices, length)
+    out = AlbertModel(**self.runtime, name="albert")(
+        flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+        deterministic, output_hidden_states)
+    x = self.dropout(self.config.classifier_dropout_prob, out.pooler_output, deterministic)
+    logits = self.dense(1, ("hidden", None), "classifier")(x)
+    return ClassifierOutput(logits=logits.reshape(batch, choices).astype(jnp.float32),
+                            hidden_states=out.hidden_states)
+
+
+# Head name -> (module class, Hugging Face architecture). The names `from_pretrained` accepts.
+HEADS: dict[str, tuple[type[_Albert], str]] = {
+    "base": (AlbertModel, "AlbertModel"),
+    "pretraining": (AlbertForPreTraining, "AlbertForPreTraining"),
+    "masked_lm": (AlbertForMaskedLM, "AlbertForMaskedLM"),
+    "sequence_classification": (AlbertForSequenceClassification, "AlbertForSequenceClassification"),
+    "token_classification": (AlbertForTokenClassification, "AlbertForTokenClassification"),
+    "question_answering": (AlbertForQuestionAnswering, "AlbertForQuestionAnswering"),
+    "multiple_choice": (AlbertForMultipleChoice, "AlbertForMultipleChoice"),
+}
+
+
+def head_from_architecture(architecture: str) -> str:
+  for head, (_, arch) in HEADS.items():
+    if arch == architecture:
+      return head
+  raise ValueError(f"Unknown ALBERT architecture {architecture!r}; known: "
+                   f"{[arch for _, arch in HEADS.values()]}")
+
+
+def make_model(config: AlbertConfig, head: str = "base", **runtime) -> _Albert:
+  """The module for `head` (a key of HEADS); `runtime`: dtype, param_dtype, remat_policy..."""
+  if head not in HEADS:
+    raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
+  return HEADS[head][0](config=config, **runtime)
+
+
+def dummy_input_ids(module: _Albert, length: int = 8) -> jax.Array:
+  shape = (1, 2, length) if isinstance(module, AlbertForMultipleChoice) else (1, length)
+  return jnp.zeros(shape, jnp.int32)
+
+
+def init_params(module: _Albert, rng: jax.Array | int = 0) -> PyTree:
+  """Freshly initialised parameters (plain arrays, logical names stripped)."""
+  if isinstance(rng, int):
+    rng = jax.random.key(rng)
+  variables = jax.jit(module.init)(rng, dummy_input_ids(module))
+  return nn.unbox(variables["params"])
+
+
+def abstract_params(module: _Albert) -> PyTree:
+  """Shapes and dtypes of the parameters, boxed with their logical axis names; no FLOPs spent."""
+  return jax.eval_shape(module.init, jax.random.key(0), dummy_input_ids(module))["params"]
+
+
+def count_params(params: PyTree) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

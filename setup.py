@@ -1,0 +1,45 @@
+"""albert-jax: ALBERT pretraining, fine-tuning and Hugging Face interop in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Ranges are the releases this code was tested with, up to the next minor
+# release: jax, flax and orbax change APIs between minors.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "sentencepiece>=0.2.0,<0.3",
+    "ml-collections>=1.1.0",
+    "tensorflow-datasets>=4.9.10,<5",
+    "safetensors>=0.6",
+    "numpy>=2.0",
+    "absl-py>=2.0",
+]
+
+EXTRAS_REQUIRE = {
+    # References the tests compare against. Never imported by the package.
+    # torch is pinned to the CPU build these machines carry; a bare `torch`
+    # would pull a multi-GB CUDA build.
+    "test": [
+        "pytest>=8",
+        "torch==2.13.0",
+        "transformers>=4.46,<5",
+    ],
+    # TFDS registers wikipedia/bookcorpus/glue only when TensorFlow is installed.
+    "tf": ["tensorflow-cpu"],
+}
+
+setup(
+    name="albert-jax",
+    version="0.1.0",
+    description="ALBERT (A Lite BERT) in JAX/Flax: pretraining, fine-tuning, HF conversion",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["albert_jax", "albert_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
