@@ -1,12 +1,26 @@
-"""albert-jax: ALBERT (A Lite BERT) in JAX/Flax."""
+"""albert-jax: ALBERT (A Lite BERT) in JAX/Flax.
 
-from albert_jax.model import (AlbertConfig, AlbertForMaskedLM, AlbertForMultipleChoice,
-                              AlbertForPreTraining, AlbertForQuestionAnswering,
-                              AlbertForSequenceClassification, AlbertForTokenClassification,
-                              AlbertModel, init_params, make_model, preset)
+Top-level names load lazily, so `python -m albert_jax.data...` tools start without JAX.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "AlbertConfig": "albert_jax.model", "preset": "albert_jax.model",
+    "make_model": "albert_jax.model", "init_params": "albert_jax.model",
+    "AlbertModel": "albert_jax.model", "AlbertForPreTraining": "albert_jax.model",
+    "AlbertForMaskedLM": "albert_jax.model",
+    "AlbertForSequenceClassification": "albert_jax.model",
+    "AlbertForTokenClassification": "albert_jax.model",
+    "AlbertForQuestionAnswering": "albert_jax.model", "AlbertForMultipleChoice": "albert_jax.model",
+    "from_pretrained": "albert_jax.hf_convert",
+    "AlbertTokenizer": "albert_jax.data.tokenizer",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def from_pretrained(path, head=None, **kwargs):
-  """(module, params) from a Hugging Face directory or an Orbax checkpoint directory."""
-  from albert_jax import hf_convert
-  return hf_convert.from_pretrained(path, head=head, **kwargs)
+def __getattr__(name):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  raise AttributeError(f"module 'albert_jax' has no attribute {name!r}")

@@ -61,6 +61,7 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
   """Writes JSON to `path` through a temporary file and a rename."""
   path = Path(path)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+  os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
   with os.fdopen(fd, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")

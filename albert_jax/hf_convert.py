@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import mmap
-import shutil
 import struct
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import safetensors.numpy
 
 from albert_jax import checkpointing
+from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.model import (AlbertConfig, HEADS, abstract_params, head_from_architecture,
                               init_params, make_model)
 
@@ -367,37 +367,22 @@ def load(path, head: str | None = None, seed: int = 0) -> tuple[AlbertConfig, di
   return config, params, head
 
 
-def _write_tokenizer(out: Path, spm_model: str | Path, config: AlbertConfig) -> None:
-  """spiece.model plus the tokenizer files transformers' AlbertTokenizer reads."""
-  shutil.copyfile(spm_model, out / "spiece.model")
-  special = {"bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "<unk>",
-             "sep_token": "[SEP]", "pad_token": "<pad>", "cls_token": "[CLS]",
-             "mask_token": {"content": "[MASK]", "lstrip": True, "rstrip": False,
-                            "normalized": False, "single_word": False}}
-  checkpointing.write_json_atomic(out / "special_tokens_map.json", special)
-  checkpointing.write_json_atomic(out / "tokenizer_config.json", {
-      **special, "tokenizer_class": "AlbertTokenizer", "do_lower_case": True,
-      "remove_space": True, "keep_accents": False,
-      "model_max_length": config.max_position_embeddings})
-
-
 def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=None,
          overwrite: bool = False) -> Path:
-  """Writes an HF directory for `params`; `tokenizer` is a `spiece.model` path (or has .vocab_file).
+  """Writes an HF directory for `params`; `tokenizer`: an AlbertTokenizer or a spiece.model path.
 
   Everything is written to a temporary directory first and renamed into place.
   """
   head = head or infer_head(params)
   tensors = to_hf_state_dict(config, params, head)
-  spm = getattr(tokenizer, "vocab_file", tokenizer)
-  if spm is not None and not Path(spm).is_file():
-    raise FileNotFoundError(f"tokenizer model {spm} not found")
+  if tokenizer is not None and not isinstance(tokenizer, AlbertTokenizer):
+    tokenizer = AlbertTokenizer(tokenizer, model_max_length=config.max_position_embeddings)
   with checkpointing.atomic_directory(path, overwrite) as tmp:
     hf_config = {"architectures": [HEADS[head][1]], **config.to_hf_dict()}
     checkpointing.write_json_atomic(tmp / "config.json", hf_config)
     safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    if spm is not None:
-      _write_tokenizer(tmp, spm, config)
+    if tokenizer is not None:
+      tokenizer.save_pretrained(tmp)
   return Path(path)
 
 
