@@ -1,0 +1,1 @@
+"""ALBERT's data: the SentencePiece tokenizer and its trainer, corpora, masking, input pipelines."""
