@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
     "grain>=0.2.18,<0.3",
+    "array-record>=0.8",
     "sentencepiece>=0.2.0,<0.3",
     "ml-collections>=1.1.0",
     "tensorflow-datasets>=4.9.10,<5",

@@ -1,0 +1,341 @@
+"""Pretraining corpora as documents (lists of sentences): text files, TFDS datasets, and an English
+corpus built at run time from the standard library's own documentation. Every reader cleans what
+would crash or stall a long job and counts it in a `CorpusStats`.
+
+  read_documents("corpus/*.txt.gz,more/")          # the original format, see `text_file_documents`
+  read_documents("tfds:wikipedia/20230601.en")     # needs TensorFlow, see `tfds_documents`
+  read_documents("embedded", split="eval")         # no download, no file, see `embedded_documents`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import gzip
+import importlib
+import importlib.util
+import inspect
+import os
+import pydoc_data.topics
+import re
+import sys
+import sysconfig
+import zlib
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+Document = list[str]
+
+# A "sentence" longer than this is cut (at the last space before it): the pair builder would keep
+# at most max_seq_length tokens (~2.5k characters at 512) of it anyway, and a multi-megabyte line
+# (a minified file, a table dump) would otherwise stall tokenization.
+MAX_SENTENCE_CHARS = 8192
+# Share of the embedded corpus's documents (by a hash of the title) held out as its eval split.
+EMBEDDED_EVAL_PERCENT = 5
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclasses.dataclass
+class CorpusStats:
+  """What the readers (and `pretraining.tokenize_documents`) read, cleaned and dropped."""
+
+  files: int = 0
+  documents: int = 0
+  sentences: int = 0
+  words: int = 0
+  chars: int = 0
+  invalid_utf8_lines: int = 0  # lines (or TFDS texts) with bytes that are not UTF-8: replaced
+  surrogates_replaced: int = 0  # lone surrogates (SentencePiece rejects them): replaced by U+FFFD
+  long_sentences_cut: int = 0  # sentences cut to max_sentence_chars
+  empty_sentences_dropped: int = 0  # sentences with no token
+  empty_documents_dropped: int = 0  # documents with no sentence left
+  one_sentence_documents: int = 0  # kept; see `pretraining.make_segment_pairs` for their pairs
+
+  def as_dict(self) -> dict[str, int]:
+    return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- cleaning
+
+def clean_sentence(text: str, stats: CorpusStats,
+                   max_chars: int = MAX_SENTENCE_CHARS) -> str:
+  """`text` stripped, lone surrogates replaced by U+FFFD, cut to `max_chars`; counts in `stats`."""
+  if not text.isascii():
+    text, n = _SURROGATE.subn("\ufffd", text)
+    stats.surrogates_replaced += n
+  if len(text) > max_chars:
+    cut = text.rfind(" ", max_chars // 2, max_chars + 1)
+    text = text[:cut if cut > 0 else max_chars]
+    stats.long_sentences_cut += 1
+  return text.strip()
+
+
+def decode_utf8(raw: bytes, stats: CorpusStats) -> str:
+  """UTF-8 text of `raw`; bytes that are not UTF-8 become U+FFFD and the line is counted."""
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError:
+    stats.invalid_utf8_lines += 1
+    return raw.decode("utf-8", errors="replace")
+
+
+def _finish(sentences: Iterable[str], stats: CorpusStats, max_chars: int) -> Document | None:
+  """The cleaned, non-empty sentences as a document (counted), or None when none is left."""
+  doc = [s for s in (clean_sentence(t, stats, max_chars) for t in sentences) if s]
+  if not doc:
+    stats.empty_documents_dropped += 1
+    return None
+  stats.documents += 1
+  stats.sentences += len(doc)
+  stats.words += sum(len(s.split()) for s in doc)
+  stats.chars += sum(map(len, doc))
+  return doc
+
+
+# ----------------------------------------------------------------------------- sentences
+
+# A period after these is not a sentence end.
+_ABBREVIATIONS = frozenset(
+    "e.g i.e etc vs cf al approx fig figs eq no nos mr mrs ms dr st jr sr prof vol ch sec "
+    "resp ca viz".split())
+# A sentence end: terminal punctuation, closing quotes or brackets, space, then what a sentence
+# starts with (a capital, a digit, an opening quote or bracket).
+_SENTENCE_END = re.compile(r"""[.!?]["'’”)\]]*\s+(?=["'‘“(\[]?[A-Z0-9])""")
+_RULE_LINE = re.compile(r"""^\s*([-=*~^"#+_.`:])\1{2,}\s*$""")  # reST underlines, rulers
+_PROMPT = re.compile(r"^\s*(>>>|\.\.\.)(\s|$)")  # doctest lines
+
+
+def split_sentences(text: str, *, wrapped: bool = True) -> list[str]:
+  """Rule-based sentences of prose `text`.
+
+  Paragraphs are separated by blank lines and reST underlines; with `wrapped` (docstrings, manuals)
+  a single newline is a line wrap inside a paragraph, without it (Wikipedia's TFDS text) every line
+  is a paragraph.
+  A wrapped paragraph whose every line is indented is a code or literal block and is dropped, as
+  are doctest lines and reST underlines. A paragraph splits after `.`, `!` or `?` (and any closing
+  quotes or brackets) followed by whitespace and a capital, digit, quote or bracket, except after
+  a common abbreviation ("e.g.", "etc.", "Dr.") or a single-letter initial.
+  """
+  paragraphs, lines = [], []
+  for line in text.splitlines():
+    if not line.strip() or _RULE_LINE.match(line) or not wrapped:
+      paragraphs.append(lines)
+      lines = []
+    if line.strip() and not _RULE_LINE.match(line) and not _PROMPT.match(line):
+      lines.append(line)
+  paragraphs.append(lines)
+  sentences = []
+  for lines in paragraphs:
+    if not lines or (wrapped and all(ln[:1].isspace() for ln in lines)):
+      continue
+    joined = " ".join(" ".join(lines).split())
+    start = 0
+    for m in _SENTENCE_END.finditer(joined):
+      words = joined[start:m.start()].rsplit(None, 1)
+      word = words[-1].lstrip("\"'‘“([").lower() if words else ""
+      if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+        continue
+      sentences.append(joined[start:m.start() + len(m.group(0).rstrip())])
+      start = m.end()
+    sentences.append(joined[start:])
+  return [s for s in (s.strip() for s in sentences) if any(c.isalnum() for c in s)]
+
+
+# ----------------------------------------------------------------------------- text files
+
+def input_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+  """Files of a comma list of paths, globs and directories (every file below, sorted)."""
+  items = spec.split(",") if isinstance(spec, str) else [os.fspath(s) for s in (
+      [spec] if isinstance(spec, os.PathLike) else spec)]
+  files = []
+  for item in filter(None, (i.strip() for i in items)):
+    matches = sorted(glob.glob(item, recursive=True))
+    if not matches:
+      raise FileNotFoundError(f"input {item!r} matches no file or directory")
+    for m in matches:
+      if os.path.isdir(m):
+        files.extend(sorted(str(p) for p in Path(m).rglob("*")
+                            if p.is_file() and not p.name.startswith(".")))
+      else:
+        files.append(m)
+  return files
+
+
+def text_file_documents(spec: str | os.PathLike | Sequence[str | os.PathLike],
+                        stats: CorpusStats | None = None,
+                        max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Iterator[Document]:
+  """Documents of text files in the original format: one sentence per line, a blank line between
+  documents; `.gz` files are decompressed. Unlike the original, a file's end also ends a document
+  (the original ran a file's last document into the next file's first)."""
+  stats = CorpusStats() if stats is None else stats
+  for path in input_files(spec):
+    stats.files += 1
+    opener = gzip.open if path.endswith(".gz") else open
+    lines: list[str] = []
+    with opener(path, "rb") as f:
+      for raw in f:
+        line = decode_utf8(raw, stats)
+        if line.strip():
+          lines.append(line)
+        elif lines:
+          if (doc := _finish(lines, stats, max_sentence_chars)) is not None:
+            yield doc
+          lines = []
+    if lines and (doc := _finish(lines, stats, max_sentence_chars)) is not None:
+      yield doc
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+def _tfds_source(name: str, split: str, data_dir: str | None, download: bool):
+  import tensorflow_datasets as tfds  # here: a second to import, and only this reader needs it
+  base = name.split("/")[0].split(":")[0]
+  if base == "bookcorpus":
+    raise ValueError(
+        "TFDS has no BookCorpus builder (with or without TensorFlow). Write it as text files, one "
+        "sentence per line with a blank line between books, and pass those files as the input; a "
+        "TFDS dataset with one sentence per example can be grouped with examples_per_document.")
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    if importlib.util.find_spec("tensorflow") is None:
+      raise ModuleNotFoundError(
+          f"TFDS cannot load {name!r}: without TensorFlow installed TFDS does not register "
+          f"datasets whose builders import it ({base} among them). Install it with "
+          "`pip install 'albert-jax[tf]'` (tensorflow-cpu), then prepare the dataset with "
+          f"`tfds build {name} --file_format=array_record`.") from e
+    raise
+
+
+def tfds_documents(name: str, split: str = "train", *, feature: str = "text",
+                   data_dir: str | None = None, examples_per_document: int = 1,
+                   download: bool = False, stats: CorpusStats | None = None,
+                   max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Iterator[Document]:
+  """Documents of a prepared TFDS text dataset read through `tfds.data_source` (ArrayRecord).
+
+  Each example's `feature` text is split with `split_sentences(wrapped=False)` (Wikipedia's text has
+  one paragraph per line); `examples_per_document` > 1 joins consecutive examples into one document,
+  for datasets that hold one sentence per example.
+  """
+  stats = CorpusStats() if stats is None else stats
+  source = _tfds_source(name, split, data_dir, download)
+  sentences: list[str] = []
+  for i in range(len(source)):
+    text = source[i][feature]
+    text = decode_utf8(text, stats) if isinstance(text, bytes) else str(text)
+    sentences.extend(split_sentences(text, wrapped=False))
+    if (i + 1) % examples_per_document == 0 or i + 1 == len(source):
+      if (doc := _finish(sentences, stats, max_sentence_chars)) is not None:
+        yield doc
+      sentences = []
+
+
+# ----------------------------------------------------------------------------- embedded corpus
+
+# A docstring: a triple-quoted string first in a `def` or `class` body whose header fits one line.
+_DOCSTRING = re.compile(
+    r"""^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t][^\n]*:[ \t]*(?:\#[^\n]*)?\n"""
+    r"""[ \t]*[rRuU]?(?P<q>\"\"\"|''')(?P<body>.*?)(?P=q)""", re.M | re.S)
+_MODULE_DOCSTRING = re.compile(
+    r"""\A(?:[ \t]*(?:\#[^\n]*)?\n)*[ \t]*[rRuU]?(?P<q>\"\"\"|''')(?P<body>.*?)(?P=q)""", re.S)
+_COMMENT_BLOCK = re.compile(r"(?:^[ \t]*#[^\n]*\n){3,}", re.M)
+
+
+def _prose_comment(block: str) -> str | None:
+  """A block of 3+ comment lines as one paragraph, if it reads as prose (not code or a licence)."""
+  text = " ".join(ln.strip().lstrip("#").strip() for ln in block.splitlines())
+  letters = sum(c.isalpha() or c == " " for c in text)
+  if letters < 0.85 * len(text) or "copyright" in text.lower() or "license" in text.lower():
+    return None
+  return text
+
+
+def _module_document(source: str) -> list[str]:
+  """Sentences of a module's docstrings (module, classes, functions) and prose comment blocks."""
+  parts = []  # (offset, text, wrapped)
+  if m := _MODULE_DOCSTRING.match(source):
+    parts.append((m.start("body"), inspect.cleandoc(m.group("body")), True))
+  for m in _DOCSTRING.finditer(source):
+    parts.append((m.start("body"), inspect.cleandoc(m.group("body")), True))
+  for m in _COMMENT_BLOCK.finditer(source):
+    if text := _prose_comment(m.group(0)):
+      parts.append((m.start(), text, False))
+  parts.sort(key=lambda p: p[0])
+  return [s for _, text, wrapped in parts for s in split_sentences(text, wrapped=wrapped)]
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_corpus() -> tuple[tuple[str, tuple[str, ...]], ...]:
+  """(title, sentences) of every embedded document, sorted by title; built once per process."""
+  docs = {f"topic:{name}": split_sentences(text)
+          for name, text in pydoc_data.topics.topics.items()}
+  root = Path(sysconfig.get_paths()["stdlib"])
+  skip = {"test", "tests", "site-packages", "dist-packages", "pydoc_data", "__pycache__"}
+  for path in sorted(root.rglob("*.py")):
+    rel = path.relative_to(root)
+    if skip & set(rel.parts):
+      continue
+    module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+    try:
+      source = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+      continue
+    docs[f"module:{module}"] = _module_document(source)
+  # Modules compiled into the interpreter have no source file; importing one runs no Python code.
+  for name in sorted(sys.builtin_module_names):
+    try:
+      mod = importlib.import_module(name)
+    except ImportError:
+      continue
+    if f"module:{name}" not in docs:
+      texts = [inspect.getdoc(mod) or ""] + [
+          inspect.getdoc(obj) or "" for _, obj in sorted(vars(mod).items())
+          if callable(obj) and getattr(obj, "__module__", None) == name]
+      docs[f"module:{name}"] = [s for t in texts for s in split_sentences(t)]
+  return tuple((title, tuple(docs[title])) for title in sorted(docs))
+
+
+def embedded_split(title: str) -> str:
+  """"eval" for about EMBEDDED_EVAL_PERCENT% of titles (a CRC32 of the title), else "train"."""
+  return "eval" if zlib.crc32(title.encode("utf-8")) % 100 < EMBEDDED_EVAL_PERCENT else "train"
+
+
+def embedded_documents(split: str = "train", stats: CorpusStats | None = None,
+                       max_sentence_chars: int = MAX_SENTENCE_CHARS,
+                       with_titles: bool = False) -> Iterator[Document | tuple[str, Document]]:
+  """A real English corpus present wherever Python is: the standard library's documentation.
+
+  One document per pydoc topic (`pydoc_data.topics`, the language reference as `help()` shows it)
+  and one per standard-library module: its module, class and function docstrings and its prose
+  comment blocks, in source order, read from the `.py` files without importing anything (plus the
+  docstrings of modules compiled into the interpreter). Sentences come from `split_sentences`.
+  Deterministic for a given Python installation (documents sorted by title); the text differs
+  between Python versions. `split` is "train", "eval" (`embedded_split`) or "all".
+  """
+  if split not in ("train", "eval", "all"):
+    raise ValueError(f"split={split!r}: the embedded corpus has 'train', 'eval' and 'all'")
+  stats = CorpusStats() if stats is None else stats
+  for title, sentences in _embedded_corpus():
+    if split != "all" and embedded_split(title) != split:
+      continue
+    if (doc := _finish(sentences, stats, max_sentence_chars)) is not None:
+      yield (title, doc) if with_titles else doc
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def read_documents(spec: str, *, split: str = "train", stats: CorpusStats | None = None,
+                   max_sentence_chars: int = MAX_SENTENCE_CHARS, tfds_feature: str = "text",
+                   tfds_data_dir: str | None = None,
+                   examples_per_document: int = 1) -> Iterator[Document]:
+  """Documents of "embedded", "tfds:NAME" (with `split`) or a comma list of files/globs/dirs."""
+  stats = CorpusStats() if stats is None else stats
+  if spec == "embedded":
+    return embedded_documents(split, stats, max_sentence_chars)
+  if spec.startswith("tfds:"):
+    return tfds_documents(spec.removeprefix("tfds:"), split, feature=tfds_feature,
+                          data_dir=tfds_data_dir, examples_per_document=examples_per_document,
+                          stats=stats, max_sentence_chars=max_sentence_chars)
+  return text_file_documents(spec, stats, max_sentence_chars)
