@@ -241,15 +241,11 @@ class _Albert(nn.Module):
     return dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
                 remat_policy=self.remat_policy, scan_layers=self.scan_layers)
 
-  def dense(self, features, axes, name, in_axes=-1):
-    """A Dense (or DenseGeneral) whose kernel and bias carry logical axis names `axes`."""
-    n_out = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
-        features, axis=in_axes, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(
-            tf_truncated_normal(self.config.initializer_range), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-n_out:]),
-        name=name)
+  def dense(self, features, axes, name, n_in=1):
+    """A dense layer over the last `n_in` input axes; kernel and bias carry logical names `axes`."""
+    features = (features,) if isinstance(features, int) else tuple(features)
+    return Dense(features, axes, n_in, self.config.initializer_range, self.dtype,
+                 self.param_dtype, name=name)
 
   def layer_norm(self, axis_name, name):
     return nn.LayerNorm(
@@ -261,6 +257,31 @@ class _Albert(nn.Module):
 
   def dropout(self, rate, x, deterministic):
     return nn.Dropout(rate=rate)(x, deterministic=deterministic)
+
+
+class Dense(nn.Module):
+  """y = x . kernel + bias, contracting the last `n_in` axes of x; output axes `features`.
+
+  Written out rather than nn.DenseGeneral: that one builds a multi-axis kernel flat and
+  reshapes it, which breaks its logical-axis constraint when traced under a mesh.
+  """
+  features: tuple[int, ...]
+  axes: tuple[str | None, ...]  # logical names of the kernel's axes (inputs then outputs)
+  n_in: int
+  stddev: float
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[-self.n_in:]
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        tf_truncated_normal(self.stddev), self.axes), in_shape + self.features, self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), self.axes[self.n_in:]), self.features, self.param_dtype)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+    return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
 
 
 class AlbertEmbeddings(_Albert):
@@ -307,7 +328,7 @@ class AlbertAttention(_Albert):
     probs = self.dropout(cfg.attention_probs_dropout_prob, probs, deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
-    out = self.dense(cfg.hidden_size, ("heads", "kv", "hidden"), "dense", in_axes=(-2, -1))(context)
+    out = self.dense(cfg.hidden_size, ("heads", "kv", "hidden"), "dense", n_in=2)(context)
     out = self.dropout(cfg.hidden_dropout_prob, out, deterministic)
     return self.layer_norm("hidden", "LayerNorm")(x + out)
 
@@ -460,14 +481,16 @@ class AlbertForPreTraining(_Albert):
 
 
 class _SOPHead(_Albert):
-  """Dropout + Dense on the pooled output; its HF key is `sop_classifier.classifier`.
+  """Dense on the pooled output; its HF key is `sop_classifier.classifier`.
 
   Its width is `num_labels`, as in HF (2 for every released checkpoint: in order / swapped).
+  No dropout, as the original's `get_sentence_order_output` (HF's port adds
+  classifier_dropout_prob here; the same at inference).
   """
 
   @nn.compact
   def __call__(self, pooled, deterministic):
-    pooled = self.dropout(self.config.classifier_dropout_prob, pooled, deterministic)
+    del deterministic
     logits = self.dense(self.config.num_labels, ("hidden", None), "classifier")(pooled)
     return logits.astype(jnp.float32)
 
@@ -602,3 +625,19 @@ def abstract_params(module: _Albert) -> PyTree:
 
 def count_params(params: PyTree) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def pretraining_flops_per_example(cfg: AlbertConfig, seq_len: int, num_predictions: int) -> int:
+  """Forward FLOPs of AlbertForPreTraining on one example, counting what actually runs.
+
+  The shared layer runs num_hidden_layers * inner_group_num times (attention scores and the
+  weighted sum included), the MLM head only at `num_predictions` masked positions. The usual
+  6 * params * tokens rule would count the shared layer once: ~18x too few at albert-large.
+  A training step costs 3x this (forward + backward).
+  """
+  E, H, I, V, T = (cfg.embedding_size, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size,
+                   seq_len)
+  layer = 2 * T * (4 * H * H + 2 * H * I) + 2 * 2 * T * T * H  # projections + FFN; QK^T and PV
+  encoder = 2 * T * E * H + cfg.num_hidden_layers * cfg.inner_group_num * layer
+  heads = 2 * H * H + 2 * H * 2 + num_predictions * (2 * H * E + 2 * E * V)  # pooler, SOP, MLM
+  return encoder + heads
