@@ -19,8 +19,14 @@ $(VENV)/.installed-test: setup.py | $(PY)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@ $(VENV)/.installed
 
+DEMO_WORKDIR ?= demo_workdir
+
+# Pretrains a small ALBERT on the embedded corpus (a few minutes on a laptop CPU), then asks
+# the exported model to fill a mask. Rerunning resumes from the last checkpoint.
 demo: $(VENV)/.installed
-	$(PY) -m experiments.demo_convert
+	$(PY) -m albert_jax.main --config=configs/pretrain.py:tiny --workdir=$(DEMO_WORKDIR)
+	$(PY) -m albert_jax.pipelines fill-mask --model $(DEMO_WORKDIR)/hf \
+	    "The [MASK] statement is used to leave a loop early."
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)

@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.6",
     "numpy>=2.0",
     "absl-py>=2.0",
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
 ]
 
 EXTRAS_REQUIRE = {

@@ -214,3 +214,26 @@ def test_embedded_corpus_is_large_split_and_deterministic():
   assert list(corpus.embedded_documents("eval", with_titles=True)) == docs["eval"]
   with pytest.raises(ValueError, match="split"):
     next(corpus.embedded_documents("test"))
+
+
+def test_embedded_corpus_does_not_depend_on_what_the_program_patched(monkeypatch):
+  """A test runner or debugger replaces sys.excepthook & co: the corpus must not see it."""
+  import hashlib
+  import json
+  import subprocess
+  import sys
+
+  def hook(*args):
+    """A replacement hook. It has a docstring of its own."""
+  monkeypatch.setattr(sys, "excepthook", hook)
+  monkeypatch.setattr(sys, "displayhook", hook)
+  corpus._embedded_corpus.cache_clear()
+  try:
+    here = hashlib.md5(json.dumps(corpus._embedded_corpus()).encode()).hexdigest()
+  finally:
+    corpus._embedded_corpus.cache_clear()
+  fresh = subprocess.run(
+      [sys.executable, "-c", "import hashlib, json; from albert_jax.data import corpus; "
+       "print(hashlib.md5(json.dumps(corpus._embedded_corpus()).encode()).hexdigest())"],
+      capture_output=True, text=True, check=True).stdout.strip()
+  assert here == fresh

@@ -290,9 +290,13 @@ def _embedded_corpus() -> tuple[tuple[str, tuple[str, ...]], ...]:
     except ImportError:
       continue
     if f"module:{name}" not in docs:
-      texts = [inspect.getdoc(mod) or ""] + [
-          inspect.getdoc(obj) or "" for _, obj in sorted(vars(mod).items())
-          if callable(obj) and getattr(obj, "__module__", None) == name]
+      # Only the module's own C functions and types, each docstring once, in text order: a
+      # running program (pytest, a debugger) may have rebound e.g. sys.excepthook, whose
+      # original stays reachable as sys.__excepthook__.
+      texts = [inspect.getdoc(mod) or ""] + sorted({
+          inspect.getdoc(obj) or "" for obj in vars(mod).values()
+          if (inspect.isbuiltin(obj) or inspect.isclass(obj))
+          and getattr(obj, "__module__", None) == name})
       docs[f"module:{name}"] = [s for t in texts for s in split_sentences(t)]
   return tuple((title, tuple(docs[title])) for title in sorted(docs))
 

@@ -1,0 +1,400 @@
+"""The pretraining input pipeline on Grain: corpus, vocabulary, segment pairs, and per-host batches,
+shuffled globally, masked dynamically (or read pre-masked), resumable from a one-number state.
+
+  data_cfg = default_data_config()                      # config.data of configs/pretrain.py
+  tokenizer = build_tokenizer(data_cfg, workdir)        # trains WORKDIR/spiece.model once
+  train = train_iterator(data_cfg, tokenizer, global_batch_size=4096, seed=0)
+  batch = next(train)                                   # this host's rows, numpy
+  state = train.get_state()                             # {"next_batch": 1}: store with the step
+  evals = eval_batches(data_cfg, tokenizer, global_batch_size=4096, seed=0)
+
+Global batch g holds positions g*B .. (g+1)*B - 1 of an endless stream of examples: epoch e is every
+example once, in a permutation drawn from (seed, e). A batch is a pure function of g (an element of
+a Grain MapDataset, made in a thread or in Grain worker processes), so the stream is the same for
+any `num_workers`, and process p of P takes rows [p*B/P, (p+1)*B/P). Dynamic masking masks
+MASK_CHUNK rows at a time with a Generator seeded from (seed, epoch, g, chunk): a host masks only
+the chunks holding its rows, and no mask depends on the process count. Segment pairs are cut once
+(seed); masks are fresh every epoch. Every process holds the tokenized corpus;
+for corpora too big for that, write examples with create_pretraining_data.py (`static_examples`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from albert_jax.data import corpus, pretraining as P
+from albert_jax.data import create_pretraining_data as cpd
+from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("embedded", "files", "tfds")
+MASKINGS = ("dynamic", "static")
+# Rows masked together. Masks depend on it (mask_examples draws for a whole batch), so it is part
+# of the data's definition; 64 rows mask at 85-95% of the speed of 256, and hosts with fewer rows
+# than that mask some rows they drop.
+MASK_CHUNK = 64
+# Share of documents (by a CRC32 of their index) held out for eval when no eval split is named.
+HOLDOUT_PERCENT = corpus.EMBEDDED_EVAL_PERCENT
+SPM_WAIT_SECONDS = 3 * 3600  # how long other processes wait for process 0's vocabulary
+
+Batch = dict[str, np.ndarray]
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """`config.data`: the corpus, the vocabulary, how pairs are cut and masked, and the loader."""
+  return ml_collections.ConfigDict(dict(
+      source="embedded",  # "embedded" | "files" | "tfds"
+      files="",  # comma list of text files, globs or directories (source "files")
+      eval_files="",  # "": hold out HOLDOUT_PERCENT% of the documents of `files`
+      tfds_name="",  # e.g. "wikipedia/20230601.en" (source "tfds")
+      tfds_feature="text",
+      tfds_data_dir="",
+      tfds_eval_split="",  # "": hold out documents of the "train" split
+      spm_model="",  # "": train one on the training corpus, cached as WORKDIR/spiece.model
+      vocab_size=30000,
+      max_seq_length=512,
+      max_predictions_per_seq=ml_collections.config_dict.placeholder(int),  # None: 0.15 * length
+      masked_lm_prob=0.15,
+      short_seq_prob=0.1,
+      ngram=3,
+      favor_shorter_ngram=True,
+      random_next_sentence=False,
+      mode="fixed",  # "fixed" | "faithful" (pretraining.py)
+      masking="dynamic",  # "dynamic": fresh masks each epoch | "static": dupe_factor copies
+      dupe_factor=10,  # masking "static" on a corpus: copies masked once, held in memory
+      static_examples="",  # create_pretraining_data.py output: train on it (needs spm_model)
+      num_workers=0,  # 0: batches made in a thread of this process; N: N worker processes
+      prefetch=2,  # batches buffered ahead
+      eval_batches=8,
+  ))
+
+
+def example_config(data_cfg: ml_collections.ConfigDict) -> P.ExampleConfig:
+  """The pair-cutting and masking settings of `data_cfg`."""
+  return P.ExampleConfig(
+      max_seq_length=data_cfg.max_seq_length, short_seq_prob=data_cfg.short_seq_prob,
+      random_next_sentence=data_cfg.random_next_sentence, masked_lm_prob=data_cfg.masked_lm_prob,
+      max_predictions_per_seq=data_cfg.max_predictions_per_seq or None, ngram=data_cfg.ngram,
+      favor_shorter_ngram=data_cfg.favor_shorter_ngram, mode=data_cfg.mode)
+
+
+# ----------------------------------------------------------------------------- corpus, vocabulary
+
+def _held_out(documents: Iterator[corpus.Document], split: str) -> Iterator[corpus.Document]:
+  """The documents of `split` when eval is a hash-chosen HOLDOUT_PERCENT% of them."""
+  for index, doc in enumerate(documents):
+    if (zlib.crc32(str(index).encode()) % 100 < HOLDOUT_PERCENT) == (split == "eval"):
+      yield doc
+
+
+def read_documents(data_cfg: ml_collections.ConfigDict, split: str,
+                   stats: corpus.CorpusStats | None = None) -> Iterator[corpus.Document]:
+  """Text documents of the "train" or "eval" split of `data_cfg`'s corpus (eval never in train)."""
+  if split not in ("train", "eval"):
+    raise ValueError(f"split={split!r}: use 'train' or 'eval'")
+  stats = corpus.CorpusStats() if stats is None else stats
+  if data_cfg.source == "embedded":
+    return corpus.embedded_documents(split, stats)
+  if data_cfg.source == "files":
+    if not data_cfg.files:
+      raise ValueError("data.source='files' needs data.files (a comma list of files or globs)")
+    corpus.input_files(data_cfg.files)  # a missing file fails here, not at the first batch
+    if data_cfg.eval_files:
+      return corpus.text_file_documents(data_cfg.eval_files if split == "eval" else data_cfg.files,
+                                        stats)
+    return _held_out(corpus.text_file_documents(data_cfg.files, stats), split)
+  if data_cfg.source == "tfds":
+    if not data_cfg.tfds_name:
+      raise ValueError("data.source='tfds' needs data.tfds_name")
+    read = functools.partial(corpus.tfds_documents, data_cfg.tfds_name,
+                             feature=data_cfg.tfds_feature,
+                             data_dir=data_cfg.tfds_data_dir or None, stats=stats)
+    if data_cfg.tfds_eval_split:
+      return read(data_cfg.tfds_eval_split if split == "eval" else "train")
+    return _held_out(read("train"), split)
+  raise ValueError(f"data.source={data_cfg.source!r}: use one of {SOURCES}")
+
+
+def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                    process_index: int | None = None,
+                    timeout_s: float = SPM_WAIT_SECONDS) -> AlbertTokenizer:
+  """The tokenizer of `data_cfg.spm_model`, or of WORKDIR/spiece.model, which process 0 trains on
+  the training corpus's sentences when it is missing while the other processes wait for it."""
+  if data_cfg.spm_model:
+    if not os.path.isfile(data_cfg.spm_model):
+      raise FileNotFoundError(f"data.spm_model={data_cfg.spm_model!r} is not a file")
+    return AlbertTokenizer(data_cfg.spm_model)
+  if data_cfg.static_examples:
+    raise ValueError("data.static_examples needs data.spm_model: the vocabulary they were made "
+                     "with")
+  path = Path(workdir) / VOCAB_FILE
+  if not path.is_file():
+    if process_index is None:
+      import jax  # here: the data code does not otherwise need JAX
+      process_index = jax.process_index()
+    if process_index == 0:
+      log.info("Training a %d-piece vocabulary on the training corpus into %s",
+               data_cfg.vocab_size, path)
+      from albert_jax.data.train_tokenizer import train_spm
+      # train_spm writes spiece.model last and atomically: its presence means the set is whole.
+      train_spm((s for doc in read_documents(data_cfg, "train") for s in doc),
+                data_cfg.vocab_size, workdir)
+    else:
+      deadline = time.monotonic() + timeout_s
+      while not path.is_file():
+        if time.monotonic() > deadline:
+          raise TimeoutError(f"Process {process_index} waited {timeout_s:.0f} s for process 0 to "
+                             f"write {path}; did it fail?")
+        time.sleep(min(5.0, timeout_s / 10))
+  return AlbertTokenizer(path)
+
+
+# ----------------------------------------------------------------------------- examples
+
+@dataclasses.dataclass(frozen=True)
+class PairTable:
+  """Segment pairs packed in four arrays: small to hold and to send to worker processes."""
+
+  tokens: np.ndarray  # [total] int32: A then B of every pair, back to back
+  starts: np.ndarray  # [pairs + 1] int64: pair i is tokens[starts[i]:starts[i + 1]]
+  len_a: np.ndarray  # [pairs] int64
+  labels: np.ndarray  # [pairs] int32: sentence_order_label
+
+  @classmethod
+  def pack(cls, pairs: Sequence[P.SegmentPair]) -> "PairTable":
+    lengths = [len(p.tokens_a) + len(p.tokens_b) for p in pairs]
+    return cls(np.concatenate([t for p in pairs for t in p[:2]] or [[]]).astype(np.int32),
+               np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]),
+               np.array([len(p.tokens_a) for p in pairs], np.int64),
+               np.array([p.sentence_order_label for p in pairs], np.int32))
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> P.SegmentPair:
+    start, a_end, end = self.starts[i], self.starts[i] + self.len_a[i], self.starts[i + 1]
+    return P.SegmentPair(self.tokens[start:a_end], self.tokens[a_end:end], int(self.labels[i]))
+
+
+def _static_records(path: str, config: P.ExampleConfig) -> Sequence[bytes]:
+  """Records of a create_pretraining_data.py file, random access, checked against `config`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data.static_examples={path!r} is not a file")
+  if path.endswith((".jsonl", ".json")):
+    records = [cpd.encode_example(ex) for ex in cpd.read_examples(path)]
+  else:
+    records = grain.sources.ArrayRecordDataSource(path)
+  if not len(records):
+    raise ValueError(f"data.static_examples={path!r} holds no example")
+  first = cpd.decode_example(records[0])
+  shape = (len(first["input_ids"]), len(first["masked_lm_ids"]))
+  if shape != (config.max_seq_length, config.max_predictions):
+    raise ValueError(f"{path} holds examples of (max_seq_length, max_predictions) {shape}; the "
+                     f"config asks for {(config.max_seq_length, config.max_predictions)}")
+  return records
+
+
+def _examples(data_cfg, tokenizer, split: str, seed: int):
+  """(examples, tables, stats): a PairTable and the VocabTables to mask it with, or pre-masked
+  records (`encode_example` bytes) and None."""
+  config = example_config(data_cfg)
+  if split == "train" and data_cfg.static_examples:
+    records = _static_records(data_cfg.static_examples, config)
+    stats = {}
+    if os.path.exists(f"{data_cfg.static_examples}.stats.json"):
+      with open(f"{data_cfg.static_examples}.stats.json", encoding="utf-8") as f:
+        stats = json.load(f)
+    return records, None, {"corpus": stats.get("corpus"), "pairs": stats.get("pairs"),
+                           "examples_per_epoch": len(records)}
+  corpus_stats, pair_stats = corpus.CorpusStats(), P.PairStats()
+  docs = P.tokenize_documents(read_documents(data_cfg, split, corpus_stats), tokenizer,
+                              corpus_stats)
+  if not docs:
+    raise ValueError(f"The {split} split of data.source={data_cfg.source!r} has no document with "
+                     "text")
+  tables = P.tokenizer_tables(tokenizer)
+  if split == "train" and data_cfg.masking == "static":
+    examples = cpd.create_examples(docs, tables, config, seed, data_cfg.dupe_factor, pair_stats)
+    tables = None
+  else:
+    examples = PairTable.pack(P.make_segment_pairs(docs, [seed, 0], config,
+                                                   word_start=tables.word_start, stats=pair_stats))
+  if not len(examples):
+    raise ValueError(f"The {split} split of data.source={data_cfg.source!r} gave no example")
+  return examples, tables, {"corpus": corpus_stats.as_dict(), "documents": len(docs),
+                            "pairs": dataclasses.asdict(pair_stats),
+                            "examples_per_epoch": len(examples)}
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  """[n]: the example at each place of `epoch`, a permutation drawn from (seed, epoch)."""
+  # One NumPy permutation per epoch costs ~0.03 us per example; grain's per-element index shuffle
+  # (MapDataset.shuffle) costs 20-70 us, as much as masking the example.
+  return np.random.default_rng([seed, 2, epoch]).permutation(
+      np.arange(n, dtype=np.int32 if n < 2**31 else np.int64))
+
+
+def _examples_at(positions: range, n: int, seed: int) -> np.ndarray:
+  """Indices of the examples at stream `positions`: place k % n of epoch k // n."""
+  epochs, places = np.divmod(np.arange(positions.start, positions.stop), n)
+  out = np.empty_like(places)
+  for epoch in np.unique(epochs):
+    here = epochs == epoch
+    out[here] = _epoch_order(seed, int(epoch), n)[places[here]]
+  return out
+
+
+def _host_batch(g: int, *, examples: Sequence, batch_size: int, rows: tuple[int, int], seed: int,
+                tables: P.VocabTables | None, config: P.ExampleConfig) -> Batch:
+  """Rows [lo, hi) of global batch g: decoded records, or pairs masked in MASK_CHUNK-row chunks."""
+  lo, hi = rows
+  first, n = g * batch_size, len(examples)
+  if tables is None:
+    records = [cpd.decode_example(examples[i])
+               for i in _examples_at(range(first + lo, first + hi), n, seed)]
+    return {k: np.stack([r[k] for r in records]) for k in P.FEATURE_NAMES}
+  parts = []
+  for j in range(lo // MASK_CHUNK, -(-hi // MASK_CHUNK)):
+    start, stop = first + j * MASK_CHUNK, first + min((j + 1) * MASK_CHUNK, batch_size)
+    pairs = [examples[i] for i in _examples_at(range(start, stop), n, seed)]
+    rng = np.random.default_rng([seed, 1, start // n, g, j])
+    parts.append(P.mask_examples(pairs, rng, tables, config))
+  offset = lo - lo // MASK_CHUNK * MASK_CHUNK
+  return {k: np.concatenate([p[k] for p in parts])[offset:offset + hi - lo]
+          for k in P.FEATURE_NAMES}
+
+
+def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index, process_count):
+  """(MapDataset of per-host batches by global batch index, stats)."""
+  if data_cfg.source not in SOURCES:
+    raise ValueError(f"data.source={data_cfg.source!r}: use one of {SOURCES}")
+  if data_cfg.masking not in MASKINGS:
+    raise ValueError(f"data.masking={data_cfg.masking!r}: use one of {MASKINGS}")
+  if data_cfg.masking == "static" and data_cfg.dupe_factor < 1:
+    raise ValueError(f"data.dupe_factor={data_cfg.dupe_factor}: static masking needs 1 or more")
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed={seed!r}: use an integer >= 0")
+  if process_index is None or process_count is None:
+    import jax  # here: the data code does not otherwise need JAX
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} does not split into {process_count} "
+                     "equal per-process batches")
+  per_host = global_batch_size // process_count
+  examples, tables, stats = _examples(data_cfg, tokenizer, split, seed)
+  make = functools.partial(
+      _host_batch, examples=examples, batch_size=global_batch_size,
+      rows=(process_index * per_host, (process_index + 1) * per_host), seed=seed, tables=tables,
+      config=example_config(data_cfg))
+  stats.update(split=split, masking="static" if tables is None else "dynamic",
+               global_batch_size=global_batch_size, per_host_batch_size=per_host,
+               batches_per_epoch=len(examples) / global_batch_size)
+  return grain.MapDataset.range(sys.maxsize).map(make), stats
+
+
+# ----------------------------------------------------------------------------- iterators
+
+class BatchIterator(grain.DatasetIterator):
+  """Endless per-host batches. The state is the index of the next global batch, so it restores
+  whatever the worker count (and a run on more or fewer hosts gets the same global batches)."""
+
+  def __init__(self, batches: grain.MapDataset, *, num_workers: int, prefetch: int,
+               stats: dict[str, Any]):
+    super().__init__()
+    self._batches = batches  # element g: this host's rows of global batch g
+    self._num_workers, self._prefetch = num_workers, prefetch
+    self._next = 0
+    self._it = None
+    self.stats = stats  # corpus and pair counts, examples per epoch: for the trainer's log
+
+  def _iterator(self) -> grain.DatasetIterator:
+    if self._it is None:
+      threads = 1 if self._prefetch and not self._num_workers else 0
+      ds = self._batches[self._next:].to_iter_dataset(
+          grain.ReadOptions(num_threads=threads, prefetch_buffer_size=self._prefetch * threads))
+      if self._num_workers:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # grain reads absl flags (google/grain#1355)
+          flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=self._num_workers,
+            per_worker_buffer_size=max(1, -(-self._prefetch // self._num_workers))))
+      self._it = iter(ds)
+    return self._it
+
+  def __next__(self) -> Batch:
+    self._assert_not_closed()
+    batch = next(self._iterator())
+    self._next += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {"next_batch": self._next}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self._close_workers()
+    self._next = int(state["next_batch"])
+
+  def start_prefetch(self) -> None:
+    self._iterator().start_prefetch()
+
+  def _close_workers(self) -> None:
+    if self._it is not None:
+      self._it.close()
+      self._it = None
+
+  def close(self) -> None:
+    self._close_workers()
+    super().close()
+
+
+def train_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokenizer, *,
+                   global_batch_size: int, seed: int, process_index: int | None = None,
+                   process_count: int | None = None) -> BatchIterator:
+  """This process's rows of every global training batch, endlessly (`.stats` for the log).
+
+  Process p of P (default: JAX's) gets rows [p*B/P, (p+1)*B/P) of global batch g, which does not
+  depend on P or `num_workers`. `get_state()`/`set_state()` resume exactly.
+  """
+  if data_cfg.num_workers < 0 or data_cfg.prefetch < 0:
+    raise ValueError(f"data.num_workers={data_cfg.num_workers}, data.prefetch={data_cfg.prefetch}"
+                     ": use 0 or more")
+  batches, stats = _batches(data_cfg, tokenizer, "train", global_batch_size, seed, process_index,
+                            process_count)
+  log.info("Training data: %s", json.dumps(stats))
+  return BatchIterator(batches, num_workers=data_cfg.num_workers, prefetch=data_cfg.prefetch,
+                       stats=stats)
+
+
+def eval_batches(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokenizer, *,
+                 global_batch_size: int, seed: int, process_index: int | None = None,
+                 process_count: int | None = None) -> list[Batch]:
+  """`data_cfg.eval_batches` per-host batches of held-out documents with fixed masks: the same
+  every call, so eval metrics compare across steps. Past one epoch of the eval set the examples
+  come again, reshuffled and masked anew."""
+  if data_cfg.eval_batches <= 0:
+    return []
+  batches, stats = _batches(data_cfg, tokenizer, "eval", global_batch_size, seed, process_index,
+                            process_count)
+  if data_cfg.eval_batches * global_batch_size > stats["examples_per_epoch"]:
+    log.warning("Eval: %d batches of %d from %d examples; some come twice with other masks",
+                data_cfg.eval_batches, global_batch_size, stats["examples_per_epoch"])
+  return [batches[g] for g in range(data_cfg.eval_batches)]

@@ -1,0 +1,134 @@
+"""The device mesh (`data`, `fsdp`, `tensor`), the logical-axis rules that map the model onto it,
+and shardings for the train state and for batches.
+
+The model names axes only (`model.py`); which mesh axis each name uses is decided here, in one
+table per strategy. `config.sharding` picks the table, `config.mesh` sizes the mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # the batch is split over both data-parallel axes
+
+# Logical axis -> mesh axis (None: replicated). Every name the model uses appears in every table,
+# so a new name cannot fall through silently (tests/test_sharding.py checks it).
+_ACTIVATIONS = [("batch", BATCH), ("length", None), ("act_emb", None), ("act_hidden", None),
+                ("act_kv", None)]
+RULES: dict[str, list[tuple[str, Any]]] = {
+    # Every device holds every weight; the batch is split.
+    "data_parallel": _ACTIVATIONS + [
+        ("act_heads", None), ("act_mlp", None), ("act_vocab", None),
+        ("vocab", None), ("emb", None), ("hidden", None), ("heads", None), ("kv", None),
+        ("mlp", None)],
+    # ZeRO-3 style: weights split over `fsdp` on their largest axis, gathered for each matmul.
+    "fsdp": _ACTIVATIONS + [
+        ("act_heads", None), ("act_mlp", None), ("act_vocab", None),
+        ("vocab", "fsdp"), ("emb", None), ("hidden", "fsdp"), ("heads", None), ("kv", None),
+        ("mlp", None)],
+    # fsdp plus Megatron-style tensor parallelism: heads, FFN width and vocabulary over `tensor`.
+    "fsdp_tensor": _ACTIVATIONS + [
+        ("act_heads", "tensor"), ("act_mlp", "tensor"), ("act_vocab", "tensor"),
+        ("vocab", "tensor"), ("emb", None), ("hidden", "fsdp"), ("heads", "tensor"), ("kv", None),
+        ("mlp", "tensor")],
+}
+
+
+def rules(name: str) -> list[tuple[str, Any]]:
+  if name not in RULES:
+    raise ValueError(f"config.sharding={name!r} is not one of {sorted(RULES)}")
+  return RULES[name]
+
+
+def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) from `config.mesh`, where one size may be -1 (the rest of the devices)."""
+  shape = [int(sizes[a]) for a in MESH_AXES]
+  wild = [i for i, s in enumerate(shape) if s == -1]
+  if len(wild) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"config.mesh={dict(zip(MESH_AXES, shape))}: sizes must be positive, "
+                     "with at most one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if wild:
+    if num_devices % known:
+      raise ValueError(f"config.mesh={dict(zip(MESH_AXES, shape))} does not divide "
+                       f"{num_devices} devices")
+    shape[wild[0]] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"config.mesh={dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} "
+                     f"devices; there are {num_devices}")
+  return tuple(shape)
+
+
+def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The (data, fsdp, tensor) mesh over all devices of all processes.
+
+  On several slices (TPU multislice), `data` is laid over the slow inter-slice network (DCN)
+  and `fsdp`/`tensor` stay within a slice.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(sizes, len(devices))
+  num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if num_slices > 1:
+    from jax.experimental import mesh_utils
+    if shape[0] % num_slices:
+      raise ValueError(f"mesh data={shape[0]} must be a multiple of the {num_slices} slices")
+    ici = (shape[0] // num_slices, shape[1], shape[2])
+    array = mesh_utils.create_hybrid_device_mesh(ici, (num_slices, 1, 1), devices)
+    return Mesh(array, MESH_AXES)
+  # Auto axes: GSPMD propagates shardings from the params' and the few activations' constraints.
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rule_table) -> Any:
+  """NamedShardings for a tree of `nn.LogicallyPartitioned` leaves (e.g. `abstract_params`)."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rule_table)
+
+
+def _path(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def match_param_shardings(tree, params, param_shardings, mesh: Mesh) -> Any:
+  """Shardings for a tree that embeds param-shaped subtrees (optimizer moments, gradients).
+
+  A leaf whose path ends with a parameter's path and has that parameter's shape gets the
+  parameter's sharding; every other leaf (step counters, scalars) is replicated.
+  """
+  by_path = {}
+  for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                    jax.tree_util.tree_leaves(param_shardings)):
+    by_path[_path(path)] = (tuple(leaf.shape), sharding)
+  replicated = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    key = _path(path)
+    for start in range(len(key)):
+      hit = by_path.get(key[start:])
+      if hit and hit[0] == tuple(getattr(leaf, "shape", ())):
+        return hit[1]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Leading (batch) axis over data x fsdp, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Per-process numpy batches -> global jax.Arrays split over the batch axes.
+
+  Each process passes its own rows (global batch / process count of them).
+  """
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
+          for k, v in local.items()}

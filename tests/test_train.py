@@ -1,0 +1,293 @@
+"""The pretraining job end to end: train_and_evaluate, resume, preemption, NaN, meshes, hosts."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import transformers
+
+from albert_jax import checkpointing, hf_convert, metrics, optimizer, sharding, train
+from albert_jax import model as M
+from albert_jax.data import corpus
+from albert_jax.data.train_tokenizer import train_spm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "configs"))
+import pretrain  # noqa: E402  (configs/ is not a package)
+
+pytestmark = pytest.mark.slow
+
+# A model small enough that a step is milliseconds, on the 2x2x2 mesh of the 8 simulated devices.
+OVERRIDES = {
+    "model.embedding_size": 16, "model.hidden_size": 32, "model.num_hidden_layers": 2,
+    "model.num_attention_heads": 4, "model.intermediate_size": 64,
+    "data.max_seq_length": 32, "data.eval_batches": 2, "batch_size": 16, "total_steps": 24,
+    "optim.lr": 0.01, "optim.warmup_steps": 4, "log_every_steps": 4, "eval_every_steps": 12,
+    "checkpoint_every_steps": 6, "keep_checkpoints": 10,
+    "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "sharding": "fsdp_tensor",
+}
+
+
+@pytest.fixture(scope="session")
+def spm_model(tmp_path_factory):
+  """A 500-piece vocabulary of the embedded corpus, shared by every run here."""
+  sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
+  return train_spm(sentences, 500, tmp_path_factory.mktemp("spm"))
+
+
+def tiny_config(spm_model, **changes):
+  config = pretrain.get_config("tiny")
+  for key, value in {**OVERRIDES, "data.spm_model": str(spm_model), **changes}.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def cli_args(config_changes: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in config_changes.items()]
+
+
+def run_main(workdir, spm_model, *extra, wait=True, env=None, **changes):
+  """`python -m albert_jax.main` with the tiny test config, as a user would run it."""
+  args = [sys.executable, "-m", "albert_jax.main", "--config=configs/pretrain.py:tiny",
+          f"--workdir={workdir}",
+          *cli_args({**OVERRIDES, "data.spm_model": spm_model, **changes}), *extra]
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env={**os.environ, **(env or {})})
+  if wait:
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out
+  return proc
+
+
+def losses(workdir):
+  rows = [r for r in metrics.read_metrics(workdir) if "loss" in r]
+  return {r["step"]: r["loss"] for r in rows}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, spm_model):
+  """An uninterrupted in-process run: (workdir, summary)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  summary = train.train_and_evaluate(tiny_config(spm_model), str(workdir))
+  return workdir, summary
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_end_to_end_run_learns_and_writes_everything(reference):
+  workdir, summary = reference
+  rows = metrics.read_metrics(workdir)
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == list(range(4, 25, 4))
+  for key in ("step", "loss", "mlm_loss", "sop_loss", "mlm_accuracy", "sop_accuracy",
+              "learning_rate", "grad_norm", "steps_per_second", "tokens_per_second", "mfu"):
+    assert key in train_rows[-1], key
+  assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 0.3
+  eval_rows = [r for r in rows if "eval/loss" in r]
+  assert [r["step"] for r in eval_rows] == [12, 24]
+  assert eval_rows[1]["eval/loss"] < eval_rows[0]["eval/loss"]
+  assert summary["step"] == 24 and not summary["preempted"]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [6, 12, 18, 24]
+  # The export loads in transformers with the tokenizer beside it.
+  model, info = transformers.AlbertForPreTraining.from_pretrained(workdir / "hf",
+                                                                  output_loading_info=True)
+  assert not any(info.values()), info
+  tok = transformers.AlbertTokenizer.from_pretrained(workdir / "hf")
+  assert tok.mask_token_id == 4 and tok.vocab_size == 500
+
+
+def _tensorboard_scalars(logdir):
+  """Scalars of TFRecord event files, read with the Event proto (not with our writer)."""
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in Path(logdir).glob("events.out.tfevents.*"):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, {})[event.step] = value.simple_value
+  return out
+
+
+def test_tensorboard_event_files_hold_the_metrics(reference):
+  workdir, _ = reference
+  scalars = _tensorboard_scalars(workdir / "tensorboard")
+  rows = {r["step"]: r for r in metrics.read_metrics(workdir) if "loss" in r}
+  assert sorted(scalars["loss"]) == sorted(rows)
+  for step, row in rows.items():
+    assert scalars["loss"][step] == pytest.approx(row["loss"], rel=1e-6)
+  assert set(scalars["eval/mlm_accuracy"]) == {12, 24}
+
+
+def test_flop_count_agrees_with_xla_cost_analysis():
+  """Our analytic count (what MFU uses) against XLA's own count of the compiled forward."""
+  cfg = M.AlbertConfig(vocab_size=500, embedding_size=32, hidden_size=128, num_hidden_layers=3,
+                       num_attention_heads=4, intermediate_size=512)
+  module = M.AlbertForPreTraining(cfg, scan_layers=False)  # XLA counts a loop body once
+  params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
+                                  nn.unbox(M.abstract_params(module)))
+  ids = jax.ShapeDtypeStruct((4, 64), np.int32)
+  positions = jax.ShapeDtypeStruct((4, 10), np.int32)
+  compiled = jax.jit(lambda p, x, m: module.apply({"params": p}, x, masked_lm_positions=m)).lower(
+      params, ids, positions).compile()
+  xla = compiled.cost_analysis()["flops"]
+  ours = 4 * M.pretraining_flops_per_example(cfg, 64, 10)
+  # XLA also counts softmax, LayerNorm and activation arithmetic (a few % here).
+  assert ours <= xla <= 1.1 * ours, (ours, xla)
+
+
+# ----------------------------------------------------------------------------- resuming
+
+def _wait_for(path, proc, timeout=300):
+  deadline = time.time() + timeout
+  while not path.exists():
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+    time.sleep(0.05)
+
+
+def test_sigterm_then_sigkill_then_resume_reproduce_the_uninterrupted_run(tmp_path, spm_model,
+                                                                          reference):
+  """SIGTERM: save at the next step and exit 0. SIGKILL: lose what followed the last checkpoint.
+  Either way, rerunning the command ends with exactly the uninterrupted run's losses."""
+  ref_workdir, _ = reference
+  workdir = tmp_path / "run"
+  proc = run_main(workdir, spm_model, wait=False)
+  _wait_for(workdir / metrics.METRICS_FILE, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0 and "Preempted: saving step" in out, out
+  saved = max(int(p.name) for p in (workdir / "checkpoints").iterdir())
+  assert 4 <= saved < 24
+
+  proc = run_main(workdir, spm_model, wait=False)
+  next_checkpoint = (saved // 6 + 1) * 6
+  _wait_for(workdir / "checkpoints" / str(next_checkpoint), proc)
+  proc.send_signal(signal.SIGKILL)
+  out, _ = proc.communicate()
+  assert f"Resumed from checkpoint step {saved}" in out, out
+  assert max(losses(workdir)) < 24, "the run finished before it could be killed"
+
+  code, out = run_main(workdir, spm_model)
+  assert code == 0 and "Resumed from checkpoint step" in out, out
+  assert losses(workdir) == losses(ref_workdir)  # exactly: same data, same updates
+  steps = [r["step"] for r in metrics.read_metrics(workdir) if "loss" in r]
+  assert steps == sorted(set(steps))  # no step logged twice across the restarts
+
+
+def _abstract_state(workdir, step, mesh, rule_name):
+  """The train state's shapes for the run in `workdir`, laid out on `mesh`."""
+  config = json.loads((workdir / "config.json").read_text())
+  cfg = M.AlbertConfig.from_hf_dict(json.loads(
+      (workdir / "checkpoints" / str(step) / "albert_config" / "metadata").read_text())["config"])
+  optim = pretrain.get_config("tiny").optim
+  optim.update(config["optim"])
+  tx = optimizer.make_optimizer(optim, config["total_steps"])
+  _, abstract, _ = train.state_layout(M.AlbertForPreTraining(cfg), tx, mesh,
+                                      sharding.rules(rule_name))
+  return train.checkpoint_parts(abstract)
+
+
+def test_restore_onto_a_different_mesh(reference):
+  """Saved on 8 devices as 2x2x2 (fsdp_tensor); restored on 4 devices as 4x1x1."""
+  workdir, _ = reference
+  _, saved, _ = checkpointing.load_model_dir(workdir / "checkpoints" / "24")
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:4])
+  manager = checkpointing.make_manager(workdir, max_to_keep=None)
+  step, params, rest, data = checkpointing.restore_train_state(
+      manager, *_abstract_state(workdir, 24, mesh, "data_parallel"))
+  assert step == 24 and data == {"next_batch": 24} and int(rest["step"]) == 24
+  leaf = params["albert"]["encoder"]["embedding_hidden_mapping_in"]["kernel"]
+  assert len(leaf.sharding.device_set) == 4
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(saved)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_corrupt_latest_checkpoint_falls_back_loudly(tmp_path, reference):
+  import shutil
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference[0], workdir)
+  # A kill -9 mid-save leaves a temporary directory: never taken for a checkpoint.
+  (workdir / "checkpoints" / "30.orbax-checkpoint-tmp").mkdir()
+  # Flip bytes inside the newest step's parameter data: Orbax would restore them silently.
+  data_files = sorted((p for p in (workdir / "checkpoints" / "24" / "params").rglob("*")
+                       if p.is_file()), key=lambda p: p.stat().st_size)
+  blob = bytearray(data_files[-1].read_bytes())
+  blob[len(blob) // 2] ^= 0xFF
+  data_files[-1].write_bytes(bytes(blob))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  manager = checkpointing.make_manager(workdir, max_to_keep=None)
+  messages = []
+  step, *_ = checkpointing.restore_train_state(
+      manager, *_abstract_state(workdir, 24, mesh, "data_parallel"), log=messages.append)
+  assert step == 18
+  assert len(messages) == 1 and "checkpoint step 24" in messages[0], messages
+
+
+# ----------------------------------------------------------------------------- failures
+
+def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, spm_model):
+  config = tiny_config(spm_model, **{"optim.name": "adamw_optax", "optim.lr": 1e30,
+                                     "optim.warmup_steps": 0, "optim.clip_norm": 0.0,
+                                     "checkpoint_every_steps": 1, "log_every_steps": 1})
+  with pytest.raises(FloatingPointError, match=r"NaN/Inf at step \d+"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps, "the first steps were finite and should have been saved"
+  for step in steps:
+    _, params, _ = checkpointing.load_model_dir(tmp_path / "checkpoints" / str(step))
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)), step
+
+
+def test_init_from_hf_and_from_an_orbax_run(tmp_path, spm_model, reference):
+  cfg = train.model_config(tiny_config(spm_model), 500)
+  source = M.init_params(M.AlbertForPreTraining(cfg), 7)
+  hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=spm_model)
+  for name, init_from, expected in (
+      ("from_hf", tmp_path / "hf_in", source),
+      ("from_orbax", reference[0], checkpointing.load_model_dir(reference[0])[1])):
+    # One step at learning rate 0 (the first warmup step): the export is the initial weights.
+    config = tiny_config(spm_model, total_steps=1, init_from=str(init_from))
+    train.train_and_evaluate(config, str(tmp_path / name))
+    _, exported, _ = hf_convert.load(tmp_path / name / "hf")
+    for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(exported)):
+      np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_misspelled_override_is_an_error(tmp_path, spm_model):
+  code, out = run_main(tmp_path, spm_model, "--config.optim.learning_rate=0.1")
+  assert code != 0 and "learning_rate" in out
+
+
+# ----------------------------------------------------------------------------- several hosts
+
+def test_two_processes_train_like_one(tmp_path, spm_model, reference):
+  """Two local processes (4 CPU devices each, jax.distributed on localhost) = one with 8."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  procs = [run_main(tmp_path / "run", spm_model, f"--coordinator_address=localhost:{port}",
+                    "--num_processes=2", f"--process_id={i}", wait=False, env=env)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  ours, ref = losses(tmp_path / "run"), losses(reference[0])
+  assert ours.keys() == ref.keys()
+  np.testing.assert_allclose([ours[k] for k in ref], [ref[k] for k in ref], rtol=1e-5)
