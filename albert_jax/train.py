@@ -370,6 +370,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   summary = {"step": step, "preempted": preempted, "first": history["first"],
              "last": history["last"], "eval": history["eval"]}
+  if history["first"] and history["last"] and history["eval"]:
+    logging.info("MLM accuracy: %.4f at the first logged step of this run -> %.4f at step %d "
+                 "(held-out: %.4f); SOP accuracy %.4f -> %.4f", history["first"]["mlm_accuracy"],
+                 history["last"]["mlm_accuracy"], step, history["eval"]["eval/mlm_accuracy"],
+                 history["first"]["sop_accuracy"], history["last"]["sop_accuracy"])
   if not preempted and config.export_hf:
     host_params = _host_params(state.params)
     if is_main:

@@ -224,12 +224,15 @@ def test_corrupt_latest_checkpoint_falls_back_loudly(tmp_path, reference):
   shutil.copytree(reference[0], workdir)
   # A kill -9 mid-save leaves a temporary directory: never taken for a checkpoint.
   (workdir / "checkpoints" / "30.orbax-checkpoint-tmp").mkdir()
-  # Flip bytes inside the newest step's parameter data: Orbax would restore them silently.
-  data_files = sorted((p for p in (workdir / "checkpoints" / "24" / "params").rglob("*")
-                       if p.is_file()), key=lambda p: p.stat().st_size)
-  blob = bytearray(data_files[-1].read_bytes())
-  blob[len(blob) // 2] ^= 0xFF
-  data_files[-1].write_bytes(bytes(blob))
+  # Flip a byte inside every data file of the newest step's parameters (which file holds which
+  # array is Orbax's business): Orbax alone would restore corrupted array bytes silently.
+  data_files = [p for p in (workdir / "checkpoints" / "24" / "params").rglob("*")
+                if p.is_file() and p.parent.name == "d"]
+  assert data_files
+  for path in data_files:
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
   manager = checkpointing.make_manager(workdir, max_to_keep=None)
   messages = []
