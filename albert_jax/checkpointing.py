@@ -69,6 +69,18 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
   os.replace(tmp, path)
 
 
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  """Copies a file to `dst` through a temporary file and a rename (no-op if src is dst)."""
+  dst = Path(dst)
+  if dst.exists() and os.path.samefile(src, dst):
+    return
+  fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.tmp-", dir=dst.parent)
+  os.close(fd)
+  shutil.copyfile(src, tmp)
+  os.chmod(tmp, 0o644)
+  os.replace(tmp, dst)
+
+
 def _training_step_dir(path: Path) -> Path | None:
   """The checkpoint step directory `path` names: a step itself, WORKDIR/checkpoints or WORKDIR
   (then the newest complete step), or None."""

@@ -147,8 +147,10 @@ def unflatten(flat: dict[str, Array]) -> dict:
 
 
 def _expected_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
-  """Flax path -> shape for `head`, traced without allocating anything."""
-  abstract = nn.unbox(abstract_params(make_model(cfg, head)))
+  """Flax path -> shape for `head`, traced without allocating anything (and without the
+  activation sharding constraints of a mesh the caller may be inside: shapes are all we need)."""
+  with jax.set_mesh(None):
+    abstract = nn.unbox(abstract_params(make_model(cfg, head)))
   return {k: tuple(v.shape) for k, v in flatten(abstract).items()}
 
 

@@ -27,10 +27,8 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from albert_jax import checkpointing, hf_convert, metrics as metrics_lib, optimizer, sharding
+from albert_jax import checkpointing, hf_convert, jobs, metrics as metrics_lib, optimizer, sharding
 from albert_jax import model as M
-from albert_jax.data import pipeline
-from albert_jax.tasks import pretraining as task
 
 PyTree = Any
 
@@ -47,15 +45,14 @@ class TrainState:
 
 # ----------------------------------------------------------------------------- the steps
 
-def train_step(state: TrainState, batch, *, module, tx, schedule, accum_steps: int, seed: int):
+def train_step(state: TrainState, batch, *, module, tx, schedule, accum_steps: int, seed: int,
+               loss: jobs.Loss = jobs.PRETRAINING_LOSS):
   """One optimizer update from a global batch (split into `accum_steps` micro-batches)."""
   rng = jax.random.fold_in(jax.random.key(seed), state.step)  # dropout: a fresh key per step
-  mlm_denominator, sop_denominator = task.denominators(batch)
 
   def loss_fn(params, micro, micro_rng):
-    mlm_logits, sop_logits = task.forward(module, params, micro, deterministic=False, rng=micro_rng)
-    sums = task.loss_sums(mlm_logits, sop_logits, micro)
-    return task.objective(sums, mlm_denominator, sop_denominator), sums
+    sums = loss.sums(module, params, micro, micro_rng)
+    return loss.objective(sums, batch), sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
@@ -75,8 +72,10 @@ def train_step(state: TrainState, batch, *, module, tx, schedule, accum_steps: i
         grad_fn, state.params, jax.tree_util.tree_map(lambda x: x[0], micro), rng)
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, sums_shape))
     (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum_steps)))
+  divisor = loss.grad_divisor(sums)
+  grads = jax.tree_util.tree_map(lambda g: g / divisor, grads)
 
-  metrics = task.normalise(sums)
+  metrics = loss.normalise(sums)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -93,24 +92,14 @@ def train_step(state: TrainState, batch, *, module, tx, schedule, accum_steps: i
   return new_state, metrics
 
 
-def eval_step(params, batch, *, module):
-  """Summed losses and counts of one batch (added up over the eval set, then normalised)."""
-  mlm_logits, sop_logits = task.forward(module, params, batch, deterministic=True)
-  return task.loss_sums(mlm_logits, sop_logits, batch)
+def eval_step(params, batch, *, outputs, module):
+  """What one eval batch contributes: summed losses (pretraining) or per-row predictions."""
+  return outputs(module, params, batch)
 
 
 # ----------------------------------------------------------------------------- set-up helpers
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> M.AlbertConfig:
-  """AlbertConfig from `config.model`; vocab_size -1 means the tokenizer's."""
-  fields = dict(config.model)
-  if fields.get("vocab_size", -1) in (-1, None):
-    fields["vocab_size"] = vocab_size
-  if fields["vocab_size"] < vocab_size:
-    raise ValueError(f"config.model.vocab_size={fields['vocab_size']} is smaller than the "
-                     f"tokenizer's {vocab_size} pieces")
-  fields["id2label"] = tuple(fields.get("id2label") or ())
-  return M.AlbertConfig(**fields)
+model_config = jobs.model_config  # where the tests and benchmarks look for it
 
 
 def peak_flops(config) -> tuple[float, str]:
@@ -203,7 +192,12 @@ def checkpoint_parts(state: TrainState) -> tuple[PyTree, dict]:
 # ----------------------------------------------------------------------------- the job
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Pretrains ALBERT as `config` says, in `workdir`; rerunning resumes. Returns a summary."""
+  """Trains as `config` says (pretraining, or the fine-tuning task `config.task`) in `workdir`;
+  rerunning resumes. Returns a summary."""
+  if str(workdir).startswith(("gs://", "s3://")):
+    raise ValueError(f"workdir {workdir!r}: albert-jax reads and writes local paths; mount the "
+                     "bucket (Cloud Storage FUSE: /gcs/BUCKET, see experiments/tpu/README.md) "
+                     "and pass the mounted path")
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -220,45 +214,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"x grad_accum_steps = {mesh.shape['data']} x {mesh.shape['fsdp']} x "
                      f"{config.grad_accum_steps}")
 
-  # Data and tokenizer.
-  tokenizer = pipeline.build_tokenizer(config.data, workdir)
-  train_iter = pipeline.train_iterator(config.data, tokenizer, global_batch_size=config.batch_size,
-                                       seed=config.seed)
-  eval_set = pipeline.eval_batches(config.data, tokenizer, global_batch_size=config.batch_size,
-                                   seed=config.seed + 1)
-
-  # Model, optimizer, and the shapes and shardings of the state.
-  cfg = model_config(config, tokenizer.vocab_size)
-  module = M.AlbertForPreTraining(cfg, dtype=jnp.dtype(config.dtype),
-                                  remat_policy=config.remat_policy)
+  # Data, tokenizer, model config and head, the loss and the eval sets of the task.
+  job = jobs.make_job(config, workdir)
+  cfg = job.model_config
+  module = M.make_model(cfg, job.head, dtype=jnp.dtype(config.dtype),
+                        remat_policy=config.remat_policy)
   tx = optimizer.make_optimizer(config.optim, config.total_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, config.total_steps)
 
   init_state, abstract, state_shardings = state_layout(module, tx, mesh, rules)
   replicated = NamedSharding(mesh, P())
-  logging.info("Model: %s parameters; %s", f"{M.count_params(abstract.params):,}", cfg)
+  logging.info("Model (%s head): %s parameters; %s", job.head,
+               f"{M.count_params(abstract.params):,}", cfg)
 
   # Resume order: the newest good checkpoint in the workdir, else config.init_from (params
   # only), else a fresh init. The data iterator resumes with the checkpoint.
   manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)
   restored = checkpointing.restore_train_state(manager, *checkpoint_parts(abstract),
                                                log=logging.warning)
-  host_init = None
-  if not restored and config.init_from:  # read on the host, outside the mesh context
-    loaded_cfg, host_init, _ = hf_convert.load_any(config.init_from, head="pretraining")
-    changed = {f.name: (getattr(loaded_cfg, f.name), getattr(cfg, f.name))
-               for f in dataclasses.fields(cfg)
-               if getattr(loaded_cfg, f.name) != getattr(cfg, f.name)}
-    if changed:  # e.g. a deeper model from a shallower one: legal with shared layers
-      logging.warning("config.init_from differs from config.model in (theirs, ours): %s", changed)
+  train_iter = job.train_iter
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     if restored:
       step, params, rest, data_state = restored
       state = TrainState(params=params, **rest)
       train_iter.set_state(data_state)
       logging.info("Resumed from checkpoint step %d", step)
-    elif host_init is not None:
-      params = _put_params(host_init, abstract.params)
+    elif job.init_params is not None:
+      params = _put_params(job.init_params, abstract.params)
       state = jax.jit(lambda p: TrainState(
           step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
           nonfinite_step=jnp.full((), -1, jnp.int32)), out_shardings=state_shardings)(params)
@@ -267,29 +249,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(config.seed))
     start_step = int(jax.device_get(state.step))
 
-    batch_shardings = {name: sharding.batch_sharding(mesh, 1 if name == "sentence_order_label"
-                                                     else 2) for name in task.FEATURES}
+    first_batch = next(train_iter)
+    batch_shardings = {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in first_batch.items()}
     p_train_step = jax.jit(
-        functools.partial(train_step, module=module, tx=tx, schedule=schedule,
+        functools.partial(train_step, loss=job.loss, module=module, tx=tx, schedule=schedule,
                           accum_steps=config.grad_accum_steps, seed=config.seed),
         in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
         donate_argnums=0)
-    p_eval_step = jax.jit(functools.partial(eval_step, module=module),
-                          in_shardings=(state_shardings.params, batch_shardings),
+    p_eval_step = jax.jit(functools.partial(eval_step, outputs=job.eval_outputs, module=module),
                           out_shardings=replicated)
 
     writer = metrics_lib.MetricsWriter(workdir, start_step, enabled=is_main)
-    seq_len = config.data.max_seq_length
-    predictions = pipeline.example_config(config.data).max_predictions
-    flops_per_step = 3 * config.batch_size * M.pretraining_flops_per_example(cfg, seq_len,
-                                                                             predictions)
+    flops_per_step = 3 * config.batch_size * job.flops_per_example
     peak, peak_source = peak_flops(config)
-    logging.info("%.3g TFLOP per step (what runs: %d layer applications, MLM at %d positions); "
-                 "peak %.3g TFLOP/s (%s)", flops_per_step / 1e12,
-                 cfg.num_hidden_layers * cfg.inner_group_num, predictions, peak / 1e12, peak_source)
+    logging.info("%.3g TFLOP per step (%d applications of the shared layer%s); peak %.3g "
+                 "TFLOP/s (%s)", flops_per_step / 1e12, cfg.num_hidden_layers * cfg.inner_group_num,
+                 ", MLM head at the masked positions only" if job.task == "pretraining" else "",
+                 peak / 1e12, peak_source)
     throughput = metrics_lib.Throughput(start_step, config.total_steps, flops_per_step, peak)
-    model_info = {"config": cfg.to_hf_dict(), "head": "pretraining"}
+    model_info = {"config": cfg.to_hf_dict(), "head": job.head}
     stop = _StopFlag()
+    best = _Best(workdir, job.best_metric) if job.best_metric else None
 
     def check_finite(step):
       bad = int(jax.device_get(state.nonfinite_step))
@@ -306,14 +286,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      train_iter.get_state(), model_info)
 
     def evaluate(step):
-      sums = None
-      for local in eval_set:
-        out = p_eval_step(state.params, sharding.global_batch(local, mesh))
-        sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-      result = {f"eval/{k}": float(v) for k, v in task.normalise(jax.device_get(sums)).items()}
+      result = {}
+      for eval_set in job.evals:
+        outputs = [jax.device_get(p_eval_step(state.params, sharding.global_batch(local, mesh)))
+                   for local in eval_set.batches]
+        scores = eval_set.score(outputs, workdir / "predictions" / f"step_{step}" / eval_set.name)
+        result.update({f"{eval_set.name}/{k}": v for k, v in scores.items()})
+      if not result:
+        return None
       writer.write(step, result)
-      logging.info("eval @ step %d: %s", step,
-                   ", ".join(f"{k[5:]} {v:.4f}" for k, v in result.items()))
+      logging.info("eval @ step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+      if best is not None and best.improves(result):
+        best.keep(step, result, _host_params(state.params), cfg, job, is_main)
       return result
 
     history = {"first": None, "last": None, "eval": None}
@@ -323,13 +307,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     preempted = False
     logging.info("Training from step %d to %d", start_step, config.total_steps)
     try:
+      local_batch = first_batch
       while step < config.total_steps:
-        batch = sharding.global_batch(next(train_iter), mesh)
+        batch = sharding.global_batch(local_batch if local_batch is not None else next(train_iter),
+                                      mesh)
+        local_batch = None
         state, step_metrics = p_train_step(state, batch)
         step += 1
         pending.append(step_metrics)
 
-        if step % config.log_every_steps == 0 or step == config.total_steps:
+        # Step 1 too: the untrained model's metrics are the baseline the run is judged by.
+        if step % config.log_every_steps == 0 or step in (1, config.total_steps):
           check_finite(step)
           fetched = jax.device_get(pending)
           pending = []
@@ -341,9 +329,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           history["first"] = history["first"] or row
           history["last"] = row
           logging.info(
-              "step %d/%d | loss %.4f mlm_acc %.4f sop_acc %.4f | lr %.3g | %.2f steps/s "
-              "%s tok/s%s | ETA %s", step, config.total_steps, row["loss"], row["mlm_accuracy"],
-              row["sop_accuracy"], row["learning_rate"], row["steps_per_second"],
+              "step %d/%d | %s | lr %.3g | %.2f steps/s %s tok/s%s | ETA %s", step,
+              config.total_steps, " ".join(f"{k} {row[k]:.4f}" for k in job.console if k in row),
+              row["learning_rate"], row["steps_per_second"],
               f"{row['tokens_per_second']:,.0f}",
               f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "",
               metrics_lib.format_duration(row["eta_seconds"]))
@@ -370,18 +358,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   summary = {"step": step, "preempted": preempted, "first": history["first"],
              "last": history["last"], "eval": history["eval"]}
-  if history["first"] and history["last"] and history["eval"]:
+  if job.task == "pretraining" and history["first"] and history["last"] and history["eval"]:
     logging.info("MLM accuracy: %.4f at the first logged step of this run -> %.4f at step %d "
                  "(held-out: %.4f); SOP accuracy %.4f -> %.4f", history["first"]["mlm_accuracy"],
                  history["last"]["mlm_accuracy"], step, history["eval"]["eval/mlm_accuracy"],
                  history["first"]["sop_accuracy"], history["last"]["sop_accuracy"])
+  if not preempted and best is not None and is_main:
+    summary["eval_results"] = best.write_results(step, history["eval"])
   if not preempted and config.export_hf:
     host_params = _host_params(state.params)
     if is_main:
-      hf_convert.save(cfg, host_params, workdir / "hf", head="pretraining", tokenizer=tokenizer,
+      hf_convert.save(cfg, host_params, workdir / "hf", head=job.head, tokenizer=job.tokenizer,
                       overwrite=True)
       logging.info("Exported the model to %s (Hugging Face format, with spiece.model)",
                    workdir / "hf")
     summary["hf_dir"] = str(workdir / "hf")
   manager.close()
   return summary
+
+
+class _Best:
+  """The best eval so far by one metric: WORKDIR/best (HF format) and WORKDIR/best.json."""
+
+  def __init__(self, workdir: Path, metric: str):
+    self.workdir, self.metric = workdir, metric
+    self.record = jobs.read_json(workdir / "best.json")  # survives restarts
+
+  def improves(self, result: dict[str, float]) -> bool:
+    if self.metric not in result:
+      raise KeyError(f"the task's metric {self.metric!r} is not among the eval results "
+                     f"{sorted(result)}")
+    return self.record is None or result[self.metric] > self.record["metrics"][self.metric]
+
+  def keep(self, step, result, host_params, cfg, job, is_main):
+    self.record = {"step": step, "metric": self.metric, "metrics": result}
+    if is_main:
+      hf_convert.save(cfg, host_params, self.workdir / "best", head=job.head,
+                      tokenizer=job.tokenizer, overwrite=True)
+      checkpointing.write_json_atomic(self.workdir / "best.json", self.record)
+      logging.info("New best %s %.4f at step %d: saved to %s", self.metric, result[self.metric],
+                   step, self.workdir / "best")
+
+  def write_results(self, last_step: int, last: dict[str, float] | None) -> dict[str, float]:
+    """WORKDIR/eval_results.json: the best checkpoint's metrics (unprefixed), its step, and the
+    last eval's metrics as last/..."""
+    out = {k.split("/", 1)[1] if k.startswith("eval/") else k: v
+           for k, v in (self.record or {}).get("metrics", {}).items()}
+    out["best_step"] = (self.record or {}).get("step", -1)
+    out["last_step"] = last_step
+    out.update({f"last/{k}": v for k, v in (last or {}).items()})
+    checkpointing.write_json_atomic(self.workdir / "eval_results.json", out)
+    logging.info("Eval results (best step %d by %s): %s", out["best_step"], self.metric,
+                 json.dumps(out))
+    return out

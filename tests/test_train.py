@@ -31,7 +31,8 @@ OVERRIDES = {
     "model.embedding_size": 16, "model.hidden_size": 32, "model.num_hidden_layers": 2,
     "model.num_attention_heads": 4, "model.intermediate_size": 64,
     "data.max_seq_length": 32, "data.eval_batches": 2, "batch_size": 16, "total_steps": 24,
-    "optim.lr": 0.01, "optim.warmup_steps": 4, "log_every_steps": 4, "eval_every_steps": 12,
+    "optim.name": "lamb", "optim.lr": 0.01, "optim.warmup_steps": 4, "log_every_steps": 4,
+    "eval_every_steps": 12,
     "checkpoint_every_steps": 6, "keep_checkpoints": 10,
     "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "sharding": "fsdp_tensor",
 }
@@ -91,7 +92,7 @@ def test_end_to_end_run_learns_and_writes_everything(reference):
   workdir, summary = reference
   rows = metrics.read_metrics(workdir)
   train_rows = [r for r in rows if "loss" in r]
-  assert [r["step"] for r in train_rows] == list(range(4, 25, 4))
+  assert [r["step"] for r in train_rows] == [1, *range(4, 25, 4)]  # step 1: the baseline
   for key in ("step", "loss", "mlm_loss", "sop_loss", "mlm_accuracy", "sop_accuracy",
               "learning_rate", "grad_norm", "steps_per_second", "tokens_per_second", "mfu"):
     assert key in train_rows[-1], key

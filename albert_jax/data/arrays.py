@@ -1,0 +1,74 @@
+"""Batches of in-memory feature arrays (fine-tuning sets): shuffled epochs, resumable, per host.
+
+Fine-tuning sets fit in host memory once tokenised, so this is plain NumPy: global batch g is the
+stream of examples [g*B, (g+1)*B) where epoch e is a permutation drawn from (seed, e), and process
+p of P takes rows [p*B/P, (p+1)*B/P) of it. The state is the next batch's index, so a resumed run,
+or one on another number of hosts, sees the same global batches.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from albert_jax.data.pipeline import _examples_at
+from albert_jax.tasks.common import Dataset
+
+WEIGHT = "weight"  # 1 for real rows, 0 for the padding that completes the last eval batch
+
+
+def _rows(global_batch_size: int, process_index: int | None, process_count: int | None):
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by {count} processes")
+  local = global_batch_size // count
+  return index * local, (index + 1) * local
+
+
+class ArrayIterator:
+  """Endless shuffled training batches of `dataset` (this host's rows), with a `weight` of 1."""
+
+  def __init__(self, dataset: Dataset, *, global_batch_size: int, seed: int,
+               process_index: int | None = None, process_count: int | None = None):
+    if not len(dataset):
+      raise ValueError("the training set is empty")
+    self._features, self._n = dataset.features, len(dataset)
+    self._batch, self._seed = global_batch_size, seed
+    self._rows = _rows(global_batch_size, process_index, process_count)
+    self._next = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    start = self._next * self._batch
+    positions = range(start + self._rows[0], start + self._rows[1])
+    index = _examples_at(positions, self._n, self._seed)
+    self._next += 1
+    batch = {k: v[index] for k, v in self._features.items()}
+    batch[WEIGHT] = np.ones(len(index), np.float32)
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {"next_batch": self._next}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self._next = int(state["next_batch"])
+
+
+def eval_batches(dataset: Dataset, *, global_batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None) -> list[dict[str, np.ndarray]]:
+  """Every row once, in order, this host's part of each global batch; the last one padded with
+  copies of row 0 whose `weight` is 0 (their predictions are dropped)."""
+  n = len(dataset)
+  lo, hi = _rows(global_batch_size, process_index, process_count)
+  batches = []
+  for start in range(0, n, global_batch_size):
+    index = np.arange(start + lo, start + hi)
+    real = index < n
+    index = np.where(real, index, 0)
+    batch = {k: v[index] for k, v in dataset.features.items()}
+    batch[WEIGHT] = real.astype(np.float32)
+    batches.append(batch)
+  return batches

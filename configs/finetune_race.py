@@ -1,0 +1,25 @@
+r"""RACE fine-tuning (4-way multiple choice): `--config=configs/finetune_race.py[:all|middle|high]`.
+
+Hyperparameters of the original ALBERT run_race.sh: lr 1e-5, batch 32, 12000 steps, 1000 warmup,
+sequence 512, question + option 128, dropout 0.1 on the output layer only (the ALBERT README:
+v2 models diverge with the paper's v1 settings, which had dropout in the encoder).
+
+  python -m albert_jax.main --config=configs/finetune_race.py \
+      --config.init_from=/path/to/albert-large-v2 --config.task.data_dir=/path/to/RACE \
+      --workdir=/tmp/race
+"""
+
+from albert_jax.tasks import common, race
+
+
+def get_config(arg: str = "all"):
+  args = common.parse_arg(arg, levels="all", model="large")
+  task_cfg = race.default_config(args["levels"])
+  config = common.finetune_config(args["model"], task_cfg, lr=1e-5, total_steps=12000,
+                                  warmup_steps=1000, batch_size=32)
+  return config
+
+
+def get_sweep(arg: str = "all"):
+  del arg
+  return [{"optim.lr": lr, "seed": seed} for lr in (1e-5, 2e-5) for seed in range(3)]

@@ -1,0 +1,34 @@
+r"""SQuAD fine-tuning: `--config=configs/finetune_squad.py:v1|v2[,model=SIZE[-v1]]`.
+
+Hyperparameters of the original ALBERT run_squad_v1.sh / run_squad_v2.sh: lr 5e-5 (v1) / 3e-5
+(v2), batch 48, 3649 / 8144 steps, 10% warmup, sequence 384 / 512, doc stride 128, query 64
+(the paper's table A.4; no dropout in the encoder, 0.1 on the output layer).
+
+  python -m albert_jax.main --config=configs/finetune_squad.py:v2 \
+      --config.init_from=/path/to/albert-large-v2 \
+      --config.task.train_file=train-v2.0.json --config.task.eval_file=dev-v2.0.json \
+      --workdir=/tmp/squad2
+
+or `--config.task.source=tfds` (squad/v1.1, squad/v2.0: TFDS needs no TensorFlow for these).
+Predictions (and for v2 the null odds) go to WORKDIR/predictions/step_N/eval/; exact match and
+F1 are the official scripts'.
+"""
+
+from albert_jax.tasks import common, squad
+
+HYPERPARAMETERS = {1: dict(lr=5e-5, total_steps=3649, warmup_steps=365, batch_size=48),
+                   2: dict(lr=3e-5, total_steps=8144, warmup_steps=814, batch_size=48)}
+
+
+def get_config(arg: str = "v1"):
+  args = common.parse_arg(arg, version="v1", model="large")
+  task_cfg = squad.default_config(args["version"])
+  if int(task_cfg.version) == 2:
+    task_cfg.max_seq_length = 512
+  return common.finetune_config(args["model"], task_cfg,
+                                **HYPERPARAMETERS[int(task_cfg.version)])
+
+
+def get_sweep(arg: str = "v1"):
+  del arg
+  return [{"optim.lr": lr, "seed": seed} for lr in (2e-5, 3e-5, 5e-5) for seed in range(3)]

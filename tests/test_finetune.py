@@ -1,0 +1,261 @@
+"""Fine-tuning end to end through `train.train_and_evaluate`, on tiny data in each benchmark's
+published format, with tiny models: GLUE (learns a separable task), SQuAD, RACE, CoNLL NER,
+and starting from an HF directory and from an Orbax pretraining checkpoint."""
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from albert_jax import hf_convert, metrics, train
+from albert_jax import model as M
+from albert_jax.data import corpus
+from albert_jax.data.train_tokenizer import train_spm
+from albert_jax.tasks import squad
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = dict(embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=128, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0, vocab_size=-1)
+POSITIVE = ["good", "great", "lovely", "excellent", "superb", "fine", "wonderful", "nice"]
+NEGATIVE = ["bad", "awful", "poor", "terrible", "dreadful", "ugly", "horrible", "nasty"]
+
+
+def load_config(name, arg):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+  sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
+  sentences += [f"the film was {w} and the plot {v}" for w in POSITIVE + NEGATIVE
+                for v in ("moved", "dragged")]
+  return train_spm(sentences, 600, tmp_path_factory.mktemp("spm"))
+
+
+def tiny(config, spm_model, **changes):
+  config.model.update(TINY_MODEL)
+  config.spm_model = str(spm_model)
+  config.dtype = "float32"
+  config.optim.update(name="adamw_optax", lr=2e-3, warmup_steps=10)
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  config.update(batch_size=16, log_every_steps=10, checkpoint_every_steps=1000,
+                export_hf=False)
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+# ----------------------------------------------------------------------------- GLUE
+
+def write_sst2(directory: Path, n_train: int, n_dev: int, seed: int = 0):
+  """SST-2 as GLUE distributes it: a header, `sentence<TAB>label`."""
+  rng = random.Random(seed)
+  directory.mkdir(parents=True, exist_ok=True)
+  for name, n in (("train", n_train), ("dev", n_dev)):
+    lines = ["sentence\tlabel"]
+    for _ in range(n):
+      label = rng.randint(0, 1)
+      word = rng.choice(POSITIVE if label else NEGATIVE)
+      filler = " ".join(rng.choice(["the", "film", "plot", "was", "and", "it", "quite", "a"])
+                        for _ in range(rng.randint(1, 3)))
+      lines.append(f"{filler} {word} {filler}\t{label}")
+    (directory / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+  return directory
+
+
+def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, spm_model):
+  data = write_sst2(tmp_path / "SST-2", 512, 96)
+  # From scratch the model sits ~100 steps on the 50% plateau before it finds the words.
+  config = tiny(load_config("finetune_glue", "task=sst2,model=base"), spm_model,
+                **{"task.data_dir": str(data), "task.max_seq_length": 16, "total_steps": 300,
+                   "eval_every_steps": 100, "optim.lr": 1e-3})
+  workdir = tmp_path / "run"
+  summary = train.train_and_evaluate(config, str(workdir))
+  results = json.loads((workdir / "eval_results.json").read_text())
+  assert results == summary["eval_results"]
+  assert results["accuracy"] >= 0.95, results
+  assert results["best_step"] in (100, 200, 300)
+  # The kept best model is an HF directory whose eval row matches eval_results.json.
+  best = json.loads((workdir / "best.json").read_text())
+  assert best["step"] == results["best_step"]
+  assert (workdir / "best" / "config.json").is_file()
+  cfg, params, head = hf_convert.load(workdir / "best")
+  assert head == "sequence_classification" and cfg.num_labels == 2
+  preds = (workdir / "predictions" / f"step_{results['best_step']}" / "eval")
+  assert any(preds.iterdir())
+
+
+def test_glue_resumes_without_losing_the_best(tmp_path, spm_model):
+  data = write_sst2(tmp_path / "SST-2", 128, 32)
+  changes = {"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 20,
+             "eval_every_steps": 10, "checkpoint_every_steps": 10}
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny(load_config("finetune_glue", "sst2"), spm_model, **changes),
+                           str(workdir))
+  first = json.loads((workdir / "eval_results.json").read_text())
+  changes["total_steps"] = 30
+  summary = train.train_and_evaluate(
+      tiny(load_config("finetune_glue", "sst2"), spm_model, **changes), str(workdir))
+  assert summary["step"] == 30
+  steps = [r["step"] for r in metrics.read_metrics(workdir) if "loss" in r]
+  assert steps == [1, 10, 20, 30]  # resumed at 20, not restarted
+  results = json.loads((workdir / "eval_results.json").read_text())
+  assert results["last_step"] == 30
+  assert results["accuracy"] >= first["accuracy"]
+
+
+# ----------------------------------------------------------------------------- init_from
+
+def test_init_from_an_hf_directory_keeps_the_backbone(tmp_path, spm_model):
+  data = write_sst2(tmp_path / "SST-2", 64, 16)
+  config = tiny(load_config("finetune_glue", "sst2"), spm_model,
+                **{"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 1,
+                   "optim.lr": 0.0, "optim.warmup_steps": 0, "export_hf": True})
+  cfg = train.model_config(config, 600)
+  source = M.init_params(M.AlbertForPreTraining(cfg), 3)
+  hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=spm_model)
+  config.init_from = str(tmp_path / "hf_in")
+  config.spm_model = ""  # the init_from directory's
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  _, params, head = hf_convert.load(tmp_path / "run" / "hf")
+  assert head == "sequence_classification"
+  for a, b in zip(jax.tree_util.tree_leaves(params["albert"]),
+                  jax.tree_util.tree_leaves(source["albert"])):
+    np.testing.assert_array_equal(a, b)  # lr 0: the backbone is the checkpoint's
+
+
+def test_init_from_an_orbax_pretraining_checkpoint(tmp_path, spm_model):
+  sys.path.insert(0, str(ROOT / "configs"))
+  import pretrain
+  pre = pretrain.get_config("tiny")
+  pre.model.update(TINY_MODEL)
+  pre.data.update(spm_model=str(spm_model), max_seq_length=32, eval_batches=1)
+  pre.update(batch_size=8, total_steps=2, log_every_steps=1, eval_every_steps=0,
+             checkpoint_every_steps=2, export_hf=False)
+  pre.mesh.update(data=-1, fsdp=1, tensor=1)
+  train.train_and_evaluate(pre, str(tmp_path / "pre"))
+
+  data = write_sst2(tmp_path / "SST-2", 64, 16)
+  config = tiny(load_config("finetune_glue", "sst2"), spm_model,
+                **{"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 2,
+                   "init_from": str(tmp_path / "pre" / "checkpoints" / "2")})
+  config.spm_model = ""  # found in the pretraining run's workdir
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["step"] == 2 and "accuracy" in summary["eval_results"]
+
+
+# ----------------------------------------------------------------------------- SQuAD
+
+CONTEXTS = [
+    "The Eiffel Tower was finished in 1889 in Paris. It is made of iron and is 330 metres tall.",
+    "Python was created by Guido van Rossum. Its first release came in 1991, in the Netherlands.",
+]
+
+
+def write_squad(path: Path, version: int):
+  """A SQuAD-format JSON file; for v2 one unanswerable question per paragraph."""
+  qas = [
+      [("When was the tower finished?", "1889"), ("What is it made of?", "iron")],
+      [("Who created Python?", "Guido van Rossum"), ("When was the first release?", "1991")],
+  ]
+  paragraphs = []
+  for i, (context, pairs) in enumerate(zip(CONTEXTS, qas)):
+    items = [{"id": f"q{i}{j}", "question": q,
+              "answers": [{"text": a, "answer_start": context.index(a)}],
+              **({"is_impossible": False} if version == 2 else {})}
+             for j, (q, a) in enumerate(pairs)]
+    if version == 2:
+      items.append({"id": f"q{i}x", "question": "Who painted the moon?", "answers": [],
+                    "plausible_answers": [], "is_impossible": True})
+    paragraphs.append({"context": context, "qas": items})
+  path.write_text(json.dumps({"version": f"{version}.0", "data": [
+      {"title": "t", "paragraphs": paragraphs}]}))
+  return path
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_squad_run_writes_predictions_and_official_metrics(tmp_path, spm_model, version):
+  data = write_squad(tmp_path / "train.json", version)
+  config = tiny(load_config("finetune_squad", f"v{version}"), spm_model,
+                **{"task.train_file": str(data), "task.eval_file": str(data),
+                   "task.max_seq_length": 48, "task.doc_stride": 16, "task.max_query_length": 16,
+                   "total_steps": 4, "batch_size": 8})
+  workdir = tmp_path / "run"
+  summary = train.train_and_evaluate(config, str(workdir))
+  results = summary["eval_results"]
+  predictions_file = workdir / "predictions" / "step_4" / "eval" / "predictions.json"
+  predictions = json.loads(predictions_file.read_text())
+  ids = {qa["id"] for p in json.loads(data.read_text())["data"][0]["paragraphs"]
+         for qa in p["qas"]}
+  assert set(predictions) == ids
+  # The run's metrics are the official definitions applied to its predictions file.
+  dataset = json.loads(data.read_text())
+  expected = squad.evaluate(dataset, predictions)
+  if version == 1:
+    assert results["exact_match"] == pytest.approx(expected["exact_match"])
+    assert results["f1"] == pytest.approx(expected["f1"])
+  else:
+    for key in ("HasAns_total", "NoAns_total"):
+      assert key in results, results
+
+
+# ----------------------------------------------------------------------------- RACE, NER
+
+def write_race(root: Path):
+  rng = random.Random(0)
+  for split in ("train", "dev"):
+    for level in ("middle", "high"):
+      d = root / split / level
+      d.mkdir(parents=True)
+      for i in range(4):
+        answer = rng.randint(0, 3)
+        options = [rng.choice(NEGATIVE) for _ in range(4)]
+        options[answer] = rng.choice(POSITIVE)
+        (d / f"{i}.txt").write_text(json.dumps({
+            "id": f"{split}/{level}/{i}.txt", "article": "The film was shown in the town.",
+            "questions": ["The film was _ ."], "options": [options],
+            "answers": ["ABCD"[answer]]}))
+  return root
+
+
+def test_race_run_reports_accuracy_per_level(tmp_path, spm_model):
+  data = write_race(tmp_path / "RACE")
+  config = tiny(load_config("finetune_race", "all"), spm_model,
+                **{"task.data_dir": str(data), "task.max_seq_length": 32,
+                   "task.max_qa_length": 12, "total_steps": 3, "batch_size": 8})
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  results = summary["eval_results"]
+  for key in ("accuracy", "middle_accuracy", "high_accuracy"):
+    assert 0.0 <= results[key] <= 1.0, results
+  assert (results["middle_accuracy"] + results["high_accuracy"]) / 2 == pytest.approx(
+      results["accuracy"])  # four questions per level
+
+
+def test_ner_run_reports_entity_f1(tmp_path, spm_model):
+  lines = ["-DOCSTART- -X- -X- O", ""]
+  rng = random.Random(0)
+  for _ in range(40):
+    name = rng.choice(["Paris", "London", "Berlin"])
+    lines += ["The NN O", "film NN O", "opened VB O", "in IN O", f"{name} NNP B-LOC", ". . O", ""]
+  path = tmp_path / "train.txt"
+  path.write_text("\n".join(lines))
+  config = tiny(load_config("finetune_ner", "model=base"), spm_model,
+                **{"task.train_file": str(path), "task.eval_file": str(path),
+                   "task.max_seq_length": 16, "total_steps": 60, "eval_every_steps": 60})
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  results = summary["eval_results"]
+  assert results["f1"] >= 0.9, results  # one entity type in one position: learnt in 60 steps
+  assert (tmp_path / "run" / "predictions" / "step_60" / "eval" / "predictions.txt").is_file()
