@@ -214,6 +214,8 @@ def _finetuning_job(config, workdir: Path, task) -> Job:
   evals = [eval_set("eval", task.load(task_cfg, tokenizer, "eval"))]
   for split in task_cfg.get("extra_eval_splits", ()) or ():
     evals.append(eval_set(f"eval_{split}", task.load(task_cfg, tokenizer, split)))
+  if task_cfg.get("predict_split"):  # unlabelled (e.g. GLUE test): prediction files only
+    evals.append(eval_set("predict", task.load(task_cfg, tokenizer, "predict")))
 
   seq_len = train_set.features["input_ids"].shape[-1]
   rows_per_example = int(np.prod(train_set.features["input_ids"].shape[1:-1], dtype=np.int64))

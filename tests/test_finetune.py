@@ -73,6 +73,8 @@ def write_sst2(directory: Path, n_train: int, n_dev: int, seed: int = 0):
                         for _ in range(rng.randint(1, 3)))
       lines.append(f"{filler} {word} {filler}\t{label}")
     (directory / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+  test = ["index\tsentence"] + [f"{i}\tthe plot was {w}" for i, w in enumerate(POSITIVE + NEGATIVE)]
+  (directory / "test.tsv").write_text("\n".join(test) + "\n")
   return directory
 
 
@@ -81,7 +83,7 @@ def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, spm_model):
   # From scratch the model sits ~100 steps on the 50% plateau before it finds the words.
   config = tiny(load_config("finetune_glue", "task=sst2,model=base"), spm_model,
                 **{"task.data_dir": str(data), "task.max_seq_length": 16, "total_steps": 300,
-                   "eval_every_steps": 100, "optim.lr": 1e-3})
+                   "eval_every_steps": 100, "optim.lr": 1e-3, "task.predict_split": "test"})
   workdir = tmp_path / "run"
   summary = train.train_and_evaluate(config, str(workdir))
   results = json.loads((workdir / "eval_results.json").read_text())
@@ -96,6 +98,12 @@ def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, spm_model):
   assert head == "sequence_classification" and cfg.num_labels == 2
   preds = (workdir / "predictions" / f"step_{results['best_step']}" / "eval")
   assert any(preds.iterdir())
+  # The GLUE leaderboard file for the unlabelled test split: index, predicted label.
+  rows = (workdir / "predictions" / "step_300" / "predict" / "SST-2.tsv").read_text().split("\n")
+  assert rows[0] == "index\tprediction"
+  predicted = dict(r.split("\t") for r in rows[1:] if r)
+  expected = {str(i): "1" if i < len(POSITIVE) else "0" for i in range(16)}
+  assert sum(predicted[k] == v for k, v in expected.items()) >= 14, predicted
 
 
 def test_glue_resumes_without_losing_the_best(tmp_path, spm_model):
