@@ -72,7 +72,6 @@ class Job:
   console: tuple[str, ...]  # the metrics on the progress line
   best_metric: str | None = None  # keep the best checkpoint by this eval metric (fine-tuning)
   init_params: PyTree | None = None  # host params from config.init_from
-  init_config: M.AlbertConfig | None = None
 
 
 def task_name(config: ml_collections.ConfigDict) -> str:
@@ -142,8 +141,7 @@ def _pretraining_job(config, workdir: Path) -> Job:
       evals=[EvalSet("eval", eval_batches, score)] if eval_batches else [],
       flops_per_example=M.pretraining_flops_per_example(cfg, config.data.max_seq_length,
                                                         predictions),
-      console=("loss", "mlm_accuracy", "sop_accuracy"), init_params=init_params,
-      init_config=init_cfg)
+      console=("loss", "mlm_accuracy", "sop_accuracy"), init_params=init_params)
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -230,7 +228,7 @@ def _finetuning_job(config, workdir: Path, task) -> Job:
       eval_outputs=lambda module, params, batch: task.prediction_arrays(
           _apply(module, params, batch, None), batch),
       evals=evals, flops_per_example=flops, console=console,
-      best_metric=f"eval/{task.METRIC}", init_params=init_params, init_config=init_cfg)
+      best_metric=f"eval/{task.METRIC}", init_params=init_params)
 
 
 def read_json(path: Path) -> dict | None:

@@ -322,8 +322,11 @@ class AlbertAttention(_Albert):
       return nn.with_logical_constraint(y, ("batch", "length", "act_heads", "act_kv"))
     q, k, v = project("query"), project("key"), project("value")
 
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
-    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+    # Scale q, not the [b, h, q, k] scores: one pass over heads x length x head_dim instead of
+    # heads x length^2 (forward and backward); the mask is added as a [b, 1, 1, k] bias.
+    q = q * jnp.asarray(1 / math.sqrt(head_dim), q.dtype)
+    bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     probs = self.dropout(cfg.attention_probs_dropout_prob, probs, deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
