@@ -10,3 +10,56 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="albert-jax-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from albert_jax import train  # noqa: E402
+from albert_jax.data import corpus  # noqa: E402
+from albert_jax.data.train_tokenizer import train_spm  # noqa: E402
+
+# ----------------------------------------------------------------------------- the tiny pretraining
+# run that test_train checks end to end and test_finetune starts from.
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "configs"))
+import pretrain  # noqa: E402  (configs/ is not a package)
+
+# A model small enough that a step is milliseconds, on the 2x2x2 mesh of the 8 simulated devices.
+OVERRIDES = {
+    "model.embedding_size": 16, "model.hidden_size": 32, "model.num_hidden_layers": 2,
+    "model.num_attention_heads": 4, "model.intermediate_size": 64,
+    "data.max_seq_length": 32, "data.eval_batches": 2, "batch_size": 16, "total_steps": 24,
+    "optim.name": "lamb", "optim.lr": 0.01, "optim.warmup_steps": 4, "log_every_steps": 4,
+    "eval_every_steps": 12,
+    "checkpoint_every_steps": 6, "keep_checkpoints": 10,
+    "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "sharding": "fsdp_tensor",
+}
+
+
+@pytest.fixture(scope="session")
+def spm_model(tmp_path_factory):
+  """A 500-piece vocabulary of the embedded corpus, shared by every run here."""
+  sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
+  return train_spm(sentences, 500, tmp_path_factory.mktemp("spm"))
+
+
+def tiny_config(spm_model, **changes):
+  config = pretrain.get_config("tiny")
+  for key, value in {**OVERRIDES, "data.spm_model": str(spm_model), **changes}.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, spm_model):
+  """An uninterrupted in-process run: (workdir, summary)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  summary = train.train_and_evaluate(tiny_config(spm_model), str(workdir))
+  return workdir, summary

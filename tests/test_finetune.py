@@ -5,7 +5,6 @@ and starting from an HF directory and from an Orbax pretraining checkpoint."""
 import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import jax
@@ -17,6 +16,8 @@ from albert_jax import model as M
 from albert_jax.data import corpus
 from albert_jax.data.train_tokenizer import train_spm
 from albert_jax.tasks import squad
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = dict(embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -34,16 +35,17 @@ def load_config(name, arg):
 
 
 @pytest.fixture(scope="module")
-def spm_model(tmp_path_factory):
+def vocab(tmp_path_factory):
+  """A vocabulary that knows the sentiment words of the GLUE-format task."""
   sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
   sentences += [f"the film was {w} and the plot {v}" for w in POSITIVE + NEGATIVE
                 for v in ("moved", "dragged")]
   return train_spm(sentences, 600, tmp_path_factory.mktemp("spm"))
 
 
-def tiny(config, spm_model, **changes):
+def tiny(config, vocab, **changes):
   config.model.update(TINY_MODEL)
-  config.spm_model = str(spm_model)
+  config.spm_model = str(vocab)
   config.dtype = "float32"
   config.optim.update(name="adamw_optax", lr=2e-3, warmup_steps=10)
   config.mesh.update(data=2, fsdp=2, tensor=2)
@@ -78,10 +80,10 @@ def write_sst2(directory: Path, n_train: int, n_dev: int, seed: int = 0):
   return directory
 
 
-def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, spm_model):
+def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 512, 96)
   # From scratch the model sits ~100 steps on the 50% plateau before it finds the words.
-  config = tiny(load_config("finetune_glue", "task=sst2,model=base"), spm_model,
+  config = tiny(load_config("finetune_glue", "task=sst2,model=base"), vocab,
                 **{"task.data_dir": str(data), "task.max_seq_length": 16, "total_steps": 300,
                    "eval_every_steps": 100, "optim.lr": 1e-3, "task.predict_split": "test"})
   workdir = tmp_path / "run"
@@ -106,17 +108,17 @@ def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, spm_model):
   assert sum(predicted[k] == v for k, v in expected.items()) >= 14, predicted
 
 
-def test_glue_resumes_without_losing_the_best(tmp_path, spm_model):
+def test_glue_resumes_without_losing_the_best(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 128, 32)
   changes = {"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 20,
              "eval_every_steps": 10, "checkpoint_every_steps": 10}
   workdir = tmp_path / "run"
-  train.train_and_evaluate(tiny(load_config("finetune_glue", "sst2"), spm_model, **changes),
+  train.train_and_evaluate(tiny(load_config("finetune_glue", "sst2"), vocab, **changes),
                            str(workdir))
   first = json.loads((workdir / "eval_results.json").read_text())
   changes["total_steps"] = 30
   summary = train.train_and_evaluate(
-      tiny(load_config("finetune_glue", "sst2"), spm_model, **changes), str(workdir))
+      tiny(load_config("finetune_glue", "sst2"), vocab, **changes), str(workdir))
   assert summary["step"] == 30
   steps = [r["step"] for r in metrics.read_metrics(workdir) if "loss" in r]
   assert steps == [1, 10, 20, 30]  # resumed at 20, not restarted
@@ -127,14 +129,14 @@ def test_glue_resumes_without_losing_the_best(tmp_path, spm_model):
 
 # ----------------------------------------------------------------------------- init_from
 
-def test_init_from_an_hf_directory_keeps_the_backbone(tmp_path, spm_model):
+def test_init_from_an_hf_directory_keeps_the_backbone(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 64, 16)
-  config = tiny(load_config("finetune_glue", "sst2"), spm_model,
+  config = tiny(load_config("finetune_glue", "sst2"), vocab,
                 **{"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 1,
                    "optim.lr": 0.0, "optim.warmup_steps": 0, "export_hf": True})
   cfg = train.model_config(config, 600)
   source = M.init_params(M.AlbertForPreTraining(cfg), 3)
-  hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=spm_model)
+  hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=vocab)
   config.init_from = str(tmp_path / "hf_in")
   config.spm_model = ""  # the init_from directory's
   train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -145,24 +147,16 @@ def test_init_from_an_hf_directory_keeps_the_backbone(tmp_path, spm_model):
     np.testing.assert_array_equal(a, b)  # lr 0: the backbone is the checkpoint's
 
 
-def test_init_from_an_orbax_pretraining_checkpoint(tmp_path, spm_model):
-  sys.path.insert(0, str(ROOT / "configs"))
-  import pretrain
-  pre = pretrain.get_config("tiny")
-  pre.model.update(TINY_MODEL)
-  pre.data.update(spm_model=str(spm_model), max_seq_length=32, eval_batches=1)
-  pre.update(batch_size=8, total_steps=2, log_every_steps=1, eval_every_steps=0,
-             checkpoint_every_steps=2, export_hf=False)
-  pre.mesh.update(data=-1, fsdp=1, tensor=1)
-  train.train_and_evaluate(pre, str(tmp_path / "pre"))
-
+def test_init_from_an_orbax_pretraining_checkpoint(tmp_path, vocab, reference):
+  """From step 24 of conftest's tiny pretraining run; its vocabulary is found in its workdir."""
   data = write_sst2(tmp_path / "SST-2", 64, 16)
-  config = tiny(load_config("finetune_glue", "sst2"), spm_model,
+  config = tiny(load_config("finetune_glue", "sst2"), vocab,
                 **{"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 2,
-                   "init_from": str(tmp_path / "pre" / "checkpoints" / "2")})
-  config.spm_model = ""  # found in the pretraining run's workdir
+                   "init_from": str(reference[0] / "checkpoints" / "24")})
+  config.spm_model = ""
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["step"] == 2 and "accuracy" in summary["eval_results"]
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["init_from"].endswith("24")
 
 
 # ----------------------------------------------------------------------------- SQuAD
@@ -195,9 +189,9 @@ def write_squad(path: Path, version: int):
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_squad_run_writes_predictions_and_official_metrics(tmp_path, spm_model, version):
+def test_squad_run_writes_predictions_and_official_metrics(tmp_path, vocab, version):
   data = write_squad(tmp_path / "train.json", version)
-  config = tiny(load_config("finetune_squad", f"v{version}"), spm_model,
+  config = tiny(load_config("finetune_squad", f"v{version}"), vocab,
                 **{"task.train_file": str(data), "task.eval_file": str(data),
                    "task.max_seq_length": 48, "task.doc_stride": 16, "task.max_query_length": 16,
                    "total_steps": 4, "batch_size": 8})
@@ -239,9 +233,9 @@ def write_race(root: Path):
   return root
 
 
-def test_race_run_reports_accuracy_per_level(tmp_path, spm_model):
+def test_race_run_reports_accuracy_per_level(tmp_path, vocab):
   data = write_race(tmp_path / "RACE")
-  config = tiny(load_config("finetune_race", "all"), spm_model,
+  config = tiny(load_config("finetune_race", "all"), vocab,
                 **{"task.data_dir": str(data), "task.max_seq_length": 32,
                    "task.max_qa_length": 12, "total_steps": 3, "batch_size": 8})
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -252,7 +246,7 @@ def test_race_run_reports_accuracy_per_level(tmp_path, spm_model):
       results["accuracy"])  # four questions per level
 
 
-def test_ner_run_reports_entity_f1(tmp_path, spm_model):
+def test_ner_run_reports_entity_f1(tmp_path, vocab):
   lines = ["-DOCSTART- -X- -X- O", ""]
   rng = random.Random(0)
   for _ in range(40):
@@ -260,7 +254,7 @@ def test_ner_run_reports_entity_f1(tmp_path, spm_model):
     lines += ["The NN O", "film NN O", "opened VB O", "in IN O", f"{name} NNP B-LOC", ". . O", ""]
   path = tmp_path / "train.txt"
   path.write_text("\n".join(lines))
-  config = tiny(load_config("finetune_ner", "model=base"), spm_model,
+  config = tiny(load_config("finetune_ner", "model=base"), vocab,
                 **{"task.train_file": str(path), "task.eval_file": str(path),
                    "task.max_seq_length": 16, "total_steps": 60, "eval_every_steps": 60})
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -17,43 +17,11 @@ import transformers
 
 from albert_jax import checkpointing, hf_convert, metrics, optimizer, sharding, train
 from albert_jax import model as M
-from albert_jax.data import corpus
-from albert_jax.data.train_tokenizer import train_spm
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "configs"))
-import pretrain  # noqa: E402  (configs/ is not a package)
+import pretrain  # configs/, put on sys.path by conftest
+from conftest import OVERRIDES, REPO, tiny_config  # the tiny run test_finetune shares
 
 pytestmark = pytest.mark.slow
-
-# A model small enough that a step is milliseconds, on the 2x2x2 mesh of the 8 simulated devices.
-OVERRIDES = {
-    "model.embedding_size": 16, "model.hidden_size": 32, "model.num_hidden_layers": 2,
-    "model.num_attention_heads": 4, "model.intermediate_size": 64,
-    "data.max_seq_length": 32, "data.eval_batches": 2, "batch_size": 16, "total_steps": 24,
-    "optim.name": "lamb", "optim.lr": 0.01, "optim.warmup_steps": 4, "log_every_steps": 4,
-    "eval_every_steps": 12,
-    "checkpoint_every_steps": 6, "keep_checkpoints": 10,
-    "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "sharding": "fsdp_tensor",
-}
-
-
-@pytest.fixture(scope="session")
-def spm_model(tmp_path_factory):
-  """A 500-piece vocabulary of the embedded corpus, shared by every run here."""
-  sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
-  return train_spm(sentences, 500, tmp_path_factory.mktemp("spm"))
-
-
-def tiny_config(spm_model, **changes):
-  config = pretrain.get_config("tiny")
-  for key, value in {**OVERRIDES, "data.spm_model": str(spm_model), **changes}.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 def cli_args(config_changes: dict) -> list[str]:
@@ -76,14 +44,6 @@ def run_main(workdir, spm_model, *extra, wait=True, env=None, **changes):
 def losses(workdir):
   rows = [r for r in metrics.read_metrics(workdir) if "loss" in r]
   return {r["step"]: r["loss"] for r in rows}
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, spm_model):
-  """An uninterrupted in-process run: (workdir, summary)."""
-  workdir = tmp_path_factory.mktemp("reference")
-  summary = train.train_and_evaluate(tiny_config(spm_model), str(workdir))
-  return workdir, summary
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -155,9 +115,15 @@ def test_flop_count_agrees_with_xla_cost_analysis():
 
 # ----------------------------------------------------------------------------- resuming
 
-def _wait_for(path, proc, timeout=300):
+def _wait_for(path, proc, timeout=300, step=None):
+  """Until `path` exists (a metrics file: until it logs `step`), the process still running."""
+  def ready():
+    if not path.exists():
+      return False
+    return step is None or any(
+        f'"step": {step},' in line for line in path.read_text().splitlines())
   deadline = time.time() + timeout
-  while not path.exists():
+  while not ready():
     assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
     time.sleep(0.05)
 
@@ -169,12 +135,12 @@ def test_sigterm_then_sigkill_then_resume_reproduce_the_uninterrupted_run(tmp_pa
   ref_workdir, _ = reference
   workdir = tmp_path / "run"
   proc = run_main(workdir, spm_model, wait=False)
-  _wait_for(workdir / metrics.METRICS_FILE, proc)
+  _wait_for(workdir / metrics.METRICS_FILE, proc, step=4)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0 and "Preempted: saving step" in out, out
   saved = max(int(p.name) for p in (workdir / "checkpoints").iterdir())
-  assert 1 <= saved < 24  # the first metrics row is step 1's: SIGTERM lands in the run's start
+  assert 4 <= saved < 24
 
   proc = run_main(workdir, spm_model, wait=False)
   next_checkpoint = (saved // 6 + 1) * 6
