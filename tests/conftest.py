@@ -63,3 +63,12 @@ def reference(tmp_path_factory, spm_model):
   workdir = tmp_path_factory.mktemp("reference")
   summary = train.train_and_evaluate(tiny_config(spm_model), str(workdir))
   return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+  """A 500-piece vocabulary of a quarter of the embedded corpus (spm_model takes all of it):
+  seconds, not tens of seconds, for the task tests' feature conversion."""
+  from albert_jax.data.tokenizer import AlbertTokenizer
+  sentences = [s for doc in corpus.embedded_documents("train") for s in doc][::4]
+  return AlbertTokenizer(train_spm(sentences, 500, tmp_path_factory.mktemp("spm_quarter")))

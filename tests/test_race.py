@@ -9,9 +9,6 @@ import types
 import numpy as np
 import pytest
 
-from albert_jax.data import corpus
-from albert_jax.data.tokenizer import AlbertTokenizer
-from albert_jax.data.train_tokenizer import train_spm
 from albert_jax.tasks import common, race
 
 # RACE/{split}/{level}/{file}: one JSON article record per file, as the distribution has them.
@@ -39,14 +36,6 @@ RECORDS = {
         "options": [["trees", "clouds", "rocks", "cars"], ["wet", "dry", "hot", "red"]],
         "answers": ["B", "A"]},
 }
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-  """A 500-piece vocabulary of a quarter of the embedded corpus (tests/test_train.py's spm_model
-  takes all of it): seconds, not tens of seconds, on a busy 2-core machine."""
-  sentences = [s for doc in corpus.embedded_documents("train") for s in doc][::4]
-  return AlbertTokenizer(train_spm(sentences, 500, tmp_path_factory.mktemp("spm")))
 
 
 @pytest.fixture
