@@ -51,7 +51,9 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
     model["id2label"] = ()
   config.model = ml_collections.ConfigDict(model)
   config.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
-  config.remat_policy = "none"  # none | full | dots | dots_with_no_batch_dims
+  # Rematerialisation of the scanned layer: none | ffn_residual | layer_norm_inputs | full | dots
+  # | dots_with_no_batch_dims (model.REMAT_POLICIES; costs in the README's train-step benchmark).
+  config.remat_policy = "none"
 
   config.data = pipeline.default_data_config()
   config.data.max_seq_length = 512
@@ -83,7 +85,8 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
     config.total_steps = 1000
     # LAMB is the large-batch optimizer: at batch 32 for 1000 steps it (and the original's AdamW
     # without bias correction, whose early steps are several times too large) stays at the
-    # unigram plateau, always predicting the commonest piece. Bias-corrected AdamW learns.
+    # unigram plateau, always predicting the commonest piece. Bias-corrected AdamW learns
+    # (experiments/optimizer_copy_task.py shows the same on a copy task).
     config.optim.name = "adamw_optax"
     config.optim.lr = 0.002
     config.optim.warmup_steps = 100

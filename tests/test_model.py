@@ -113,7 +113,8 @@ def test_unrolled_loop_by_hand_over_the_shared_layer():
   np.testing.assert_allclose(ref, x, atol=1e-6)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "dots_with_no_batch_dims"])
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_with_no_batch_dims", "ffn_residual",
+                                    "layer_norm_inputs"])
 def test_remat_gives_the_same_loss_and_gradients(policy):
   cfg = TINY
   ids = _ids((2, 8), cfg.vocab_size)
@@ -129,6 +130,27 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
   np.testing.assert_allclose(la, lb, rtol=1e-6)
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
                          ga, gb)
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("full", []),
+    ("ffn_residual", ["f32[2,4,16] named 'ffn_residual'"]),
+    ("layer_norm_inputs", ["f32[2,4,16] named 'attention_residual'",
+                           "f32[2,4,16] named 'ffn_residual'"]),
+])
+def test_remat_policy_saves_what_it_says(policy, expected, capsys):
+  """The activations the backward pass keeps (JAX's own report), beyond the layer's arguments."""
+  cfg = M.AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_attention_heads=2,
+                       intermediate_size=64)
+  layer, x, mask = M.AlbertLayer(cfg), jnp.ones((2, 4, 16)), np.ones((2, 4), bool)
+  params = layer.init(jax.random.key(0), x, mask, True)
+  fn = jax.checkpoint(lambda p, x: layer.apply(p, x, mask, True),
+                      policy=M.REMAT_POLICIES[policy])
+  capsys.readouterr()
+  jax.ad_checkpoint.print_saved_residuals(fn, params, x)
+  saved = [line.split(" from ")[0] for line in capsys.readouterr().out.splitlines()
+           if " from the argument " not in line and " from a constant" not in line]
+  assert saved == expected
 
 
 def test_unknown_remat_policy_is_an_error():

@@ -436,15 +436,16 @@ def _setting(text: str) -> tuple[str, int, int] | None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", default="base,large")
+  parser.add_argument("--sizes", default="base,large", help="empty: only remat and depth")
   parser.add_argument("--seqs", default="128,512")
   parser.add_argument("--batch", default="128:2,512:1",
                       help="batch per seq as SEQ:BATCH,..., or one number for every seq")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per peer")
   parser.add_argument("--optimizer", default="adamw_optax", choices=("adamw_optax", "lamb"))
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
-  parser.add_argument("--remat", default="base:128:2", help="SIZE:SEQ:BATCH, empty to skip")
-  parser.add_argument("--remat_modes", default="none,full,dots_with_no_batch_dims")
+  parser.add_argument("--remat", default="large:128:2", help="SIZE:SEQ:BATCH, empty to skip")
+  parser.add_argument("--remat_modes",
+                      default="none,full,ffn_residual,layer_norm_inputs,dots_with_no_batch_dims")
   parser.add_argument("--compile_layers", default="12,24,48", help="empty to skip")
   parser.add_argument("--compile_setting", default="large:128:2")
   args = parser.parse_args()
@@ -457,7 +458,7 @@ def main():
   peaks = [measure_peak()]
   print(f"peak: {peaks[0] / 1e9:.1f} GFLOP/s (jitted 2048x2048 float32 matmul)", flush=True)
   rows = []
-  for size in args.sizes.split(","):
+  for size in filter(None, args.sizes.split(",")):
     params = jax.device_get(M.init_params(M.AlbertForPreTraining(M.preset(size))))
     for seq in map(int, args.seqs.split(",")):
       rows.append(compare(size, seq, batches[seq], params, args, peaks[0]))
