@@ -9,7 +9,6 @@ Module and parameter names mirror Hugging Face's `modeling_albert.py`, so the co
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable
 

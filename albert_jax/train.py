@@ -8,7 +8,6 @@ and jitted with explicit in/out shardings; the state is donated.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import signal

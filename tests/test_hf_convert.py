@@ -442,6 +442,18 @@ def test_pytorch_bin_needs_torch_and_never_unpickles(tmp_path, monkeypatch):
     hf_convert.load(d)
 
 
+def test_the_package_imports_no_reference_library():
+  """torch, transformers and the metric libraries are test-only: importing every module of the
+  package (tasks included) in a fresh interpreter loads none of them."""
+  code = ("import importlib, pkgutil, sys, albert_jax\n"
+          "for m in pkgutil.walk_packages(albert_jax.__path__, 'albert_jax.'):\n"
+          "  importlib.import_module(m.name)\n"
+          "print(sorted(m for m in ('torch', 'transformers', 'seqeval', 'sklearn') "
+          "if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
+
+
 def test_existing_destination_needs_overwrite(tmp_path):
   cfg = TINY
   params = random_params(cfg, "base", 0)

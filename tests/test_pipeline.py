@@ -3,7 +3,6 @@ the held-out eval set, the cached vocabulary, pre-masked files, worker processes
 
 import collections
 import json
-import os
 
 import ml_collections
 import numpy as np

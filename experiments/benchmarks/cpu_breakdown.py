@@ -17,7 +17,6 @@ About three minutes on two cores.
 """
 
 import argparse
-import functools
 import glob
 import gzip
 import json
@@ -27,15 +26,13 @@ import re
 import tempfile
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from albert_jax import hf_convert, jobs
 from albert_jax import model as M
-from albert_jax import optimizer, train
-from albert_jax.tasks import pretraining
-from experiments.benchmarks.train_step import Ours, Torch, make_batch
+from experiments.benchmarks.train_step import Ours, Torch, abstract_step, make_batch
 
 
 def _rate(fn, seconds: float = 1.0) -> float:
@@ -97,30 +94,18 @@ def attention(cfg: M.AlbertConfig, batch: int, seq: int, torch) -> None:
 
 def compile_split(cfg: M.AlbertConfig, batch: int, seq: int) -> None:
   module = M.AlbertForPreTraining(cfg)
-  abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
-                                    nn.unbox(M.abstract_params(module)))
+  step, state = abstract_step(module, "adamw_optax")
   data = make_batch(cfg, batch, seq)
-  optim_cfg = optimizer.default_optim_config()
-  optim_cfg.update(name="adamw_optax", warmup_steps=0)
-  tx = optimizer.make_optimizer(optim_cfg, 10_000)
-  state = jax.eval_shape(lambda p: train.TrainState(
-      step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-      nonfinite_step=jnp.zeros((), jnp.int32)), abstract)
-  step = functools.partial(train.train_step, module=module, tx=tx, accum_steps=1, seed=0,
-                           schedule=optimizer.learning_rate_schedule(optim_cfg, 10_000))
+  loss = jobs.PRETRAINING_LOSS  # what train_step differentiates
 
   def grads(params, b):
-    def loss(p):
-      mlm, sop = pretraining.forward(module, p, b, deterministic=True)
-      sums = pretraining.loss_sums(mlm, sop, b)
-      return pretraining.objective(sums, *pretraining.denominators(b))
-    return jax.grad(loss)(params)
+    return jax.grad(lambda p: loss.objective(loss.sums(module, p, b, None), b))(params)
 
   print(f"\n| compile, {cfg.num_hidden_layers} layers, seq {seq} x batch {batch} | trace s | "
         f"lower s | XLA compile s | total s |")
   print("|---|---|---|---|---|")
   for name, fn, args in [("train step", step, (state, data)), ("loss gradient only", grads,
-                                                                (abstract, data))]:
+                                                                (state.params, data))]:
     t0 = time.perf_counter()
     traced = jax.jit(fn).trace(*args)
     t1 = time.perf_counter()
@@ -153,11 +138,10 @@ def profile(cfg: M.AlbertConfig, batch: int, seq: int) -> None:
     jax.profiler.stop_trace()
     (trace,) = glob.glob(f"{tmp}/plugins/profile/*/*.trace.json.gz")
     events = json.load(gzip.open(trace))["traceEvents"]
-  dots, hlo_ops = _dot_ops(ours.compiled.as_text()), set(re.findall(
-      r"^\s*(?:ROOT )?%(\S+) = ", ours.compiled.as_text(), re.M))
+  hlo = ours.compiled.as_text()
+  dots, hlo_ops = _dot_ops(hlo), set(re.findall(r"^\s*(?:ROOT )?%(\S+) = ", hlo, re.M))
   in_dots = sum(e["dur"] for e in events if e.get("ph") == "X" and e["name"] in dots) / 2e6
   in_ops = sum(e["dur"] for e in events if e.get("ph") == "X" and e["name"] in hlo_ops) / 2e6
-  from albert_jax import hf_convert
   peer = Torch(cfg, hf_convert.to_hf_state_dict(cfg, params, "pretraining"), data, os.cpu_count())
   torch_s = min(peer.step()[0] for _ in range(3))
   peer.close()

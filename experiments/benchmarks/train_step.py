@@ -104,7 +104,23 @@ def memory(compiled) -> dict[str, float]:
   return {"temp_mb": m.temp_size_in_bytes / MB, "args_mb": m.argument_size_in_bytes / MB}
 
 
-class Ours:
+class JittedPeer:
+  """A jitted (state, batch) -> (state, metrics) step, state donated: compile time, memory, steps."""
+
+  def compile(self, step_fn):
+    start = time.perf_counter()
+    self.compiled = jax.jit(step_fn, donate_argnums=0).lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.memory = memory(self.compiled)
+
+  def step(self) -> tuple[float, float]:
+    start = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - start, float(metrics["loss"])
+
+
+class Ours(JittedPeer):
   """The real `train.train_step`, jitted with the state donated."""
 
   def __init__(self, cfg, params, batch, optim="adamw_optax", remat_policy="none"):
@@ -118,18 +134,8 @@ class Ours:
                                   opt_state=tx.init(params),
                                   nonfinite_step=jnp.full((), -1, jnp.int32))
     self.batch = jax.tree_util.tree_map(jnp.asarray, batch)
-    step = jax.jit(functools.partial(train.train_step, module=module, tx=tx, schedule=schedule,
-                                     accum_steps=1, seed=0), donate_argnums=0)
-    start = time.perf_counter()
-    self.compiled = step.lower(self.state, self.batch).compile()
-    self.compile_s = time.perf_counter() - start
-    self.memory = memory(self.compiled)
-
-  def step(self) -> tuple[float, float]:
-    start = time.perf_counter()
-    self.state, metrics = self.compiled(self.state, self.batch)
-    jax.block_until_ready((self.state, metrics))
-    return time.perf_counter() - start, float(metrics["loss"])
+    self.compile(functools.partial(train.train_step, module=module, tx=tx, schedule=schedule,
+                                   accum_steps=1, seed=0))
 
 
 def hf_flax_params(abstract, state_dict: dict[str, np.ndarray]):
@@ -144,7 +150,7 @@ def hf_flax_params(abstract, state_dict: dict[str, np.ndarray]):
   return unflatten_dict(flat)
 
 
-class HFFlax:
+class HFFlax(JittedPeer):
   """transformers' FlaxAlbertForPreTraining: jitted value_and_grad + clipping + optax.adamw."""
 
   def __init__(self, cfg, state_dict, batch):
@@ -171,22 +177,13 @@ class HFFlax:
       p, opt_state = state
       loss, grads = jax.value_and_grad(loss_fn)(p, b)
       updates, opt_state = tx.update(grads, opt_state, p)
-      return (optax.apply_updates(p, updates), opt_state), loss
+      return (optax.apply_updates(p, updates), opt_state), {"loss": loss}
 
     self.state = (params, tx.init(params))
     self.batch = {k: jnp.asarray(batch[k]) for k in ("input_ids", "input_mask", "segment_ids",
                                                      "sentence_order_label")}
     self.batch["labels"] = jnp.asarray(dense_labels(batch).astype(np.int32))
-    start = time.perf_counter()
-    self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.batch).compile()
-    self.compile_s = time.perf_counter() - start
-    self.memory = memory(self.compiled)
-
-  def step(self) -> tuple[float, float]:
-    start = time.perf_counter()
-    self.state, loss = self.compiled(self.state, self.batch)
-    jax.block_until_ready((self.state, loss))
-    return time.perf_counter() - start, float(loss)
+    self.compile(step)
 
 
 def _rss_kb(field: str) -> int:
@@ -311,27 +308,31 @@ def remat_modes(size, seq, batch_size, params, args):
   return rows
 
 
+def abstract_step(module, optim: str):
+  """(`train.train_step` bound to module and optimizer, its state as shapes only): to compile."""
+  optim_cfg = optimizer.default_optim_config()
+  optim_cfg.update(name=optim, warmup_steps=0)
+  tx = optimizer.make_optimizer(optim_cfg, 10_000)
+  abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
+                                    nn.unbox(M.abstract_params(module)))
+  state = jax.eval_shape(lambda p: train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+      nonfinite_step=jnp.zeros((), jnp.int32)), abstract)
+  step = functools.partial(train.train_step, module=module, tx=tx, accum_steps=1, seed=0,
+                           schedule=optimizer.learning_rate_schedule(optim_cfg, 10_000))
+  return step, state
+
+
 def depth_sweep(size, seq, batch_size, args):
   """Our large step's compile time and temp memory at each depth, per remat mode (no run)."""
   rows = {}
   for layers in map(int, args.compile_layers.split(",")):
     cfg = M.preset(size, num_hidden_layers=layers)
-    abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
-                                      nn.unbox(M.abstract_params(M.AlbertForPreTraining(cfg))))
     batch = make_batch(cfg, batch_size, seq)
     for mode in args.remat_modes.split(","):
-      module = M.AlbertForPreTraining(cfg, remat_policy=mode)
-      optim_cfg = optimizer.default_optim_config()
-      optim_cfg.update(name=args.optimizer, warmup_steps=0)
-      tx = optimizer.make_optimizer(optim_cfg, 10_000)
-      state = jax.eval_shape(lambda p: train.TrainState(
-          step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-          nonfinite_step=jnp.zeros((), jnp.int32)), abstract)
-      step = jax.jit(functools.partial(
-          train.train_step, module=module, tx=tx, accum_steps=1, seed=0,
-          schedule=optimizer.learning_rate_schedule(optim_cfg, 10_000)), donate_argnums=0)
+      step, state = abstract_step(M.AlbertForPreTraining(cfg, remat_policy=mode), args.optimizer)
       start = time.perf_counter()
-      compiled = step.lower(state, batch).compile()
+      compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
       rows[layers, mode] = dict(compile_s=time.perf_counter() - start, **memory(compiled))
       print(f"  {size} {layers} layers, remat {mode}: compile {rows[layers, mode]['compile_s']:.1f}s"
             f" temp {rows[layers, mode]['temp_mb']:.0f} MiB", flush=True)
