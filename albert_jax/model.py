@@ -9,7 +9,6 @@ Module and parameter names mirror Hugging Face's `modeling_albert.py`, so the co
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import flax
@@ -17,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+
+from albert_jax import attention as attention_lib
 
 Dtype = Any
 PyTree = Any
@@ -242,12 +243,18 @@ class _Albert(nn.Module):
   dtype: Dtype = jnp.float32  # compute dtype (bf16 on accelerators)
   param_dtype: Dtype = jnp.float32
   remat_policy: str = "none"  # a key of REMAT_POLICIES
+  attention: str = "auto"  # xla | splash | cudnn | auto (attention.py)
   scan_layers: bool = True  # False: a Python loop over the same shared weights (for tests)
+
+  def __post_init__(self):
+    attention_lib.check_name(self.attention)
+    super().__post_init__()
 
   @property
   def runtime(self) -> dict:
     return dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
-                remat_policy=self.remat_policy, scan_layers=self.scan_layers)
+                remat_policy=self.remat_policy, attention=self.attention,
+                scan_layers=self.scan_layers)
 
   def dense(self, features, axes, name, n_in=1):
     """A dense layer over the last `n_in` input axes; kernel and bias carry logical names `axes`."""
@@ -330,14 +337,14 @@ class AlbertAttention(_Albert):
       return nn.with_logical_constraint(y, ("batch", "length", "act_heads", "act_kv"))
     q, k, v = project("query"), project("key"), project("value")
 
-    # Scale q, not the [b, h, q, k] scores: one pass over heads x length x head_dim instead of
-    # heads x length^2 (forward and backward); the mask is added as a [b, 1, 1, k] bias.
-    q = q * jnp.asarray(1 / math.sqrt(head_dim), q.dtype)
-    bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    probs = self.dropout(cfg.attention_probs_dropout_prob, probs, deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    # Created whatever the implementation, so the output dropout below keeps its name (and rng).
+    probs_dropout = nn.Dropout(rate=cfg.attention_probs_dropout_prob)
+    # init runs xla: attention has no parameters, and the 8-token dummy input is shorter than
+    # a splash block.
+    context = attention_lib.attend(
+        "xla" if self.is_initializing() else self.attention, q, k, v, mask,
+        dropout_rate=cfg.attention_probs_dropout_prob, deterministic=deterministic,
+        dropout=lambda p: probs_dropout(p, deterministic=deterministic))
 
     out = self.dense(cfg.hidden_size, ("heads", "kv", "hidden"), "dense", n_in=2)(context)
     out = self.dropout(cfg.hidden_dropout_prob, out, deterministic)
