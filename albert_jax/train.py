@@ -217,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   job = jobs.make_job(config, workdir)
   cfg = job.model_config
   module = M.make_model(cfg, job.head, dtype=jnp.dtype(config.dtype),
-                        remat_policy=config.remat_policy)
+                        remat_policy=config.remat_policy, attention=config.attention)
   tx = optimizer.make_optimizer(config.optim, config.total_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, config.total_steps)
 

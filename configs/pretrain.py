@@ -54,6 +54,9 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
   # Rematerialisation of the scanned layer: none | ffn_residual | layer_norm_inputs | full | dots
   # | dots_with_no_batch_dims (model.REMAT_POLICIES; costs in the README's train-step benchmark).
   config.remat_policy = "none"
+  # Attention core: xla | splash | cudnn | auto (splash on TPU, cudnn on GPU in bf16, else xla;
+  # albert_jax/attention.py).
+  config.attention = "auto"
 
   config.data = pipeline.default_data_config()
   config.data.max_seq_length = 512

@@ -87,6 +87,9 @@ def finetune_config(model: str, task_cfg, *, lr: float, total_steps: int, warmup
   config.model = ml_collections.ConfigDict(fields)
   config.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
   config.remat_policy = "none"
+  # Attention core: xla | splash | cudnn | auto (splash on TPU, cudnn on GPU in bf16, else xla;
+  # albert_jax/attention.py).
+  config.attention = "auto"
   config.init_from = ""  # an HF or albert-jax model directory (or a pretraining run's checkpoint)
   config.spm_model = ""  # "": the init_from directory's spiece.model
   config.optim = optimizer.default_optim_config()
