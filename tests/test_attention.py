@@ -1,0 +1,264 @@
+"""The attention implementations against the materialised softmax (`xla`): splash in Pallas
+interpret mode (alone and under an 8-device mesh), cuDNN's call run through XLA, `auto`'s choices,
+the refusals, and the train step with splash compiled for a TPU v5p slice."""
+
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from albert_jax import attention as A
+from albert_jax import model as M
+from albert_jax import sharding
+from helpers import random_params
+
+REPO = Path(__file__).resolve().parents[1]
+# 4 heads (tensor=2 leaves 2 per device), head_dim 8; seq 128, the smallest splash block.
+CFG = M.AlbertConfig(vocab_size=64, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=64)
+BATCH, LENGTH = 4, 128
+
+
+def _inputs(real_lengths=(100, 128, 37, 128), seed=0):
+  """Right-padded ids, their mask and two token-type segments (the second from token 50)."""
+  rs = np.random.RandomState(seed)
+  ids = rs.randint(5, CFG.vocab_size, (len(real_lengths), LENGTH)).astype(np.int32)
+  mask = (np.arange(LENGTH)[None] < np.asarray(real_lengths)[:, None]).astype(np.int32)
+  token_types = (np.arange(LENGTH)[None] >= 50).astype(np.int32).repeat(len(real_lengths), 0)
+  return ids, mask, token_types
+
+
+def _loss_and_grads(attention, params, inputs):
+  """Jitted (loss, pretraining outputs), d loss / d params, through AlbertForPreTraining."""
+  module = M.AlbertForPreTraining(CFG, attention=attention)
+  ids, mask, token_types = inputs
+
+  def loss(p):
+    out = module.apply({"params": p}, ids, mask, token_types)
+    # Real tokens only, squared, so every position's logits and every weight get a gradient.
+    return jnp.sum((out.prediction_logits * mask[..., None]) ** 2) + jnp.sum(out.sop_logits), out
+
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return random_params(CFG, "pretraining", 0)
+
+
+@pytest.fixture(scope="module")
+def xla_result(params):
+  return _loss_and_grads("xla", params, _inputs())
+
+
+def _assert_close(a, b, atol, rtol=1e-5):
+  (_, out_a), grads_a = a
+  (_, out_b), grads_b = b
+  np.testing.assert_allclose(out_a.prediction_logits, out_b.prediction_logits, atol=atol, rtol=rtol)
+  np.testing.assert_allclose(out_a.sop_logits, out_b.sop_logits, atol=atol, rtol=rtol)
+  jax.tree_util.tree_map(
+      lambda x, y: np.testing.assert_allclose(x, y, atol=atol * 10, rtol=rtol * 10),
+      grads_a, grads_b)
+
+
+def test_splash_equals_xla_in_logits_and_gradients(params, xla_result):
+  splash = _loss_and_grads("splash", params, _inputs())
+  _assert_close(splash, xla_result, atol=1e-5)
+
+
+def test_splash_under_a_mesh_equals_the_unsharded_result(params, xla_result):
+  """fsdp_tensor on 2x2x2: batch over data x fsdp, heads over tensor, the kernel in shard_map."""
+  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules("fsdp_tensor")):
+    sharded = _loss_and_grads("splash", params, _inputs())
+    jaxpr = str(jax.make_jaxpr(lambda p: _loss_and_grads("splash", p, _inputs()))(params))
+  assert "shard_map" in jaxpr and "pallas_call" in jaxpr
+  _assert_close(sharded, xla_result, atol=1e-5)
+
+
+def test_an_example_without_real_tokens_stays_finite_and_leaves_the_rest_alone(params):
+  """Eval batches are padded with all-padding rows: splash must not divide by zero there."""
+  inputs = _inputs(real_lengths=(100, 0, 37, 128))
+  (_, out), grads = _loss_and_grads("splash", params, inputs)
+  (_, ref), _ = _loss_and_grads("xla", params, inputs)
+  assert np.isfinite(out.prediction_logits).all() and np.isfinite(out.sop_logits).all()
+  assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
+  real = np.array([0, 2, 3])
+  np.testing.assert_allclose(np.asarray(out.prediction_logits)[real],
+                             np.asarray(ref.prediction_logits)[real], atol=1e-5)
+
+
+def _qkv_mask(dtype=jnp.float32, real_lengths=(128, 100, 1, 0)):
+  rs = np.random.RandomState(1)
+  q, k, v = (jnp.asarray(rs.randn(len(real_lengths), LENGTH, 4, 16), dtype) for _ in range(3))
+  mask = np.arange(LENGTH)[None] < np.asarray(real_lengths)[:, None]
+  return q, k, v, mask
+
+
+def test_cudnn_call_gives_xla_results_on_right_padded_inputs():
+  """cuDNN cannot run here: the same jax.nn.dot_product_attention call (key_value_seq_lengths
+  from the mask) through XLA must give the materialised softmax, rows with real keys."""
+  q, k, v, mask = _qkv_mask()
+  ours = A.cudnn(q, k, v, mask, implementation="xla")
+  ref = A.xla(q, k, v, mask)
+  np.testing.assert_allclose(ours[:3], ref[:3], atol=1e-6, rtol=1e-5)
+  assert np.isfinite(ours).all()  # the all-padding example: length 1, not 0
+
+
+def test_the_model_passes_attention_cudnn_through(params, xla_result, monkeypatch):
+  monkeypatch.setattr(A, "cudnn", functools.partial(A.cudnn, implementation="xla"))
+  _assert_close(_loss_and_grads("cudnn", params, _inputs()), xla_result, atol=1e-5)
+
+
+def test_cudnn_refuses_float32():
+  q, k, v, mask = _qkv_mask()
+  with pytest.raises(ValueError, match="attention='cudnn' needs bfloat16 or float16"):
+    A.cudnn(q, k, v, mask)
+
+
+@pytest.mark.parametrize("platform, dtype, length, dropout, expected", [
+    ("tpu", jnp.bfloat16, 512, False, "splash"),
+    ("tpu", jnp.float32, 128, False, "splash"),
+    ("tpu", jnp.bfloat16, 500, False, "xla"),  # not a multiple of the block
+    ("tpu", jnp.bfloat16, 512, True, "xla"),  # attention dropout in training
+    ("gpu", jnp.bfloat16, 512, False, "cudnn"),
+    ("gpu", jnp.float16, 100, False, "cudnn"),
+    ("gpu", jnp.float32, 512, False, "xla"),
+    ("gpu", jnp.bfloat16, 512, True, "xla"),
+    ("cpu", jnp.bfloat16, 512, False, "xla"),
+    ("cpu", jnp.float32, 128, False, "xla"),
+])
+def test_auto_resolves_per_platform(platform, dtype, length, dropout, expected):
+  assert A.resolve("auto", platform, dtype, length, dropout) == expected
+  assert A.resolve("splash", "cpu", dtype, length, dropout) == "splash"  # explicit names stay
+
+
+def test_auto_on_this_cpu_is_xla(params, xla_result):
+  assert A.target_platform() == "cpu"
+  np.testing.assert_array_equal(_loss_and_grads("auto", params, _inputs())[0][1].prediction_logits,
+                                xla_result[0][1].prediction_logits)
+
+
+def test_unknown_attention_is_an_error_listing_the_choices():
+  with pytest.raises(ValueError, match=r"attention='flash' is not one of \['xla', 'splash', "
+                                       r"'cudnn', 'auto'\]"):
+    M.AlbertModel(CFG, attention="flash")
+  with pytest.raises(ValueError, match="attention='flash'"):
+    A.resolve("flash", "tpu", jnp.bfloat16, 512, False)
+
+
+@pytest.mark.parametrize("attention", ["splash", "cudnn"])
+def test_fused_kernels_refuse_attention_dropout_in_training(attention):
+  cfg = CFG.replace(attention_probs_dropout_prob=0.1)
+  module = M.AlbertModel(cfg, attention=attention, dtype=jnp.bfloat16)
+  ids, mask, _ = _inputs()
+  variables = {"params": random_params(cfg, "base", 0)}
+  with pytest.raises(ValueError, match=f"attention='{attention}' has no attention dropout, but "
+                                       "attention_probs_dropout_prob=0.1 in training"):
+    jax.eval_shape(functools.partial(module.apply, deterministic=False),
+                   variables, ids, mask, rngs={"dropout": jax.random.key(0)})
+  if attention == "splash":  # evaluation has no dropout: fine (cuDNN cannot even trace here)
+    jax.eval_shape(module.apply, variables, ids, mask)
+
+
+def test_auto_falls_back_to_xla_with_attention_dropout_in_training():
+  cfg = CFG.replace(attention_probs_dropout_prob=0.1)
+  ids, mask, _ = _inputs()
+  apply = lambda m: m.apply({"params": random_params(cfg, "base", 0)}, ids, mask,
+                            deterministic=False, rngs={"dropout": jax.random.key(0)})
+  np.testing.assert_array_equal(apply(M.AlbertModel(cfg)).last_hidden_state,
+                                apply(M.AlbertModel(cfg, attention="xla")).last_hidden_state)
+
+
+def test_splash_refuses_a_length_that_is_not_a_multiple_of_its_block(params):
+  module = M.AlbertForPreTraining(CFG, attention="splash")
+  ids = np.zeros((2, 100), np.int32)
+  with pytest.raises(ValueError, match="multiple of its block size 128; got length 100"):
+    jax.eval_shape(module.apply, {"params": params}, ids)
+  assert [A.splash_block(n) for n in (128, 256, 384, 512, 1024)] == [128, 256, 128, 512, 512]
+
+
+# ----------------------------------------------------------------------------- TPU, compiled here
+
+# Runs in a subprocess: libtpu must initialise with these variables, and the test session's
+# backend stays the 8 simulated CPU devices. Prints {attention: {temp_bytes, kernel, seconds}}.
+_COMPILE_FOR_V5P = r"""
+import functools, json, sys, time
+import flax.linen as nn, jax, jax.numpy as jnp
+from jax.experimental import topologies
+from albert_jax import model as M, optimizer, sharding, train
+
+devices = topologies.get_topology_desc(
+    topology_name="v5p:2x2x1", platform="tpu", chip_config_name="megacore",
+    chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=(False, False, False)).devices
+mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=devices)
+rules = sharding.rules("fsdp_tensor")
+# head_dim 64 as every ALBERT preset but xlarge; seq 512 as pretraining.
+cfg = M.AlbertConfig(vocab_size=1024, embedding_size=128, hidden_size=256, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=1024)
+batch_size, length, predictions = 16, 512, 32
+optim = optimizer.default_optim_config()  # LAMB, as pretraining
+tx = optimizer.make_optimizer(optim, 100)
+schedule = optimizer.learning_rate_schedule(optim, 100)
+features = dict(input_ids=(length, jnp.int32), input_mask=(length, jnp.int32),
+                segment_ids=(length, jnp.int32), masked_lm_positions=(predictions, jnp.int32),
+                masked_lm_ids=(predictions, jnp.int32),
+                masked_lm_weights=(predictions, jnp.float32), sentence_order_label=(None, jnp.int32))
+batch = {}
+for name, (width, dtype) in features.items():
+  shape = (batch_size,) if width is None else (batch_size, width)
+  batch[name] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+result = {"platform": devices[0].platform, "chips": len(devices)}
+for attention in sys.argv[1:]:
+  module = M.AlbertForPreTraining(cfg, dtype=jnp.bfloat16, attention=attention)
+  _, abstract, shardings = train.state_layout(module, tx, mesh, rules)  # outside set_mesh
+  step = functools.partial(train.train_step, module=module, tx=tx, schedule=schedule,
+                           accum_steps=1, seed=0)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  start = time.perf_counter()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    compiled = jax.jit(step, in_shardings=(shardings, {k: v.sharding for k, v in batch.items()}),
+                       out_shardings=(shardings, replicated)).lower(abstract, batch).compile()
+  result[attention] = {"temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
+                       "kernel": "tpu_custom_call" in compiled.as_text(),
+                       "seconds": time.perf_counter() - start}
+print("RESULT " + json.dumps(result))
+"""
+
+
+def _compile_for_v5p(*attentions):
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed (pip install 'jax[tpu]'): cannot compile for TPU")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR")}
+  env.update(TPU_SKIP_MDS_QUERY="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1",
+             PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_V5P, *attentions], env=env,
+                        capture_output=True, text=True, timeout=600)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def test_pretraining_step_with_splash_compiles_for_a_v5p_slice():
+  result = _compile_for_v5p("splash")
+  assert (result["platform"], result["chips"]) == ("tpu", 4)
+  # The Mosaic kernel itself, not the interpreter's XLA loops (the host is a CPU).
+  assert result["splash"]["kernel"] and result["splash"]["temp_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_splash_needs_fewer_tpu_temporaries_than_xla():
+  """The point of the kernel: no [batch, heads, length, length] scores in HBM."""
+  result = _compile_for_v5p("splash", "xla")
+  assert not result["xla"]["kernel"]
+  assert result["splash"]["temp_bytes"] < 0.8 * result["xla"]["temp_bytes"], result
