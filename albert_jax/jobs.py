@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +59,44 @@ PRETRAINING_LOSS = Loss(
     grad_divisor=lambda sums: 1.0, normalise=pretraining.normalise)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """What a job's train step is made of, known from the config alone (no data, vocabulary or
+  checkpoint): enough to compile it (`train.compile_train_step`, `albert_jax.aot`)."""
+  task: str
+  head: str
+  model_config: M.AlbertConfig
+  loss: Loss
+  example: dict[str, jax.ShapeDtypeStruct]  # one row of a training batch (no batch axis)
+  flops_per_example: float  # forward FLOPs, what actually runs (see model.py)
+
+
+def step_spec(config: ml_collections.ConfigDict, cfg: M.AlbertConfig | None = None) -> StepSpec:
+  """The train step of `config`'s job. Without `cfg`, the architecture is
+  `config.model`'s, with vocab_size -1 read as `config.data.vocab_size` (pretraining)."""
+  name = task_name(config)
+  if name == "pretraining":
+    cfg = cfg or model_config(config, config.data.vocab_size)
+    examples = pipeline.example_config(config.data)
+    return StepSpec(
+        task=name, head="pretraining", model_config=cfg, loss=PRETRAINING_LOSS,
+        example=pretraining.example_spec(examples.max_seq_length, examples.max_predictions),
+        flops_per_example=M.pretraining_flops_per_example(cfg, examples.max_seq_length,
+                                                          examples.max_predictions))
+  task = _task_module(name)
+  if cfg is None:
+    labels = task.num_labels(config.task)
+    id2label = tuple(config.task.get("label_names", ()) or ())
+    cfg = model_config(config, config.model.vocab_size, num_labels=labels,
+                       id2label=id2label if len(id2label) == labels else ())
+  example = {**task.example_spec(config.task),
+             arrays.WEIGHT: jax.ShapeDtypeStruct((), jnp.float32)}
+  inputs = example["input_ids"].shape  # [length] or [choices, length]
+  flops = math.prod(inputs[:-1]) * M.pretraining_flops_per_example(cfg, inputs[-1], 0)
+  return StepSpec(task=name, head=task.HEAD, model_config=cfg,
+                  loss=finetuning_loss(task), example=example, flops_per_example=flops)
+
+
 @dataclasses.dataclass
 class Job:
   task: str
@@ -79,17 +118,22 @@ def task_name(config: ml_collections.ConfigDict) -> str:
   return task.name if task is not None else "pretraining"
 
 
+def _task_module(name: str):
+  if name not in FINETUNING_TASKS:
+    raise ValueError(f"config.task.name={name!r}: choose 'pretraining' or one of "
+                     f"{FINETUNING_TASKS}")
+  return importlib.import_module(f"albert_jax.tasks.{name}")
+
+
 def make_job(config: ml_collections.ConfigDict, workdir: Path) -> Job:
   name = task_name(config)
   if name == "pretraining":
     return _pretraining_job(config, workdir)
-  if name not in FINETUNING_TASKS:
-    raise ValueError(f"config.task.name={name!r}: choose 'pretraining' or one of "
-                     f"{FINETUNING_TASKS}")
-  return _finetuning_job(config, workdir, importlib.import_module(f"albert_jax.tasks.{name}"))
+  return _finetuning_job(config, workdir, _task_module(name))
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int, **changes) -> M.AlbertConfig:
+def model_config(config: ml_collections.ConfigDict, vocab_size: int, **changes
+                  ) -> M.AlbertConfig:
   """AlbertConfig from `config.model`; vocab_size -1 means the tokenizer's."""
   fields = {**dict(config.model), **changes}
   if fields.get("vocab_size", -1) in (-1, None):
@@ -133,14 +177,13 @@ def _pretraining_job(config, workdir: Path) -> Job:
     sums = jax.tree_util.tree_map(lambda *x: np.sum(x, axis=0), *outputs)
     return {k: float(v) for k, v in t.normalise(sums).items()}
 
-  predictions = pipeline.example_config(config.data).max_predictions
+  spec = step_spec(config, cfg)
   return Job(
       task="pretraining", head="pretraining", model_config=cfg, tokenizer=tokenizer,
-      train_iter=train_iter, loss=PRETRAINING_LOSS,
+      train_iter=train_iter, loss=spec.loss,
       eval_outputs=lambda module, params, batch: _pretraining_sums(module, params, batch, None),
       evals=[EvalSet("eval", eval_batches, score)] if eval_batches else [],
-      flops_per_example=M.pretraining_flops_per_example(cfg, config.data.max_seq_length,
-                                                        predictions),
+      flops_per_example=spec.flops_per_example,
       console=("loss", "mlm_accuracy", "sop_accuracy"), init_params=init_params)
 
 
@@ -195,12 +238,6 @@ def _finetuning_job(config, workdir: Path, task) -> Job:
   else:
     cfg = model_config(config, tokenizer.vocab_size, **changes)
 
-  def loss_sums(module, params, batch, rng):
-    sums = dict(task.loss_sums(_apply(module, params, batch, rng), batch))
-    sums["tokens"] = jnp.sum(batch["attention_mask"]).astype(jnp.float32)
-    sums["examples"] = jnp.sum(batch[arrays.WEIGHT]).astype(jnp.float32)
-    return sums
-
   def eval_set(name, dataset):
     def score(outputs, out_dir):
       preds = {k: np.concatenate([o[k] for o in outputs])[:len(dataset)] for k in outputs[0]}
@@ -215,20 +252,26 @@ def _finetuning_job(config, workdir: Path, task) -> Job:
   if task_cfg.get("predict_split"):  # unlabelled (e.g. GLUE test): prediction files only
     evals.append(eval_set("predict", task.load(task_cfg, tokenizer, "predict")))
 
-  seq_len = train_set.features["input_ids"].shape[-1]
-  rows_per_example = int(np.prod(train_set.features["input_ids"].shape[1:-1], dtype=np.int64))
-  flops = rows_per_example * M.pretraining_flops_per_example(cfg, seq_len, 0)
-  console = ("loss", "accuracy")
+  spec = step_spec(config, cfg)
   return Job(
       task=task_cfg.name, head=task.HEAD, model_config=cfg, tokenizer=tokenizer,
-      train_iter=train_iter,
-      loss=Loss(sums=loss_sums, objective=lambda sums, batch: sums["loss"],
-                grad_divisor=lambda sums: jnp.maximum(sums["weight"], 1e-9),
-                normalise=task.normalise),
+      train_iter=train_iter, loss=spec.loss,
       eval_outputs=lambda module, params, batch: task.prediction_arrays(
           _apply(module, params, batch, None), batch),
-      evals=evals, flops_per_example=flops, console=console,
+      evals=evals, flops_per_example=spec.flops_per_example, console=("loss", "accuracy"),
       best_metric=f"eval/{task.METRIC}", init_params=init_params)
+
+
+def finetuning_loss(task) -> Loss:
+  """A fine-tuning task's loss: its sums over weighted rows, divided by the summed weight."""
+  def sums(module, params, batch, rng):
+    out = dict(task.loss_sums(_apply(module, params, batch, rng), batch))
+    out["tokens"] = jnp.sum(batch["attention_mask"]).astype(jnp.float32)
+    out["examples"] = jnp.sum(batch[arrays.WEIGHT]).astype(jnp.float32)
+    return out
+  return Loss(sums=sums, objective=lambda sums, batch: sums["loss"],
+              grad_divisor=lambda sums: jnp.maximum(sums["weight"], 1e-9),
+              normalise=task.normalise)
 
 
 def read_json(path: Path) -> dict | None:

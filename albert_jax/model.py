@@ -379,6 +379,15 @@ class AlbertLayerGroup(_Albert):
     return x, (x if self.output_hidden_states else None)
 
 
+def layer_group_class(remat_policy: str) -> type[AlbertLayerGroup]:
+  """What the encoder applies per iteration: the layer group, rematerialised as `remat_policy`."""
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy={remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+  if remat_policy == "none":
+    return AlbertLayerGroup
+  return nn.remat(AlbertLayerGroup, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
+
+
 class AlbertTransformer(_Albert):
   """E->H projection, then each of the `num_hidden_groups` groups applied L/G times in a row.
 
@@ -393,11 +402,7 @@ class AlbertTransformer(_Albert):
     x = self.dense(cfg.hidden_size, ("emb", "hidden"), "embedding_hidden_mapping_in")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
     repeats = cfg.num_hidden_layers // cfg.num_hidden_groups
-    group_cls = AlbertLayerGroup
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
-    if self.remat_policy != "none":
-      group_cls = nn.remat(group_cls, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+    group_cls = layer_group_class(self.remat_policy)
     all_hidden = [x]
     for g in range(cfg.num_hidden_groups):
       name = f"albert_layer_groups_{g}"

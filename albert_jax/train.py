@@ -158,6 +158,14 @@ class _StopFlag:
     self.set = True
 
 
+def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
+  """The global batch must split evenly over the batch axes and the accumulation steps."""
+  if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.grad_accum_steps):
+    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of data x fsdp "
+                     f"x grad_accum_steps = {mesh.shape['data']} x {mesh.shape['fsdp']} x "
+                     f"{config.grad_accum_steps}")
+
+
 def state_layout(module, tx, mesh, rules):
   """(init_state(rng), the state's shapes with their shardings, the shardings) on `mesh`.
 
@@ -180,6 +188,22 @@ def state_layout(module, tx, mesh, rules):
   abstract = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
   return init_state, abstract, shardings
+
+
+def make_module(config: ml_collections.ConfigDict, cfg: M.AlbertConfig, head: str) -> M._Albert:
+  """The model as `config` runs it: compute dtype, rematerialisation, attention."""
+  return M.make_model(cfg, head, dtype=jnp.dtype(config.dtype), remat_policy=config.remat_policy,
+                      attention=config.attention)
+
+
+def jit_train_step(config, module, tx, schedule, loss, state_shardings, batch_shardings,
+                   replicated):
+  """`train_step` jitted with explicit shardings; the state is donated (updated in place)."""
+  return jax.jit(
+      functools.partial(train_step, loss=loss, module=module, tx=tx, schedule=schedule,
+                        accum_steps=config.grad_accum_steps, seed=config.seed),
+      in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
 
 
 def checkpoint_parts(state: TrainState) -> tuple[PyTree, dict]:
@@ -208,16 +232,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rules = sharding.rules(config.sharding)
   logging.info("Mesh %s over %d devices (%d processes); sharding %r", dict(mesh.shape),
                mesh.size, jax.process_count(), config.sharding)
-  if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.grad_accum_steps):
-    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of data x fsdp "
-                     f"x grad_accum_steps = {mesh.shape['data']} x {mesh.shape['fsdp']} x "
-                     f"{config.grad_accum_steps}")
+  check_batch(config, mesh)
 
   # Data, tokenizer, model config and head, the loss and the eval sets of the task.
   job = jobs.make_job(config, workdir)
   cfg = job.model_config
-  module = M.make_model(cfg, job.head, dtype=jnp.dtype(config.dtype),
-                        remat_policy=config.remat_policy, attention=config.attention)
+  module = make_module(config, cfg, job.head)
   tx = optimizer.make_optimizer(config.optim, config.total_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, config.total_steps)
 
@@ -250,11 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     first_batch = next(train_iter)
     batch_shardings = {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in first_batch.items()}
-    p_train_step = jax.jit(
-        functools.partial(train_step, loss=job.loss, module=module, tx=tx, schedule=schedule,
-                          accum_steps=config.grad_accum_steps, seed=config.seed),
-        in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
-        donate_argnums=0)
+    p_train_step = jit_train_step(config, module, tx, schedule, job.loss, state_shardings,
+                                  batch_shardings, replicated)
     p_eval_step = jax.jit(functools.partial(eval_step, outputs=job.eval_outputs, module=module),
                           out_shardings=replicated)
 

@@ -28,6 +28,12 @@ class Dataset:
     return len(next(iter(self.features.values()))) if self.features else 0
 
 
+def input_spec(*shape: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """The model inputs of one row (`input_ids`, `attention_mask`, `token_type_ids`): int32 `shape`."""
+  return {k: jax.ShapeDtypeStruct(shape, jnp.int32)
+          for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
 def classification_sums(logits, labels, weight) -> dict[str, jax.Array]:
   """Summed cross-entropy (num_labels > 1) or squared error (one logit: regression)."""
   weight = weight.astype(jnp.float32)

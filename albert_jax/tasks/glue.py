@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -447,6 +448,13 @@ def num_labels(task_cfg) -> int:
   """The classifier's width: the number of classes, 1 for STS-B (regression)."""
   labels = TASKS[canonical_task(task_cfg.task)].labels
   return 1 if labels is None else len(labels)
+
+
+def example_spec(task_cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  """One row of `load`'s features: the inputs and `labels` (float32 for STS-B)."""
+  regression = TASKS[canonical_task(task_cfg.task)].labels is None
+  return {**common.input_spec(task_cfg.max_seq_length),
+          "labels": jax.ShapeDtypeStruct((), jnp.float32 if regression else jnp.int32)}
 
 
 def _splits(task_cfg, split: str) -> list[str]:

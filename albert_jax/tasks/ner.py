@@ -203,6 +203,12 @@ def num_labels(task_cfg: ml_collections.ConfigDict) -> int:
   return len(labels_of(task_cfg))
 
 
+def example_spec(task_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+  """One sentence of `load`'s features: the inputs and a label per token."""
+  return {**common.input_spec(task_cfg.max_seq_length),
+          "labels": jax.ShapeDtypeStruct((task_cfg.max_seq_length,), jnp.int32)}
+
+
 def load(task_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> common.Dataset:
   """One row per sentence; meta: `sentences`, each row's first-piece `positions`, `labels`."""
   if split not in ("train", "eval"):

@@ -16,6 +16,15 @@ FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "ma
             "masked_lm_weights", "sentence_order_label")
 
 
+def example_spec(seq_len: int, max_predictions: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of one example (no batch axis), as the input pipeline makes them."""
+  ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+  return {"input_ids": ints(seq_len), "input_mask": ints(seq_len), "segment_ids": ints(seq_len),
+          "masked_lm_positions": ints(max_predictions), "masked_lm_ids": ints(max_predictions),
+          "masked_lm_weights": jax.ShapeDtypeStruct((max_predictions,), jnp.float32),
+          "sentence_order_label": ints()}
+
+
 def forward(module, params, batch, *, deterministic: bool, rng=None):
   """(MLM logits at the masked positions [b, P, V], SOP logits [b, 2])."""
   rngs = None if deterministic else {"dropout": rng}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -209,6 +210,12 @@ def default_config(arg: str = "") -> ml_collections.ConfigDict:
 def num_labels(task_cfg: ml_collections.ConfigDict) -> int:
   del task_cfg
   return 2  # the multiple-choice head has one logit per choice and ignores num_labels
+
+
+def example_spec(task_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+  """One question of `load`'s features: inputs [choices, length] and the answer's index."""
+  return {**common.input_spec(NUM_CHOICES, task_cfg.max_seq_length),
+          "labels": jax.ShapeDtypeStruct((), jnp.int32)}
 
 
 def read_examples(task_cfg: ml_collections.ConfigDict, split: str) -> list[Example]:

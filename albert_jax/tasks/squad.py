@@ -520,6 +520,13 @@ def num_labels(task_cfg) -> int:
   return 2
 
 
+def example_spec(task_cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  """One window of `load`'s features: the inputs and the answer's token span."""
+  return {**common.input_spec(task_cfg.max_seq_length),
+          "start_positions": jax.ShapeDtypeStruct((), jnp.int32),
+          "end_positions": jax.ShapeDtypeStruct((), jnp.int32)}
+
+
 def read_examples(task_cfg, split: str) -> list[Example]:
   """The split's examples ("train" or "eval") from the configured source."""
   if split not in ("train", "eval"):

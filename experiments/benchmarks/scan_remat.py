@@ -1,0 +1,229 @@
+"""The scan's cost, per remat policy: CPU step time against the same weights in a Python loop, and
+TPU HBM per chip (compiled here for a v5p slice), the figures behind the model's default.
+
+    python -m experiments.benchmarks.scan_remat [--part=cpu,equal_math,tpu]
+        [--cpu_settings=base:128:8,base:128:16,base:512:8] [--steps=5]
+        [--tpu_sizes=large,xlarge,xxlarge] [--tpu_loop=large] [--topology=v5p-8]
+
+cpu         our real `train.train_step` (float32, adamw_optax, MLM head at the masked positions)
+            with the layers scanned under each remat policy, against `scan_layers=False` (a
+            Python loop over the same shared weights, no remat), their timed steps alternating
+            in this one run; median step time, the ratio to the loop, XLA temporaries.
+equal_math  forward + backward of the pretraining loss with full-vocabulary MLM logits at every
+            token (what transformers' `AlbertForPreTraining(labels=...)` computes): our module
+            with its defaults, the loop, and transformers' PyTorch (worker process, SDPA).
+tpu         `albert_jax.aot` on `--topology` at seq 512 and 32 sequences per chip, bf16, LAMB,
+            `fsdp_tensor` rules: temporaries and peak per chip for each size and policy, and the
+            unrolled loop for `--tpu_loop` sizes (its compile takes minutes).
+Absolute CPU times on a shared machine are noise; the ratios measured side by side hold.
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from albert_jax import hf_convert, optimizer, train
+from albert_jax import model as M
+from experiments.benchmarks.train_step import (JittedPeer, Torch, alternate, dense_labels,
+                                               make_batch)
+
+POLICIES = ("none", "dots_with_no_batch_dims", "layer_norm_inputs", "ffn_residual", "full")
+MB, GiB = 2**20, 2**30
+
+
+class Step(JittedPeer):
+  """`train.train_step` of a module built with `runtime` (remat_policy, scan_layers)."""
+
+  def __init__(self, cfg, params, batch, **runtime):
+    module = M.AlbertForPreTraining(cfg, **runtime)
+    optim_cfg = optimizer.default_optim_config()
+    optim_cfg.update(name="adamw_optax", lr=1e-4, warmup_steps=0)
+    tx = optimizer.make_optimizer(optim_cfg, total_steps=10_000)
+    params = jax.tree_util.tree_map(jnp.array, params)
+    self.state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                  opt_state=tx.init(params),
+                                  nonfinite_step=jnp.full((), -1, jnp.int32))
+    self.batch = jax.tree_util.tree_map(jnp.asarray, batch)
+    self.compile(functools.partial(
+        train.train_step, module=module, tx=tx, accum_steps=1, seed=0,
+        schedule=optimizer.learning_rate_schedule(optim_cfg, total_steps=10_000)))
+
+
+def cpu(settings, steps):
+  rows = []
+  for setting in settings:
+    size, seq, batch_size = setting.split(":")
+    seq, batch_size = int(seq), int(batch_size)
+    cfg = M.preset(size)
+    params = jax.device_get(M.init_params(M.AlbertForPreTraining(cfg)))
+    batch = make_batch(cfg, batch_size, seq)
+    peers = {"loop": Step(cfg, params, batch, scan_layers=False, remat_policy="none")}
+    for policy in POLICIES:
+      peers[policy] = Step(cfg, params, batch, remat_policy=policy)
+    res = alternate(peers, steps)
+    loop = res["loop"]["median_s"]
+    print(f"\n### CPU train step, {size} seq {seq} x batch {batch_size} (median of {steps} "
+          "alternating steps)\n")
+    print("| layers | step s | vs loop | XLA temp MiB | first loss |")
+    print("|---|---|---|---|---|")
+    for name, peer in peers.items():
+      s = res[name]["median_s"]
+      label = "Python loop (scan_layers=False)" if name == "loop" else f"scan, remat {name}"
+      print(f"| {label} | {s:.2f} | {s / loop:.3f} | {peer.memory['temp_mb']:.0f} | "
+            f"{res[name]['first_loss']:.5f} |", flush=True)
+      rows.append(dict(setting=setting, peer=name, step_s=s, vs_loop=s / loop,
+                       temp_mb=peer.memory["temp_mb"]))
+  return rows
+
+
+# ----------------------------------------------------------------------------- equal math
+
+class FullVocabGrad(JittedPeer):
+  """Forward + backward of HF's pretraining loss (MLM logits at every token), no update."""
+
+  def __init__(self, cfg, params, batch, **runtime):
+    module = M.AlbertForPreTraining(cfg, **runtime)
+    labels = jnp.asarray(dense_labels(batch).astype(np.int32))
+
+    def loss(p, b):
+      out = module.apply({"params": p}, b["input_ids"], attention_mask=b["input_mask"],
+                         token_type_ids=b["segment_ids"], deterministic=True)
+      mask = (labels >= 0).astype(jnp.float32)
+      mlm = optax.softmax_cross_entropy_with_integer_labels(out.prediction_logits,
+                                                            jnp.maximum(labels, 0))
+      sop = optax.softmax_cross_entropy_with_integer_labels(out.sop_logits,
+                                                            b["sentence_order_label"])
+      return jnp.sum(mlm * mask) / jnp.sum(mask) + jnp.mean(sop)
+
+    def step(p, b):  # keeps the JittedPeer (state, batch) -> (state, metrics) shape
+      value, grads = jax.value_and_grad(loss)(p, b)
+      return p, {"loss": value, "grad_sum": jax.tree_util.tree_reduce(
+          lambda a, g: a + jnp.sum(g), grads, 0.0)}
+
+    self.state = jax.tree_util.tree_map(jnp.asarray, params)
+    self.batch = jax.tree_util.tree_map(jnp.asarray, batch)
+    self.compiled = jax.jit(step).lower(self.state, self.batch).compile()
+
+
+def _torch_grad_worker(conn, hf_config, state_dict, batch, threads):
+  import torch
+  import transformers
+  torch.set_num_threads(threads)
+  model = transformers.AlbertForPreTraining(transformers.AlbertConfig(**hf_config))
+  model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()},
+                        strict=False)
+  model.train()
+  inputs = dict(input_ids=torch.from_numpy(batch["input_ids"]).long(),
+                attention_mask=torch.from_numpy(batch["input_mask"]).long(),
+                token_type_ids=torch.from_numpy(batch["segment_ids"]).long(),
+                labels=torch.from_numpy(dense_labels(batch)),
+                sentence_order_label=torch.from_numpy(batch["sentence_order_label"]).long())
+  conn.send(("ready", model.config._attn_implementation, threads))
+  while conn.recv() == "step":
+    start = time.perf_counter()
+    model.zero_grad(set_to_none=True)
+    loss = model(**inputs).loss
+    loss.backward()
+    conn.send((time.perf_counter() - start, loss.item(), 0.0))
+
+
+class TorchGrad(Torch):
+  def __init__(self, cfg, state_dict, batch, threads):
+    import multiprocessing as mp
+    from experiments.benchmarks.train_step import hf_config_dict
+    ctx = mp.get_context("spawn")
+    self.conn, child = ctx.Pipe()
+    self.proc = ctx.Process(target=_torch_grad_worker,
+                            args=(child, hf_config_dict(cfg), state_dict, batch, threads))
+    self.proc.start()
+    _, self.attention, self.threads = self.conn.recv()
+    self.memory = None
+
+
+def equal_math(setting, steps):
+  size, seq, batch_size = setting.split(":")
+  seq, batch_size = int(seq), int(batch_size)
+  cfg = M.preset(size)
+  params = jax.device_get(M.init_params(M.AlbertForPreTraining(cfg)))
+  batch = make_batch(cfg, batch_size, seq)
+  state_dict = hf_convert.to_hf_state_dict(cfg, params, "pretraining")
+  peers = {"torch": TorchGrad(cfg, state_dict, batch, os.cpu_count()),
+           "ours (module defaults)": FullVocabGrad(cfg, params, batch),
+           "loop": FullVocabGrad(cfg, params, batch, scan_layers=False, remat_policy="none")}
+  res = alternate(peers, steps)
+  peers["torch"].close()
+  torch_s = res["torch"]["median_s"]
+  print(f"\n### Equal math: fwd+bwd, full-vocabulary MLM at every token, {size} seq {seq} x "
+        f"batch {batch_size}, float32 (median of {steps} alternating steps)\n")
+  print("| peer | s | vs PyTorch | loss |")
+  print("|---|---|---|---|")
+  for name in peers:
+    s = res[name]["median_s"]
+    print(f"| {name} | {s:.2f} | {s / torch_s:.3f} | {res[name]['first_loss']:.5f} |", flush=True)
+  return {name: res[name]["median_s"] / torch_s for name in peers}
+
+
+# ----------------------------------------------------------------------------- TPU
+
+def tpu(sizes, loop_sizes, topology, per_chip):
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
+  import pretrain  # noqa: E402  (configs/ is not a package)
+  from albert_jax import aot
+  slice_ = aot.parse_slice(topology)
+  devices = aot.slice_devices(slice_)
+  print(f"\n### TPU {topology} ({len(devices)} chips, {devices[0].device_kind}): seq 512, "
+        f"{per_chip} sequences per chip, bf16, LAMB, fsdp_tensor; compiled here\n")
+  print("| size | layers | remat | temp GiB/chip | peak GiB/chip | fits | compile s |")
+  print("|---|---|---|---|---|---|---|")
+  rows = []
+  for size in sizes:
+    runs = [(p, True) for p in POLICIES] + ([("none", False)] if size in loop_sizes else [])
+    for policy, scan in runs:
+      config = pretrain.get_config(size)
+      config.batch_size = per_chip * len(devices)
+      config.remat_policy = policy
+      config.model.vocab_size = 30000
+      report = aot.compile_report(config, slice_, devices, estimate=False, scan_layers=scan)
+      temp = report.get("temp_bytes_per_chip")
+      print(f"| {size} | {'scan' if scan else 'loop'} | {policy} | "
+            f"{temp / GiB if temp else float('nan'):.2f} | "
+            f"{report['peak_bytes_per_chip'] / GiB:.2f} | {report['fits']} | "
+            f"{report['compile_seconds']:.0f} |", flush=True)
+      rows.append(dict(size=size, policy=policy, scan=scan, **{
+          k: report.get(k) for k in ("temp_bytes_per_chip", "peak_bytes_per_chip", "fits",
+                                     "compile_seconds")}))
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--part", default="cpu,equal_math,tpu")
+  parser.add_argument("--cpu_settings", default="base:128:8,base:128:16,base:512:8")
+  parser.add_argument("--equal_math", default="base:128:8")
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--tpu_sizes", default="large,xlarge,xxlarge")
+  parser.add_argument("--tpu_loop", default="large", help="sizes also compiled unrolled")
+  parser.add_argument("--topology", default="v5p-8")
+  parser.add_argument("--per_chip", type=int, default=32)
+  args = parser.parse_args()
+  parts = args.part.split(",")
+  start = time.perf_counter()
+  if "cpu" in parts:
+    cpu(args.cpu_settings.split(","), args.steps)
+  if "equal_math" in parts:
+    equal_math(args.equal_math, args.steps)
+  if "tpu" in parts:
+    tpu(args.tpu_sizes.split(","), args.tpu_loop.split(","), args.topology, args.per_chip)
+  print(f"\n(total {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+  main()
