@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1.0",
     "tensorflow-datasets>=4.9.10,<5",
     "safetensors>=0.6",
+    "google-crc32c>=1.9,<2",  # TF1 checkpoints' checksums (tf1_checkpoint), in C
     "numpy>=2.0",
     "absl-py>=2.0",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow

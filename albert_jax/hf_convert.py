@@ -2,11 +2,16 @@
 
     python -m albert_jax.hf_convert hf-to-orbax HF_DIR OUT_DIR [--head=...] [--overwrite]
     python -m albert_jax.hf_convert orbax-to-hf CKPT_DIR OUT_DIR [--head=...] [--spm_model=...]
+    python -m albert_jax.hf_convert tf-to-hf RELEASE_DIR OUT_DIR [--head=...] [--config=...]
+    python -m albert_jax.hf_convert tf-to-orbax RELEASE_DIR OUT_DIR [--head=...] [--config=...]
 
 An HF directory is `config.json` + `model.safetensors` (or `pytorch_model.bin`, read only with
 `torch.load(weights_only=True)` when torch is installed, or a sharded `*.index.json`). Exports
 write `config.json`, `model.safetensors` and, given a SentencePiece model, the tokenizer files,
 loadable by `transformers.AlbertFor*.from_pretrained(dir)` with no missing or unused weights.
+The original TF1 releases (RELEASE_DIR, a TF-Hub module or a checkpoint prefix) are read by
+`tf1_release` without TensorFlow; `--config` (a preset such as base-v2, or an albert_config.json)
+is needed only for a TF-Hub module, which carries no config.
 """
 
 from __future__ import annotations
@@ -146,6 +151,13 @@ def unflatten(flat: dict[str, Array]) -> dict:
   return tree
 
 
+def expected_hf_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
+  """HF key -> shape of every tensor of `head` (keys as param_table names them)."""
+  expected = _expected_shapes(cfg, head)
+  return {r.hf: r.to_hf(np.empty(expected[r.flax], np.float32)).shape
+          for r in param_table(cfg, head)}
+
+
 def _expected_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
   """Flax path -> shape for `head`, traced without allocating anything (and without the
   activation sharding constraints of a mesh the caller may be inside: shapes are all we need)."""
@@ -250,12 +262,17 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, Array]:
   else:
     found = sorted(p.name for p in hf_dir.iterdir()) if hf_dir.is_dir() else []
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors or pytorch_model.bin (found {found})")
+  check_finite(tensors, hf_dir)
+  return tensors
+
+
+def check_finite(tensors: dict[str, Array], source) -> None:
+  """NaN or Inf in a checkpoint means it is broken: refuse it, naming the tensor."""
   for key, t in tensors.items():
     if np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16":
       bad = ~np.isfinite(t.astype(np.float32))
       if bad.any():
-        raise ValueError(f"{hf_dir}: tensor {key!r} holds {int(bad.sum())} non-finite values")
-  return tensors
+        raise ValueError(f"{source}: tensor {key!r} holds {int(bad.sum())} non-finite values")
 
 
 def read_hf_config(hf_dir: str | Path) -> tuple[AlbertConfig, str | None]:
@@ -388,21 +405,28 @@ def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=
   return Path(path)
 
 
-def load_any(path, head: str | None = None, seed: int = 0) -> tuple[AlbertConfig, dict, str]:
-  """(config, params, head) from an HF directory or an albert-jax (Orbax) model directory."""
+def load_any(path, head: str | None = None, seed: int = 0,
+             config: AlbertConfig | str | None = None) -> tuple[AlbertConfig, dict, str]:
+  """(config, params, head) from an HF directory, an albert-jax (Orbax) model directory or an
+  original TF1 release; `config` (an AlbertConfig, a preset name or an albert_config.json) only
+  for a TF-Hub module, which carries none."""
+  from albert_jax import tf1_release  # imported here: it imports this module
   if checkpointing.is_model_dir(path):
-    config, params, saved_head = checkpointing.load_model_dir(path)
+    saved_cfg, params, saved_head = checkpointing.load_model_dir(path)
     if head in (None, saved_head):
-      return config, params, saved_head
+      return saved_cfg, params, saved_head
     # Another head: go through the HF state dict, so heads change by one set of rules.
-    tensors = to_hf_state_dict(config, params, saved_head)
-    return config, from_hf_state_dict(config, tensors, head, saved_head, seed), head
+    tensors = to_hf_state_dict(saved_cfg, params, saved_head)
+    return saved_cfg, from_hf_state_dict(saved_cfg, tensors, head, saved_head, seed), head
+  if not (Path(path) / "config.json").is_file() and tf1_release.is_release(path):
+    return tf1_release.load_release(path, head, seed, config)
   return load(path, head, seed)
 
 
-def from_pretrained(path, head: str | None = None, seed: int = 0, **runtime):
-  """(module, params) for an HF or Orbax model directory; `runtime`: dtype, remat_policy, ..."""
-  config, params, head = load_any(path, head, seed)
+def from_pretrained(path, head: str | None = None, seed: int = 0,
+                    config: AlbertConfig | str | None = None, **runtime):
+  """(module, params) for an HF, Orbax or TF1 release directory; `runtime`: dtype, remat_policy..."""
+  config, params, head = load_any(path, head, seed, config)
   return make_model(config, head, **runtime), params
 
 
@@ -413,7 +437,9 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   for name, help_ in (("hf-to-orbax", "HF directory -> albert-jax model directory (Orbax)"),
-                      ("orbax-to-hf", "albert-jax model directory (Orbax) -> HF directory")):
+                      ("orbax-to-hf", "albert-jax model directory (Orbax) -> HF directory"),
+                      ("tf-to-hf", "original TF1 release or TF-Hub module -> HF directory"),
+                      ("tf-to-orbax", "original TF1 release or TF-Hub module -> Orbax directory")):
     p = sub.add_parser(name, help=help_)
     p.add_argument("src")
     p.add_argument("dst")
@@ -421,7 +447,11 @@ def main(argv=None) -> int:
                    help="head to write (default: the source's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.add_argument("--spm_model", default=None,
-                   help="SentencePiece model to include (default: the source's spiece.model)")
+                   help="SentencePiece model to include (default: the source's)")
+    if name.startswith("tf-"):
+      p.add_argument("--config", default=None,
+                     help="a preset (base-v2, ...) or an albert_config.json, for a TF-Hub module "
+                          "(it carries no config)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   try:
@@ -429,10 +459,21 @@ def main(argv=None) -> int:
       config, params, head = load(args.src, args.head)
       spm = args.spm_model or checkpointing.spm_model_in(args.src)
       checkpointing.save_model_dir(args.dst, config, params, head, spm, args.overwrite)
-    else:
+    elif args.command == "orbax-to-hf":
       config, params, head = load_any(args.src, args.head)
       spm = args.spm_model or checkpointing.spm_model_in(args.src)
       save(config, params, args.dst, head, spm, args.overwrite)
+    else:
+      from albert_jax import tf1_release
+      config, params, head = tf1_release.load_release(args.src, args.head, config=args.config)
+      spm = args.spm_model or tf1_release.find_release(args.src).spm_model
+      if spm is None:
+        log.warning("%s has no SentencePiece model (30k-clean.model): writing no tokenizer",
+                    args.src)
+      if args.command == "tf-to-hf":
+        save(config, params, args.dst, head, spm and str(spm), args.overwrite)
+      else:
+        checkpointing.save_model_dir(args.dst, config, params, head, spm, args.overwrite)
   except (FileNotFoundError, FileExistsError, KeyError, ValueError, ImportError) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 1

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from albert_jax import checkpointing, hf_convert
+from albert_jax import checkpointing, hf_convert, tf1_release
 from albert_jax import model as M
 from albert_jax.data import arrays, pipeline
 from albert_jax.data.tokenizer import AlbertTokenizer
@@ -197,12 +197,13 @@ def finetuning_tokenizer(config) -> AlbertTokenizer:
     path = Path(source)
     if path.is_dir() and (path / "spiece.model").is_file():
       return AlbertTokenizer.from_pretrained(path)  # with its tokenizer_config.json
-    found = str(path) if path.is_file() else checkpointing.spm_model_in(path)
+    found = (str(path) if path.is_file()
+             else checkpointing.spm_model_in(path) or tf1_release.spm_model_of(path))
     if found:
       return AlbertTokenizer(found)
   raise FileNotFoundError(
       "No vocabulary: set --config.spm_model=PATH/spiece.model, or --config.init_from to a "
-      "model directory (HF or albert-jax) that has its spiece.model")
+      "model directory (HF, albert-jax or an original release) that has its SentencePiece model")
 
 
 def _apply(module, params, batch, rng):
