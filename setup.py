@@ -29,7 +29,11 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "torch==2.13.0",
         "transformers>=4.46,<5",
+        "jax[tpu]>=0.10.2,<0.11",  # the tests compile real TPU programs (albert_jax.aot)
     ],
+    # libtpu: compile for Cloud TPU slices on any host (`python -m albert_jax.aot`), and run on
+    # a Cloud TPU VM.
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     # TFDS registers wikipedia/bookcorpus/glue only when TensorFlow is installed.
     "tf": ["tensorflow-cpu"],
 }

@@ -71,6 +71,12 @@ class Slice:
   def chips(self) -> int:
     return math.prod(self.grid) * self.num_slices
 
+  @property
+  def accelerator_type(self) -> str:
+    """Cloud TPU's name for one of the slices (v5p-8, v5litepod-8, ...)."""
+    prefix = {"v5e": "v5litepod"}.get(self.generation, self.generation)
+    return f"{prefix}-{math.prod(self.grid) * self.gen.cores_per_chip}"
+
   def topology_kwargs(self) -> dict[str, Any]:
     """`jax.experimental.topologies.get_topology_desc` arguments: one device per chip (megacore
     on v4/v5p), 4 chips per host (2x4 for a single-host v5e/v6e slice of 8), torus links on
@@ -125,7 +131,11 @@ def parse_slice(name: str, num_slices: int = 1) -> Slice:
 
 def slice_devices(tpu: Slice) -> list:
   """The slice's devices, compile-only: programs for them build here and never run."""
-  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off Cloud TPU
+  # Off Cloud TPU there is no metadata server to ask what this host is; say it, or libtpu warns.
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", tpu.accelerator_type)
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("TPU_WORKER_ID", "0")
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # beside another libtpu process
   from jax.experimental import topologies
   try:
@@ -275,7 +285,7 @@ def compile_report(config, tpu: Slice, devices: Sequence | None = None, estimate
                    scan_layers: bool = True) -> dict[str, Any]:
   """Compiles `config`'s train step for `tpu`; the report `main` prints (see the module doc).
   `scan_layers=False` compiles the layers unrolled (for comparisons; the estimate needs a scan)."""
-  from albert_jax import jobs
+  from albert_jax import attention, jobs
   devices = slice_devices(tpu) if devices is None else list(devices)
   spec = jobs.step_spec(config)
   cfg = spec.model_config
@@ -290,7 +300,9 @@ def compile_report(config, tpu: Slice, devices: Sequence | None = None, estimate
                                              "num_attention_heads", "intermediate_size",
                                              "vocab_size")},
       "dtype": config.dtype, "remat_policy": config.remat_policy,
-      "attention": config.get("attention", "xla"),
+      "attention": attention.resolve(
+          config.attention, "tpu", config.dtype, spec.example["input_ids"].shape[-1],
+          cfg.attention_probs_dropout_prob > 0),
       "seq_len": spec.example["input_ids"].shape[-1],
       "batch_size": config.batch_size, "grad_accum_steps": config.grad_accum_steps,
       "batch_per_chip": config.batch_size / batch_devices,
@@ -334,8 +346,12 @@ def compile_report(config, tpu: Slice, devices: Sequence | None = None, estimate
   return report
 
 
+def _human(size: float) -> str:
+  return f"{size / GiB:.2f} GiB" if size >= GiB / 10 else f"{size / 2**20:.1f} MiB"
+
+
 def format_report(r: dict[str, Any]) -> str:
-  gib = lambda b: f"{b / GiB:.2f} GiB"
+  gib = _human
   lines = [
       f"{r['task']} step for {r['topology']} ({r['libtpu_topology']}, {r['num_slices']} "
       f"slice(s)): {r['chips']} chips ({r['device_kind']}) on {r['hosts']} host(s), mesh "
@@ -393,5 +409,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Compile-only: this host's own backend is the CPU whatever is installed, and TPU executables
+  # for devices that are not here must not go into a persistent compilation cache.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
   _define_flags()
   app.run(main)

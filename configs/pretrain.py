@@ -33,6 +33,11 @@ from albert_jax import model as M
 from albert_jax import optimizer
 from albert_jax.data import pipeline
 
+# The Cloud TPU slice each size is sized for: the paper's batch (4096 x 512) in one step with the
+# config's defaults. `python -m albert_jax.aot --config=configs/pretrain.py:SIZE --topology=SLICE`
+# compiles it here and reports the HBM it needs (tests/test_aot.py checks every size fits).
+SLICES = {"base": "v5p-64", "large": "v5p-128", "xlarge": "v5p-256", "xxlarge": "v5p-256"}
+
 TINY = dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=512, hidden_act="gelu_new", hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0, vocab_size=-1)
@@ -51,9 +56,10 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
     model["id2label"] = ()
   config.model = ml_collections.ConfigDict(model)
   config.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
-  # Rematerialisation of the scanned layer: none | ffn_residual | layer_norm_inputs | full | dots
-  # | dots_with_no_batch_dims (model.REMAT_POLICIES; costs in the README's train-step benchmark).
-  config.remat_policy = "none"
+  # Rematerialisation of the scanned layer: dots_with_no_batch_dims (the model's default: as fast
+  # as unrolled layers, a fraction of their memory) | none | ffn_residual | layer_norm_inputs |
+  # full | dots (model.REMAT_POLICIES; measured in the README's "The scan" section).
+  config.remat_policy = "dots_with_no_batch_dims"
   # Attention core: xla | splash | cudnn | auto (splash on TPU, cudnn on GPU in bf16, else xla;
   # albert_jax/attention.py).
   config.attention = "auto"

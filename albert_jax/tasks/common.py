@@ -92,7 +92,7 @@ def finetune_config(model: str, task_cfg, *, lr: float, total_steps: int, warmup
   fields["id2label"] = ()
   config.model = ml_collections.ConfigDict(fields)
   config.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
-  config.remat_policy = "none"
+  config.remat_policy = "dots_with_no_batch_dims"  # the model's default (configs/pretrain.py)
   # Attention core: xla | splash | cudnn | auto (splash on TPU, cudnn on GPU in bf16, else xla;
   # albert_jax/attention.py).
   config.attention = "auto"

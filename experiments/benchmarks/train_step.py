@@ -123,7 +123,7 @@ class JittedPeer:
 class Ours(JittedPeer):
   """The real `train.train_step`, jitted with the state donated."""
 
-  def __init__(self, cfg, params, batch, optim="adamw_optax", remat_policy="none"):
+  def __init__(self, cfg, params, batch, optim="adamw_optax", remat_policy=M.DEFAULT_REMAT):
     module = M.AlbertForPreTraining(cfg, remat_policy=remat_policy)
     optim_cfg = optimizer.default_optim_config()
     optim_cfg.update(name=optim, lr=LR, warmup_steps=0)
