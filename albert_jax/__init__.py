@@ -13,6 +13,7 @@ _EXPORTS = {
     "AlbertForSequenceClassification": "albert_jax.model",
     "AlbertForTokenClassification": "albert_jax.model",
     "AlbertForQuestionAnswering": "albert_jax.model", "AlbertForMultipleChoice": "albert_jax.model",
+    "AlbertForSquadV2Original": "albert_jax.model",
     "from_pretrained": "albert_jax.hf_convert",
     "pipeline": "albert_jax.pipelines",
     "AlbertTokenizer": "albert_jax.data.tokenizer",

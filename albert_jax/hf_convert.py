@@ -9,6 +9,9 @@ An HF directory is `config.json` + `model.safetensors` (or `pytorch_model.bin`, 
 `torch.load(weights_only=True)` when torch is installed, or a sharded `*.index.json`). Exports
 write `config.json`, `model.safetensors` and, given a SentencePiece model, the tokenizer files,
 loadable by `transformers.AlbertFor*.from_pretrained(dir)` with no missing or unused weights.
+The `squad_v2_original` head has no such class: exporting it to HF is refused (it is kept as an
+albert-jax model directory, `save_model`), while loading an HF or original checkpoint into it
+keeps the backbone and initialises the head.
 The original TF1 releases (RELEASE_DIR, a TF-Hub module or a checkpoint prefix) are read by
 `tf1_release` without TensorFlow; `--config` (a preset such as base-v2, or an albert_config.json)
 is needed only for a TF-Hub module, which carries no config.
@@ -33,8 +36,8 @@ import safetensors.numpy
 
 from albert_jax import checkpointing
 from albert_jax.data.tokenizer import AlbertTokenizer
-from albert_jax.model import (AlbertConfig, HEADS, abstract_params, head_from_architecture,
-                              init_params, make_model)
+from albert_jax.model import (AlbertConfig, HEADS, abstract_params, has_hf_class,
+                              head_from_architecture, init_params, make_model)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,16 @@ def param_table(cfg: AlbertConfig, head: str) -> list[Row]:
     rest += _dense("classifier", "classifier")
   if head == "question_answering":
     rest += _dense("qa_outputs", "qa_outputs")
+  if head == "squad_v2_original":
+    # No ALBERT class in transformers has this head: these are the keys of XLNet's (and XLM's
+    # SQuADHead's) modules of the same structure, used within albert-jax only (head changes,
+    # init_from); `save` refuses to write them as an ALBERT checkpoint.
+    rest += [*_dense("start_logits/dense", "start_logits.dense"),
+             *_dense("end_logits/dense_0", "end_logits.dense_0"),
+             *_layer_norm("end_logits/LayerNorm", "end_logits.LayerNorm"),
+             *_dense("end_logits/dense_1", "end_logits.dense_1"),
+             *_dense("answer_class/dense_0", "answer_class.dense_0"),
+             ("answer_class/dense_1/kernel", "answer_class.dense_1.weight", _TRANSPOSE)]
   return ([Row(f, h, *t, backbone=True) for f, h, t in backbone]
           + [Row(f, h, *t, backbone=False) for f, h, t in rest])
 
@@ -366,6 +379,8 @@ def infer_head(params) -> str:
     return "masked_lm"
   if "qa_outputs" in names:
     return "question_answering"
+  if "answer_class" in names:
+    return "squad_v2_original"
   raise ValueError("cannot tell the head from the parameters (sequence/token/multiple-choice "
                    "classification share their names); pass head=...")
 
@@ -390,9 +405,17 @@ def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=
          overwrite: bool = False) -> Path:
   """Writes an HF directory for `params`; `tokenizer`: an AlbertTokenizer or a spiece.model path.
 
-  Everything is written to a temporary directory first and renamed into place.
+  Everything is written to a temporary directory first and renamed into place. A head
+  transformers has no class for (squad_v2_original) is refused: `save_model` writes it as an
+  albert-jax model directory.
   """
   head = head or infer_head(params)
+  if head in HEADS and not has_hf_class(head):
+    raise ValueError(
+        f"the {head} head cannot be exported to Hugging Face: transformers has no ALBERT class "
+        "for it, so no AlbertFor* model could load it. Keep it as an albert-jax model directory "
+        "(hf_convert.save_model, checkpointing.save_model_dir, or the training run's "
+        "checkpoints), which from_pretrained and config.init_from read")
   tensors = to_hf_state_dict(config, params, head)
   if tokenizer is not None and not isinstance(tokenizer, AlbertTokenizer):
     tokenizer = AlbertTokenizer(tokenizer, model_max_length=config.max_position_embeddings)
@@ -403,6 +426,19 @@ def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=
     if tokenizer is not None:
       tokenizer.save_pretrained(tmp)
   return Path(path)
+
+
+def save_model(config: AlbertConfig, params, path, head: str, tokenizer=None,
+               overwrite: bool = False) -> str:
+  """Writes `path` as an HF directory (`save`) or, for a head transformers has no class for
+  (squad_v2_original), as an albert-jax model directory; returns "hf" or "albert-jax".
+  `load_any`, `from_pretrained` and `config.init_from` read both."""
+  if has_hf_class(head):
+    save(config, params, path, head, tokenizer, overwrite)
+    return "hf"
+  spm = tokenizer.vocab_file if isinstance(tokenizer, AlbertTokenizer) else tokenizer
+  checkpointing.save_model_dir(path, config, params, head, spm, overwrite)
+  return "albert-jax"
 
 
 def load_any(path, head: str | None = None, seed: int = 0,

@@ -93,7 +93,7 @@ def step_spec(config: ml_collections.ConfigDict, cfg: M.AlbertConfig | None = No
              arrays.WEIGHT: jax.ShapeDtypeStruct((), jnp.float32)}
   inputs = example["input_ids"].shape  # [length] or [choices, length]
   flops = math.prod(inputs[:-1]) * M.pretraining_flops_per_example(cfg, inputs[-1], 0)
-  return StepSpec(task=name, head=task.HEAD, model_config=cfg,
+  return StepSpec(task=name, head=task_head(task, config.task), model_config=cfg,
                   loss=finetuning_loss(task), example=example, flops_per_example=flops)
 
 
@@ -116,6 +116,12 @@ class Job:
 def task_name(config: ml_collections.ConfigDict) -> str:
   task = config.get("task")
   return task.name if task is not None else "pretraining"
+
+
+def task_head(task, task_cfg) -> str:
+  """The task's `model.HEADS` key: `task.head(task_cfg)` where the config picks one (SQuAD's
+  `task.head`), else `task.HEAD`."""
+  return task.head(task_cfg) if hasattr(task, "head") else task.HEAD
 
 
 def _task_module(name: str):
@@ -208,14 +214,17 @@ def finetuning_tokenizer(config) -> AlbertTokenizer:
 
 def _apply(module, params, batch, rng):
   rngs = None if rng is None else {"dropout": rng}
+  # A head may read more of the batch (squad_v2_original: p_mask, and the gold start in training).
+  extra = {k: batch[k] for k in module.batch_inputs(training=rng is not None)}
   return module.apply({"params": params}, batch["input_ids"],
                       attention_mask=batch["attention_mask"],
                       token_type_ids=batch["token_type_ids"], deterministic=rng is None,
-                      rngs=rngs)
+                      rngs=rngs, **extra)
 
 
 def _finetuning_job(config, workdir: Path, task) -> Job:
   task_cfg = config.task
+  head = task_head(task, task_cfg)
   tokenizer = finetuning_tokenizer(config)
   train_set = task.load(task_cfg, tokenizer, "train")
   logging.info("%s: %d training rows", task_cfg.name, len(train_set))
@@ -235,7 +244,7 @@ def _finetuning_job(config, workdir: Path, task) -> Job:
     fields.pop("id2label", None)
     cfg = dataclasses.replace(M.AlbertConfig.from_hf_dict(fields), **changes)
     tensors = hf_convert.to_hf_state_dict(init_cfg, src_params, src_head)
-    init_params = hf_convert.from_hf_state_dict(cfg, tensors, task.HEAD, src_head, config.seed)
+    init_params = hf_convert.from_hf_state_dict(cfg, tensors, head, src_head, config.seed)
   else:
     cfg = model_config(config, tokenizer.vocab_size, **changes)
 
@@ -255,7 +264,7 @@ def _finetuning_job(config, workdir: Path, task) -> Job:
 
   spec = step_spec(config, cfg)
   return Job(
-      task=task_cfg.name, head=task.HEAD, model_config=cfg, tokenizer=tokenizer,
+      task=task_cfg.name, head=head, model_config=cfg, tokenizer=tokenizer,
       train_iter=train_iter, loss=spec.loss,
       eval_outputs=lambda module, params, batch: task.prediction_arrays(
           _apply(module, params, batch, None), batch),

@@ -236,6 +236,27 @@ class QuestionAnsweringOutput:
   hidden_states: tuple[jax.Array, ...] | None = None
 
 
+@flax.struct.dataclass
+class SquadV2Output:
+  """The original SQuAD 2.0 head's outputs (`AlbertForSquadV2Original`), float32.
+
+  Always `start_logits` [batch, length] (masked: -1e30 where p_mask is 1) and `cls_logits`
+  [batch] (the answer-class logit: high means no answer). Given the gold start (training),
+  `end_logits` [batch, length] at that start. Otherwise (inference) the beam the original
+  decodes: `start_top_log_probs` / `start_top_index` [batch, start_n_top] and
+  `end_top_log_probs` / `end_top_index` [batch, start_n_top, end_n_top], the ends for each top
+  start (the original flattens the last two axes start-major: [batch, start_n_top * end_n_top]).
+  """
+  start_logits: jax.Array
+  cls_logits: jax.Array
+  end_logits: jax.Array | None = None
+  start_top_log_probs: jax.Array | None = None
+  start_top_index: jax.Array | None = None
+  end_top_log_probs: jax.Array | None = None
+  end_top_index: jax.Array | None = None
+  hidden_states: tuple[jax.Array, ...] | None = None
+
+
 # ----------------------------------------------------------------------------- building blocks
 
 def tf_truncated_normal(stddev: float):
@@ -264,11 +285,17 @@ class _Albert(nn.Module):
                 remat_policy=self.remat_policy, attention=self.attention,
                 scan_layers=self.scan_layers)
 
-  def dense(self, features, axes, name, n_in=1):
+  def batch_inputs(self, training: bool) -> tuple[str, ...]:
+    """Batch features this head reads beyond `input_ids`, `attention_mask`, `token_type_ids`,
+    passed to it as keyword arguments by the training loop (`jobs._apply`)."""
+    del training
+    return ()
+
+  def dense(self, features, axes, name, n_in=1, use_bias=True):
     """A dense layer over the last `n_in` input axes; kernel and bias carry logical names `axes`."""
     features = (features,) if isinstance(features, int) else tuple(features)
     return Dense(features, axes, n_in, self.config.initializer_range, self.dtype,
-                 self.param_dtype, name=name)
+                 self.param_dtype, use_bias=use_bias, name=name)
 
   def layer_norm(self, axis_name, name):
     return nn.LayerNorm(
@@ -294,17 +321,48 @@ class Dense(nn.Module):
   stddev: float
   dtype: Dtype
   param_dtype: Dtype
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
     in_shape = x.shape[-self.n_in:]
     kernel = self.param("kernel", nn.with_logical_partitioning(
         tf_truncated_normal(self.stddev), self.axes), in_shape + self.features, self.param_dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if not self.use_bias:
+      return y
     bias = self.param("bias", nn.with_logical_partitioning(
         nn.initializers.zeros_init(), self.axes[self.n_in:]), self.features, self.param_dtype)
-    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-    return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
+    return y + bias.astype(self.dtype)
+
+
+class ConcatDense(nn.Module):
+  """dense(concat([a, b], -1)), computed as a . kernel[:n] + b . kernel[n:] + bias.
+
+  The kernel is the concatenated input's ([n + m, features], as the original and Hugging Face
+  store it), but each side is projected on its own and the two broadcast against each other: the
+  SQuAD 2.0 head pairs every position with one start (training) or with each of the top starts
+  (inference), and the original tiles the start state over the positions and projects every pair.
+  """
+  features: int
+  axes: tuple[str | None, str | None]
+  stddev: float
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, a, b):
+    n = a.shape[-1]
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        tf_truncated_normal(self.stddev), self.axes), (n + b.shape[-1], self.features),
+        self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), self.axes[1:]), (self.features,), self.param_dtype)
+    kernel = kernel.astype(self.dtype)
+    return (jnp.dot(a.astype(self.dtype), kernel[:n]) + jnp.dot(b.astype(self.dtype), kernel[n:])
+            + bias.astype(self.dtype))
 
 
 class AlbertEmbeddings(_Albert):
@@ -609,8 +667,119 @@ class AlbertForMultipleChoice(_Albert):
                             hidden_states=out.hidden_states)
 
 
-# Head name -> (module class, Hugging Face architecture). The names `from_pretrained` accepts.
-HEADS: dict[str, tuple[type[_Albert], str]] = {
+# ----------------------------------------------------------------------------- the SQuAD 2.0 head
+# google-research/albert `squad_utils.create_v2_model`, the head behind the paper's SQuAD 2.0
+# numbers (XLNet's). Transformers' ALBERT has no such head; its modules are named as XLNet's
+# (`start_logits.dense`, `end_logits.{dense_0,LayerNorm,dense_1}`,
+# `answer_class.{dense_0,dense_1}`), which are also the original's variable scopes.
+
+def mask_logits(x: jax.Array, p_mask: jax.Array | None) -> jax.Array:
+  """The original's `x * (1 - p) - 1e30 * p`: positions with p_mask 1 (question, [SEP], padding)
+  never win a softmax or a top-k; [CLS] (p_mask 0) stays a candidate, as the null answer."""
+  if p_mask is None:
+    return x
+  p = p_mask.astype(x.dtype)
+  return x * (1 - p) - 1e30 * p
+
+
+class SquadStartLogits(_Albert):
+  """One logit per position: dense(hidden) -> [..., length], masked."""
+
+  @nn.compact
+  def __call__(self, hidden, p_mask):
+    x = self.dense(1, ("hidden", None), "dense")(hidden)[..., 0]
+    return mask_logits(x.astype(jnp.float32), p_mask)
+
+
+class SquadEndLogits(_Albert):
+  """dense_1(LayerNorm(tanh(dense_0([hidden; start state])))), masked.
+
+  `hidden` [..., length, H] and `start` [..., 1, H] broadcast: the end logits of every position
+  for one start (training) or, with a start axis, for each top start (inference).
+  """
+
+  @nn.compact
+  def __call__(self, hidden, start, p_mask):
+    cfg = self.config
+    x = ConcatDense(cfg.hidden_size, ("hidden", None), cfg.initializer_range, self.dtype,
+                    self.param_dtype, name="dense_0")(hidden, start)
+    x = self.layer_norm("hidden", "LayerNorm")(jnp.tanh(x))
+    x = self.dense(1, ("hidden", None), "dense_1")(x)[..., 0]
+    return mask_logits(x.astype(jnp.float32), p_mask)
+
+
+class SquadAnswerClass(_Albert):
+  """The no-answer logit: dense_1(dropout(tanh(dense_0([start feature; hidden[CLS]])))), the
+  last dense without a bias."""
+
+  @nn.compact
+  def __call__(self, start_feature, cls_feature, deterministic):
+    cfg = self.config
+    x = ConcatDense(cfg.hidden_size, ("hidden", None), cfg.initializer_range, self.dtype,
+                    self.param_dtype, name="dense_0")(start_feature, cls_feature)
+    x = self.dropout(cfg.classifier_dropout_prob, jnp.tanh(x), deterministic)
+    x = self.dense(1, ("hidden", None), "dense_1", use_bias=False)(x)[..., 0]
+    return x.astype(jnp.float32)
+
+
+class AlbertForSquadV2Original(_Albert):
+  """The original ALBERT SQuAD 2.0 head (`squad_utils.create_v2_model`), on the backbone.
+
+  Start logits from a dense layer, masked by `p_mask` (1 on question tokens, [SEP] and padding;
+  0 on [CLS] and the context). End logits from [hidden; hidden at the start] -> dense -> tanh ->
+  LayerNorm -> dense: at the gold start when `start_positions` is given (training), else for each
+  of the `start_n_top` best starts, keeping the `end_n_top` best ends of each (5 x 5, as
+  run_squad_v2.py). The answer class: [sum(softmax(start) * hidden); hidden[cls_index]] -> dense
+  -> tanh -> dropout (classifier_dropout_prob) -> dense without bias; it uses the softmax-weighted
+  start state in training as well (Hugging Face's XLNet-style SQuADHead takes the gold start's
+  state there). Returns `SquadV2Output`.
+  """
+  start_n_top: int = 5
+  end_n_top: int = 5
+
+  def batch_inputs(self, training: bool) -> tuple[str, ...]:
+    return ("p_mask", "cls_index") + (("start_positions",) if training else ())
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               deterministic: bool = True, output_hidden_states: bool = False, *,
+               p_mask=None, cls_index=None, start_positions=None) -> SquadV2Output:
+    out = AlbertModel(**self.runtime, add_pooling_layer=False, name="albert")(
+        input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+        output_hidden_states)
+    h = out.last_hidden_state  # [batch, length, hidden]
+    batch, length = input_ids.shape
+    start_logits = SquadStartLogits(**self.runtime, name="start_logits")(h, p_mask)
+    end_head = SquadEndLogits(**self.runtime, name="end_logits")
+    beam = {}
+    if start_positions is not None:  # training: the end given the gold start
+      end_logits = end_head(h, _gather(h, start_positions.reshape(batch, 1)), p_mask)
+    else:  # inference: the ends of each of the top starts
+      end_logits = None
+      start_log_probs = jax.nn.log_softmax(start_logits, axis=-1)
+      top_lp, top_index = jax.lax.top_k(start_log_probs, min(self.start_n_top, length))
+      h_start = _gather(h, top_index)  # [batch, start_n_top, hidden]
+      # [batch, length, 1, hidden] with [batch, 1, start_n_top, hidden] -> [batch, length, k]
+      ends = end_head(h[:, :, None], h_start[:, None],
+                      None if p_mask is None else p_mask[:, :, None])
+      ends = jax.nn.log_softmax(jnp.swapaxes(ends, 1, 2), axis=-1)  # [batch, k, length]
+      end_lp, end_index = jax.lax.top_k(ends, min(self.end_n_top, length))
+      beam = dict(start_top_log_probs=top_lp, start_top_index=top_index.astype(jnp.int32),
+                  end_top_log_probs=end_lp, end_top_index=end_index.astype(jnp.int32))
+    start_p = jax.nn.softmax(start_logits, axis=-1).astype(h.dtype)
+    start_feature = jnp.einsum("blh,bl->bh", h, start_p)
+    if cls_index is None:
+      cls_index = jnp.zeros((batch,), jnp.int32)  # ALBERT's [CLS] comes first
+    cls_feature = _gather(h, cls_index.reshape(batch, 1))[:, 0]
+    cls_logits = SquadAnswerClass(**self.runtime, name="answer_class")(
+        start_feature, cls_feature, deterministic)
+    return SquadV2Output(start_logits=start_logits, end_logits=end_logits, cls_logits=cls_logits,
+                         hidden_states=out.hidden_states, **beam)
+
+
+# Head name -> (module class, Hugging Face architecture, None where transformers has no such
+# ALBERT class: saved only as an albert-jax model directory). The names `from_pretrained` accepts.
+HEADS: dict[str, tuple[type[_Albert], str | None]] = {
     "base": (AlbertModel, "AlbertModel"),
     "pretraining": (AlbertForPreTraining, "AlbertForPreTraining"),
     "masked_lm": (AlbertForMaskedLM, "AlbertForMaskedLM"),
@@ -618,15 +787,21 @@ HEADS: dict[str, tuple[type[_Albert], str]] = {
     "token_classification": (AlbertForTokenClassification, "AlbertForTokenClassification"),
     "question_answering": (AlbertForQuestionAnswering, "AlbertForQuestionAnswering"),
     "multiple_choice": (AlbertForMultipleChoice, "AlbertForMultipleChoice"),
+    "squad_v2_original": (AlbertForSquadV2Original, None),
 }
+
+
+def has_hf_class(head: str) -> bool:
+  """Whether transformers has a class for `head` (every head but squad_v2_original)."""
+  return HEADS[head][1] is not None
 
 
 def head_from_architecture(architecture: str) -> str:
   for head, (_, arch) in HEADS.items():
-    if arch == architecture:
+    if arch is not None and arch == architecture:
       return head
   raise ValueError(f"Unknown ALBERT architecture {architecture!r}; known: "
-                   f"{[arch for _, arch in HEADS.values()]}")
+                   f"{[arch for _, arch in HEADS.values() if arch]}")
 
 
 def make_model(config: AlbertConfig, head: str = "base", **runtime) -> _Albert:

@@ -383,18 +383,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary["eval_results"] = best.write_results(step, history["eval"])
   if not preempted and config.export_hf:
     host_params = _host_params(state.params)
+    # A head transformers has no class for (squad_v2_original): an albert-jax model directory.
+    name = "hf" if M.has_hf_class(job.head) else "model"
     if is_main:
-      hf_convert.save(cfg, host_params, workdir / "hf", head=job.head, tokenizer=job.tokenizer,
-                      overwrite=True)
-      logging.info("Exported the model to %s (Hugging Face format, with spiece.model)",
-                   workdir / "hf")
-    summary["hf_dir"] = str(workdir / "hf")
+      kind = hf_convert.save_model(cfg, host_params, workdir / name, head=job.head,
+                                   tokenizer=job.tokenizer, overwrite=True)
+      logging.info("Exported the model to %s (%s format, with spiece.model)", workdir / name, kind)
+    summary[f"{name}_dir"] = str(workdir / name)
   manager.close()
   return summary
 
 
 class _Best:
-  """The best eval so far by one metric: WORKDIR/best (HF format) and WORKDIR/best.json."""
+  """The best eval so far by one metric: WORKDIR/best (HF format; an albert-jax model directory
+  for a head transformers lacks) and WORKDIR/best.json."""
 
   def __init__(self, workdir: Path, metric: str):
     self.workdir, self.metric = workdir, metric
@@ -409,8 +411,8 @@ class _Best:
   def keep(self, step, result, host_params, cfg, job, is_main):
     self.record = {"step": step, "metric": self.metric, "metrics": result}
     if is_main:
-      hf_convert.save(cfg, host_params, self.workdir / "best", head=job.head,
-                      tokenizer=job.tokenizer, overwrite=True)
+      hf_convert.save_model(cfg, host_params, self.workdir / "best", head=job.head,
+                            tokenizer=job.tokenizer, overwrite=True)
       checkpointing.write_json_atomic(self.workdir / "best.json", self.record)
       logging.info("New best %s %.4f at step %d: saved to %s", self.metric, result[self.metric],
                    step, self.workdir / "best")

@@ -1,4 +1,4 @@
-r"""SQuAD fine-tuning: `--config=configs/finetune_squad.py:v1|v2[,model=SIZE[-v1]]`.
+r"""SQuAD fine-tuning: `--config=configs/finetune_squad.py:v1|v2[,model=SIZE[-v1]][,head=original]`.
 
 Hyperparameters of the original ALBERT run_squad_v1.sh / run_squad_v2.sh: lr 5e-5 (v1) / 3e-5
 (v2), batch 48, 3649 / 8144 steps, 10% warmup, sequence 384 / 512, doc stride 128, query 64
@@ -12,6 +12,12 @@ Hyperparameters of the original ALBERT run_squad_v1.sh / run_squad_v2.sh: lr 5e-
 or `--config.task.source=tfds` (squad/v1.1, squad/v2.0: TFDS needs no TensorFlow for these).
 Predictions (and for v2 the null odds) go to WORKDIR/predictions/step_N/eval/; exact match and
 F1 are the official scripts'.
+
+`v2,head=original` (or `--config.task.head=original`) trains the original ALBERT SQuAD 2.0 head
+(google-research/albert `create_v2_model`: start, end given the start, an answer class; decoded
+from the 5 x 5 beam, null threshold the eval set's best F1 one, as run_squad_v2.py). It has no
+Hugging Face class: WORKDIR/best and the final export (WORKDIR/model) are albert-jax model
+directories.
 """
 
 from albert_jax.tasks import common, squad
@@ -21,8 +27,10 @@ HYPERPARAMETERS = {1: dict(lr=5e-5, total_steps=3649, warmup_steps=365, batch_si
 
 
 def get_config(arg: str = "v1"):
-  args = common.parse_arg(arg, version="v1", model="large")
+  args = common.parse_arg(arg, version="v1", model="large", head="span")
   task_cfg = squad.default_config(args["version"])
+  task_cfg.head = args["head"]
+  squad.head(task_cfg)  # an unknown head, or the original head with v1, fails here
   if int(task_cfg.version) == 2:
     task_cfg.max_seq_length = 512
   return common.finetune_config(args["model"], task_cfg,

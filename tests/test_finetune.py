@@ -214,6 +214,47 @@ def test_squad_run_writes_predictions_and_official_metrics(tmp_path, vocab, vers
       assert key in results, results
 
 
+def test_squad_v2_original_head_from_an_hf_directory(tmp_path, vocab):
+  """The original SQuAD 2.0 head through the loop, started from an HF pretraining directory:
+  the backbone is the checkpoint's (lr 0), the prediction files and the official metrics are
+  written, and the model is kept as albert-jax model directories (no HF class has this head)."""
+  data = write_squad(tmp_path / "train.json", 2)
+  config = tiny(load_config("finetune_squad", "v2,head=original"), vocab,
+                **{"task.train_file": str(data), "task.eval_file": str(data),
+                   "task.max_seq_length": 48, "task.doc_stride": 16, "task.max_query_length": 16,
+                   "total_steps": 4, "batch_size": 8, "optim.lr": 0.0, "optim.warmup_steps": 0,
+                   "export_hf": True})
+  cfg = train.model_config(config, 600)
+  source = M.init_params(M.AlbertForPreTraining(cfg), 3)
+  hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=vocab)
+  config.init_from, config.spm_model = str(tmp_path / "hf_in"), ""
+  workdir = tmp_path / "run"
+  summary = train.train_and_evaluate(config, str(workdir))
+  results = summary["eval_results"]
+  out = workdir / "predictions" / "step_4" / "eval"
+  predictions = json.loads((out / "predictions.json").read_text())
+  null_odds = json.loads((out / "null_odds.json").read_text())
+  nbest = json.loads((out / "nbest_predictions.json").read_text())
+  dataset = json.loads(data.read_text())
+  ids = {qa["id"] for p in dataset["data"][0]["paragraphs"] for qa in p["qas"]}
+  assert set(predictions) == set(null_odds) == set(nbest) == ids
+  # The run's metrics are the official v2.0 ones of its predictions file, at the best threshold.
+  official = squad.evaluate(dataset, predictions)
+  for key in ("exact", "f1", "HasAns_f1", "NoAns_exact"):
+    assert results[key] == pytest.approx(official[key]), key
+  assert results["null_score_diff_threshold"] == results["best_f1_thresh"]
+  assert all("cls_accuracy" in r for r in metrics.read_metrics(workdir) if "loss" in r)
+  # Best and final model: albert-jax model directories holding the HF checkpoint's backbone.
+  assert "hf_dir" not in summary and not (workdir / "hf").exists()
+  for kept in (workdir / "best", Path(summary["model_dir"])):
+    _, params, head = hf_convert.load_any(kept)
+    assert head == "squad_v2_original"
+    for a, b in zip(jax.tree_util.tree_leaves(params["albert"]),
+                    jax.tree_util.tree_leaves({k: v for k, v in source["albert"].items()
+                                               if k != "pooler"}), strict=True):
+      np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- RACE, NER
 
 def write_race(root: Path):

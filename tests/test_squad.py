@@ -262,8 +262,9 @@ def test_windows_map_every_answer_back_exactly(tokenizer, qa_set, features):
   f, meta = features.features, features.meta
   assert {k: (v.dtype, v.shape) for k, v in f.items()} == {
       **{k: (np.int32, (len(features), MAX_SEQ))
-         for k in ("input_ids", "attention_mask", "token_type_ids")},
-      **{k: (np.int32, (len(features),)) for k in ("start_positions", "end_positions")}}
+         for k in ("input_ids", "attention_mask", "token_type_ids", "p_mask")},
+      **{k: (np.int32, (len(features),))
+         for k in ("start_positions", "end_positions", "cls_index", "is_impossible")}}
   by_example = collections.defaultdict(list)
   for row, e in enumerate(meta.example_index):
     by_example[int(e)].append(row)
@@ -288,6 +289,10 @@ def test_windows_map_every_answer_back_exactly(tokenizer, qa_set, features):
           MAX_SEQ - offset - n - 1)
       assert f["attention_mask"][row].tolist() == [1] * (offset + n + 1) + [0] * (
           MAX_SEQ - offset - n - 1)
+      # The original v2 head's mask: only [CLS] and the window's context can be answers.
+      assert f["p_mask"][row].tolist() == [0] + [1] * (offset - 1) + [0] * n + [1] * (
+          MAX_SEQ - offset - n)
+      assert f["cls_index"][row] == 0
       assert meta.context_offset[row] == offset
       assert meta.token_to_word[row].tolist() == tok_word[start:start + n]
       for t in range(n):  # the original's rule: most context min(left, right) + 0.01 length
@@ -296,6 +301,7 @@ def test_windows_map_every_answer_back_exactly(tokenizer, qa_set, features):
         best = max((s for s in starts if s <= start + t < s + room), key=score)
         assert meta.max_context[row][t] == (best == start), (ex.qid, k, t)
       s_pos, e_pos = int(f["start_positions"][row]), int(f["end_positions"][row])
+      assert f["is_impossible"][row] == (s_pos == 0)
       if ex.is_impossible:
         assert (s_pos, e_pos) == (0, 0)
         continue
@@ -501,9 +507,14 @@ def test_load_from_files_and_tfds(tmp_path, tokenizer, qa_set):
   train, evals = squad.load(cfg, tokenizer, "train"), squad.load(cfg, tokenizer, "eval")
   assert train.meta is None and evals.meta.examples == examples[:30]
   expected = squad.convert_examples(examples[:30], tokenizer, MAX_SEQ, STRIDE, MAX_QUERY)
-  for k, v in expected.features.items():
-    np.testing.assert_array_equal(train.features[k], v)
-    np.testing.assert_array_equal(evals.features[k], v)
+  # The span head's rows: the features its example_spec names (the original head adds three).
+  assert set(train.features) == set(evals.features) == set(squad.example_spec(cfg)) == {
+      "input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"}
+  for k, v in train.features.items():
+    np.testing.assert_array_equal(v, expected.features[k])
+    np.testing.assert_array_equal(evals.features[k], expected.features[k])
+  cfg.head = "original"
+  assert set(squad.load(cfg, tokenizer, "eval").features) == set(expected.features)
   records = [{"id": ex.qid, "question": ex.question, "context": ex.context,
               "is_impossible": ex.is_impossible,
               "answers": {"text": np.asarray(ex.answers, object),

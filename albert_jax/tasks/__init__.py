@@ -4,6 +4,8 @@
 `ner`) is a plain module with these names, nothing to subclass or register:
 
   HEAD: str                  the `model.HEADS` key of its model ("sequence_classification", ...)
+  head(task_cfg) -> str      optional: the `model.HEADS` key when the config picks the head
+                             (SQuAD's `task.head`: "span" or "original"); else HEAD
   METRIC: str                the `evaluate_task` key picking the best checkpoint (higher is better)
   default_config(arg) -> ml_collections.ConfigDict
                              `config.task`: `name` (the module's name), the data source and
@@ -28,5 +30,6 @@
                              files into output_dir
 
 `outputs` is what the HEAD's module returns for batch["input_ids"], batch["attention_mask"],
-batch["token_type_ids"] (`logits`, or `start_logits` / `end_logits`).
+batch["token_type_ids"] and the batch features its `batch_inputs(training)` names (`logits`, or
+`start_logits` / `end_logits`, or the original SQuAD 2.0 head's `SquadV2Output`).
 """

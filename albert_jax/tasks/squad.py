@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from albert_jax import model as M
 from albert_jax.tasks import common
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,8 @@ def convert_examples(examples: Sequence[Example], tokenizer, max_seq_length: int
 
   Start/end positions are the first answer's tokens in the window, 0 ([CLS]) when the question is
   impossible or the answer is not wholly inside. Training drops examples whose answer text is not
-  at its `answer_start`, as the original does.
+  at its `answer_start`, as the original does. With them, the original v2 head's features:
+  `p_mask`, `cls_index` (0) and `is_impossible` (the window has no answer).
   """
   cache, rows, metas, kept = _Pieces(tokenizer), [], [], []
   cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
@@ -380,11 +382,17 @@ def _as_dataset(rows, metas, examples, max_seq_length: int) -> common.Dataset:
   attention = (cols < lengths[:, None]).astype(np.int32)
   token_types = ((cols >= offsets[:, None]) & (cols < lengths[:, None])).astype(np.int32)
   positions = np.asarray([r[3] for r in rows], np.int32).reshape(n, 2)
+  # The original v2 features: p_mask is 1 on the question, both [SEP]s and padding, 0 on [CLS]
+  # and the window's context; a window is impossible when its answer is not wholly in it.
+  context = (cols >= offsets[:, None]) & (cols < lengths[:, None] - 1)
   features = {
       "input_ids": np.stack([r[0] for r in rows]) if rows else np.zeros((0, max_seq_length),
                                                                         np.int32),
       "attention_mask": attention, "token_type_ids": token_types,
-      "start_positions": positions[:, 0].copy(), "end_positions": positions[:, 1].copy()}
+      "start_positions": positions[:, 0].copy(), "end_positions": positions[:, 1].copy(),
+      "p_mask": (~(context | (cols == 0))).astype(np.int32),
+      "cls_index": np.zeros(n, np.int32),
+      "is_impossible": (positions[:, 0] == 0).astype(np.int32)}
   meta = Meta(examples=list(examples),
               example_index=np.asarray([m[0] for m in metas], np.int32).reshape(n),
               context_offset=offsets, token_to_word=[m[1] for m in metas],
@@ -512,7 +520,29 @@ def default_config(arg: str = "v1") -> ml_collections.ConfigDict:
       n_best_size=20, max_answer_length=30,
       null_score_diff_threshold=0.0,  # v2: predict "" where null score - best span > this
       max_examples=0,  # 0: all; else the first N examples (quick runs)
+      # "span": start/end logits with [CLS] as the null answer (HF's AlbertForQuestionAnswering);
+      # "original": v2 only, google-research/albert's SQuAD 2.0 head (start, end given the
+      # start, answer class; squad_v2_original.py), whose null threshold is the eval set's best.
+      head="span",
   ))
+
+
+HEADS_BY_NAME = {"span": "question_answering", "original": "squad_v2_original"}
+
+
+def head(task_cfg) -> str:
+  """The `model.HEADS` key `task_cfg.head` selects."""
+  name = task_cfg.get("head", "span")
+  if name not in HEADS_BY_NAME:
+    raise ValueError(f"task.head={name!r}: use one of {sorted(HEADS_BY_NAME)}")
+  if name == "original" and task_cfg.version != 2:
+    raise ValueError("task.head='original' is the SQuAD 2.0 head (its answer class predicts "
+                     "unanswerable questions): use it with version 2 (finetune_squad.py:v2)")
+  return HEADS_BY_NAME[name]
+
+
+def _original(task_cfg) -> bool:
+  return head(task_cfg) == "squad_v2_original"
 
 
 def num_labels(task_cfg) -> int:
@@ -521,10 +551,15 @@ def num_labels(task_cfg) -> int:
 
 
 def example_spec(task_cfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """One window of `load`'s features: the inputs and the answer's token span."""
-  return {**common.input_spec(task_cfg.max_seq_length),
-          "start_positions": jax.ShapeDtypeStruct((), jnp.int32),
-          "end_positions": jax.ShapeDtypeStruct((), jnp.int32)}
+  """One window of `load`'s features: the inputs and the answer's token span (the original
+  head: and p_mask, cls_index, is_impossible)."""
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  spec = {**common.input_spec(task_cfg.max_seq_length),
+          "start_positions": scalar, "end_positions": scalar}
+  if _original(task_cfg):
+    spec.update(p_mask=jax.ShapeDtypeStruct((task_cfg.max_seq_length,), jnp.int32),
+                cls_index=scalar, is_impossible=scalar)
+  return spec
 
 
 def read_examples(task_cfg, split: str) -> list[Example]:
@@ -546,7 +581,8 @@ def load(task_cfg, tokenizer, split: str) -> common.Dataset:
   data = convert_examples(read_examples(task_cfg, split), tokenizer, task_cfg.max_seq_length,
                           task_cfg.doc_stride, task_cfg.max_query_length,
                           is_training=split == "train")
-  return data if split == "eval" else common.Dataset(data.features)
+  features = {k: v for k, v in data.features.items() if k in example_spec(task_cfg)}
+  return common.Dataset(features, data.meta if split == "eval" else None)
 
 
 def _field(outputs, name: str):
@@ -554,7 +590,11 @@ def _field(outputs, name: str):
 
 
 def loss_sums(outputs, batch) -> dict[str, jax.Array]:
-  """Summed (CE(start) + CE(end)) / 2 per row, as the original, with correct-position counts."""
+  """Summed (CE(start) + CE(end)) / 2 per row, as the original, with correct-position counts
+  (the original v2 head adds its answer-class loss: squad_v2_original.loss_sums)."""
+  if isinstance(outputs, M.SquadV2Output):
+    from albert_jax.tasks import squad_v2_original
+    return squad_v2_original.loss_sums(outputs, batch)
   weight = batch["weight"].astype(jnp.float32)
   sums = {"loss": 0.0, "weight": jnp.sum(weight)}
   for side in ("start", "end"):
@@ -569,11 +609,17 @@ def normalise(sums) -> dict[str, jax.Array]:
   """Per-row means; `accuracy` is the mean of the start and end position accuracies."""
   denominator = jnp.maximum(sums["weight"], 1e-9)
   start, end = sums["start_correct"] / denominator, sums["end_correct"] / denominator
-  return {"loss": sums["loss"] / denominator, "accuracy": (start + end) / 2,
-          "start_accuracy": start, "end_accuracy": end}
+  out = {"loss": sums["loss"] / denominator, "accuracy": (start + end) / 2,
+         "start_accuracy": start, "end_accuracy": end}
+  if "cls_correct" in sums:  # the original v2 head's answer class
+    out["cls_accuracy"] = sums["cls_correct"] / denominator
+  return out
 
 
 def prediction_arrays(outputs, batch) -> dict[str, jax.Array]:
+  if isinstance(outputs, M.SquadV2Output):
+    from albert_jax.tasks import squad_v2_original
+    return squad_v2_original.prediction_arrays(outputs, batch)
   del batch
   return {"start_logits": _field(outputs, "start_logits").astype(jnp.float32),
           "end_logits": _field(outputs, "end_logits").astype(jnp.float32)}
@@ -588,6 +634,9 @@ def evaluate_task(predictions, dataset: common.Dataset, task_cfg, output_dir) ->
   predictions.json and nbest_predictions.json (v2: null_odds.json) and scores them. v2 adds the
   scores at the official best_f1_thresh used as null_score_diff_threshold (`*_at_best_thresh`).
   """
+  if _original(task_cfg):
+    from albert_jax.tasks import squad_v2_original
+    return squad_v2_original.evaluate_task(predictions, dataset, task_cfg, output_dir)
   version_2 = task_cfg.version == 2
   preds, null_odds, nbest = postprocess(
       dataset, predictions["start_logits"], predictions["end_logits"], task_cfg.n_best_size,

@@ -1,0 +1,146 @@
+"""The original ALBERT SQuAD 2.0 head's task side (`model.AlbertForSquadV2Original`): its loss,
+the predictions it gives the loop, and the decoding and threshold search of the original
+`squad_utils.accumulate_predictions_v2` / `write_predictions_v2` / `evaluate_v2`.
+
+Selected by `config.task.head = "original"` (`configs/finetune_squad.py:v2,head=original`);
+`squad.py` hands its loss, predictions and evaluation to this module for that head.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from albert_jax import model as M
+from albert_jax.tasks import common, squad
+
+# What this head reads from `squad.convert_examples`' features beyond the span head's.
+FEATURES = ("p_mask", "cls_index", "is_impossible")
+NO_SPAN = -1e6  # the log-probabilities of the original's nonce answer when no span is valid
+
+
+def loss_sums(outputs: M.SquadV2Output, batch) -> dict[str, jax.Array]:
+  """Summed 0.5 * (CE(start) + CE(end at the gold start)) + 0.5 * sigmoid_xent(cls,
+  is_impossible) per row, as the original's model_fn, with correct-prediction counts."""
+  weight = batch["weight"].astype(jnp.float32)
+  sums = {"weight": jnp.sum(weight)}
+  per_row = 0.0
+  for side in ("start", "end"):
+    logits = getattr(outputs, f"{side}_logits")
+    labels = batch[f"{side}_positions"].astype(jnp.int32)
+    per_row += 0.5 * optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    sums[f"{side}_correct"] = jnp.sum((jnp.argmax(logits, -1) == labels) * weight)
+  impossible = batch["is_impossible"].astype(jnp.float32)
+  per_row += 0.5 * optax.sigmoid_binary_cross_entropy(outputs.cls_logits, impossible)
+  sums["cls_correct"] = jnp.sum(((outputs.cls_logits > 0) == (impossible > 0.5)) * weight)
+  sums["loss"] = jnp.sum(per_row * weight)
+  return sums
+
+
+def prediction_arrays(outputs: M.SquadV2Output, batch) -> dict[str, jax.Array]:
+  """The beam and the answer-class logit of each window (inference outputs)."""
+  del batch
+  return {"start_top_log_probs": outputs.start_top_log_probs,
+          "start_top_index": outputs.start_top_index,
+          "end_top_log_probs": outputs.end_top_log_probs,
+          "end_top_index": outputs.end_top_index, "cls_logits": outputs.cls_logits}
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _candidates(meta: squad.Meta, f: int, arrays, max_answer_length: int) -> list[tuple]:
+  """(window, start, end, start log-prob, end log-prob) of window f's valid beam entries:
+  start and end inside the window's context, the start at its max context, end >= start, at
+  most max_answer_length tokens; in beam order (top start, then its top ends)."""
+  offset, n = int(meta.context_offset[f]), len(meta.token_to_word[f])
+  starts, start_lps = arrays["start_top_index"][f], arrays["start_top_log_probs"][f]
+  ends, end_lps = arrays["end_top_index"][f], arrays["end_top_log_probs"][f]
+  out = []
+  for i, s in enumerate(starts.tolist()):
+    for j, e in enumerate(ends[i].tolist()):
+      if not (offset <= s < offset + n and offset <= e < offset + n):
+        continue
+      if not meta.max_context[f][s - offset] or e < s or e - s + 1 > max_answer_length:
+        continue
+      out.append((f, s, e, float(start_lps[i]), float(end_lps[i, j])))
+  return out
+
+
+def _text(meta: squad.Meta, f: int, s: int, e: int, context: str, words, starts) -> str:
+  """The context from the start token's word to the end token's word (whole words)."""
+  offset = int(meta.context_offset[f])
+  first, last = meta.token_to_word[f][s - offset], meta.token_to_word[f][e - offset]
+  return context[starts[first]:starts[last] + len(words[last])]
+
+
+def decode(dataset: common.Dataset, arrays: Mapping[str, np.ndarray], n_best_size: int = 20,
+           max_answer_length: int = 30) -> tuple[dict[str, list[dict]], dict[str, float]]:
+  """(nbest qid -> entries, null_odds qid -> null score) from the windows' beams.
+
+  Every window's valid candidates are pooled and ranked by start + end log-probability; texts
+  seen already are skipped; up to n_best_size entries, or the original's nonce ("" at
+  log-probability -1e6) when no candidate is valid. The null score is the smallest
+  answer-class logit over the example's windows.
+  """
+  meta: squad.Meta = dataset.meta
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  by_example = collections.defaultdict(list)
+  for f, e in enumerate(meta.example_index.tolist()):
+    by_example[e].append(f)
+  nbest, null_odds = {}, {}
+  for e, ex in enumerate(meta.examples):
+    feats = by_example[e]
+    if not feats:
+      continue  # no tokens in the context: no prediction
+    prelim = [c for f in feats for c in _candidates(meta, f, arrays, max_answer_length)]
+    words, starts = squad.split_words(ex.context)
+    seen, entries = set(), []
+    for f, s, e_, s_lp, e_lp in sorted(prelim, key=lambda c: c[3] + c[4], reverse=True):
+      if len(entries) >= n_best_size:
+        break
+      text = _text(meta, f, s, e_, ex.context, words, starts)
+      if text not in seen:
+        seen.add(text)
+        entries.append((text, s_lp, e_lp))
+    entries = entries or [("", NO_SPAN, NO_SPAN)]
+    probs = squad._softmax([s + e for _, s, e in entries])
+    nbest[ex.qid] = [{"text": t, "probability": p, "start_log_prob": s, "end_log_prob": e}
+                     for (t, s, e), p in zip(entries, probs)]
+    null_odds[ex.qid] = min(float(arrays["cls_logits"][f]) for f in feats)
+  return nbest, null_odds
+
+
+def evaluate_task(predictions, dataset: common.Dataset, task_cfg, output_dir) -> dict[str, float]:
+  """run_squad_v2.py's evaluation: decode, find the null threshold that maximises F1 on this
+  eval set (the official `find_best_thresh` over the null scores, every question answered),
+  predict "" where the null score is above it, and score those predictions officially.
+
+  Writes predictions.json (at that threshold), null_odds.json (the null scores) and
+  nbest_predictions.json. `exact`/`f1` (and the HasAns/NoAns splits) are the official v2.0
+  metrics of predictions.json; `best_*` are the search's; `null_score_diff_threshold` the
+  threshold used. The original predicts "" when the null score is >= the threshold; the
+  official script (and this) when it is >, so f1 equals best_f1.
+  """
+  nbest, null_odds = decode(dataset, predictions, task_cfg.n_best_size,
+                            task_cfg.max_answer_length)
+  gold = squad.to_squad_json(dataset.meta.examples, version_2=True)
+  answered = {qid: entries[0]["text"] for qid, entries in nbest.items()}
+  search = squad.evaluate(gold, answered, na_probs=null_odds)
+  threshold = search["best_f1_thresh"]
+  final = {qid: "" if null_odds[qid] > threshold else text for qid, text in answered.items()}
+  out = Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  squad._write_json(out / "predictions.json", final)
+  squad._write_json(out / "null_odds.json", null_odds)
+  squad._write_json(out / "nbest_predictions.json", nbest)
+  metrics = squad.evaluate(gold, final)
+  metrics.update({k: search[k] for k in ("best_exact", "best_exact_thresh", "best_f1",
+                                          "best_f1_thresh")})
+  metrics["null_score_diff_threshold"] = threshold
+  return {k: float(v) for k, v in metrics.items()}
