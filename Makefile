@@ -25,7 +25,7 @@ DEMO_WORKDIR ?= demo_workdir
 # the exported model to fill a mask. Rerunning resumes from the last checkpoint.
 demo: $(VENV)/.installed
 	$(PY) -m albert_jax.main --config=configs/pretrain.py:tiny --workdir=$(DEMO_WORKDIR)
-	$(PY) -m albert_jax.pipelines fill-mask --model $(DEMO_WORKDIR)/hf \
+	$(PY) -m albert_jax.inference fill-mask --model $(DEMO_WORKDIR)/hf \
 	    "The [MASK] statement is used to leave a loop early."
 
 test: $(VENV)/.installed-test

@@ -15,7 +15,7 @@ _EXPORTS = {
     "AlbertForQuestionAnswering": "albert_jax.model", "AlbertForMultipleChoice": "albert_jax.model",
     "AlbertForSquadV2Original": "albert_jax.model",
     "from_pretrained": "albert_jax.hf_convert",
-    "pipeline": "albert_jax.pipelines",
+    "pipeline": "albert_jax.inference",
     "AlbertTokenizer": "albert_jax.data.tokenizer",
 }
 

@@ -173,6 +173,27 @@ def out_of_memory(message: str) -> tuple[int | None, int | None] | None:
   return None, None
 
 
+@dataclasses.dataclass(frozen=True)
+class JobStep:
+  """What the job's train step is made of, from the config alone."""
+  task_name: str
+  task: Any
+  head: str
+  model_config: Any  # model.AlbertConfig
+  example: dict  # one training row's ShapeDtypeStructs
+
+
+def step_of(config) -> JobStep:
+  """The job's step without data, vocabulary or checkpoint: config.model's architecture, its
+  vocab_size -1 read as config.data.vocab_size (pretraining) or 30000, ALBERT's."""
+  from albert_jax import init_from, tasks
+  task = tasks.get(config.task)
+  vocab = config.model.vocab_size if config.model.vocab_size > 0 else config.data.get(
+      "vocab_size", 30000)
+  cfg = init_from.model_config(config, task, vocab)
+  return JobStep(config.task, task, task.head(config.data), cfg, task.example_spec(config.data))
+
+
 def _batch(spec, batch_size: int, mesh) -> dict:
   import jax
   from albert_jax import sharding
@@ -181,7 +202,7 @@ def _batch(spec, batch_size: int, mesh) -> dict:
           for k, s in spec.example.items()}
 
 
-def _lower(config, spec, devices, scan_layers: bool = True):
+def lower(config, spec, devices, scan_layers: bool = True):
   """(lowered train step, abstract state, mesh) of `config`'s job on `devices`."""
   import flax.linen as nn
   import jax
@@ -195,9 +216,10 @@ def _lower(config, spec, devices, scan_layers: bool = True):
   tx = optimizer.make_optimizer(config.optim, config.total_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, config.total_steps)
   # State shapes outside jax.set_mesh: eval_shape there would trace eager PRNG keys on the mesh.
-  _, abstract, state_shardings = train.state_layout(module, tx, mesh, rules)
+  layout = train.state_layout(module, tx, mesh, rules)
+  abstract, state_shardings = layout.abstract, layout.shardings
   batch = _batch(spec, config.batch_size, mesh)
-  step = train.jit_train_step(config, module, tx, schedule, spec.loss, state_shardings,
+  step = train.jit_train_step(config, module, spec.task, tx, schedule, state_shardings,
                               {k: v.sharding for k, v in batch.items()}, NamedSharding(mesh, P()))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     return step.lower(abstract, batch), abstract, mesh
@@ -239,7 +261,8 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
   micro = config.batch_size // config.grad_accum_steps
   dtype = jnp.dtype(config.dtype)
   group = M.layer_group_class(config.remat_policy)(
-      config=cfg, dtype=dtype, remat_policy=config.remat_policy, deterministic=False)
+      config=cfg, dtype=dtype, remat_policy=config.remat_policy, attention=config.attention,
+      deterministic=False)
   length = spec.example["input_ids"].shape[-1]
   rows = micro * math.prod(spec.example["input_ids"].shape[:-1])
   x = jax.ShapeDtypeStruct((rows, length, cfg.hidden_size), dtype)
@@ -285,17 +308,17 @@ def compile_report(config, tpu: Slice, devices: Sequence | None = None, estimate
                    scan_layers: bool = True) -> dict[str, Any]:
   """Compiles `config`'s train step for `tpu`; the report `main` prints (see the module doc).
   `scan_layers=False` compiles the layers unrolled (for comparisons; the estimate needs a scan)."""
-  from albert_jax import attention, jobs
+  from albert_jax import attention, train
   devices = slice_devices(tpu) if devices is None else list(devices)
-  spec = jobs.step_spec(config)
+  spec = step_of(config)
   cfg = spec.model_config
-  lowered, abstract, mesh = _lower(config, spec, devices, scan_layers)
+  lowered, abstract, mesh = lower(config, spec, devices, scan_layers)
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   report: dict[str, Any] = {
       "topology": tpu.name, "libtpu_topology": tpu.topology_kwargs()["topology_name"],
       "num_slices": tpu.num_slices, "device_kind": devices[0].device_kind,
       "chips": len(devices), "hosts": len({d.process_index for d in devices}),
-      "mesh": dict(mesh.shape), "sharding": config.sharding, "task": spec.task,
+      "mesh": dict(mesh.shape), "sharding": config.sharding, "task": spec.task_name,
       "model": {k: getattr(cfg, k) for k in ("hidden_size", "num_hidden_layers",
                                              "num_attention_heads", "intermediate_size",
                                              "vocab_size")},
@@ -310,7 +333,7 @@ def compile_report(config, tpu: Slice, devices: Sequence | None = None, estimate
       "params_bytes_per_chip": _bytes_per_device(abstract.params),
       "opt_state_bytes_per_chip": _bytes_per_device(abstract.opt_state),
       "hbm_bytes_per_chip": tpu.gen.hbm_bytes,
-      "flops_per_step": 3 * config.batch_size * spec.flops_per_example,
+      "flops_per_step": 3 * config.batch_size * train.flops_per_example(config, spec.task, cfg),
   }
   start = time.perf_counter()
   try:
@@ -404,8 +427,8 @@ def main(argv):
     sys.exit(f"error: {e}")
   print(format_report(report), flush=True)
   if FLAGS.json:
-    from albert_jax import checkpointing
-    checkpointing.write_json_atomic(FLAGS.json, report)
+    from albert_jax import files
+    files.write_json(FLAGS.json, report)
 
 
 if __name__ == "__main__":

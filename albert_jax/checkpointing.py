@@ -1,4 +1,5 @@
-"""Orbax checkpoints: the model directory (params + config) and all-or-nothing directory writes.
+"""Orbax checkpoints: training checkpoints (fingerprinted, verified on restore) and model
+directories (params + config).
 
 A *model directory* is what `hf-to-orbax` writes and `from_pretrained` reads:
   DIR/params/            Orbax StandardCheckpointer checkpoint of the parameter tree
@@ -8,11 +9,9 @@ A *model directory* is what `hf-to-orbax` writes and `from_pretrained` reads:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -20,65 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from albert_jax import files
 from albert_jax.model import AlbertConfig, HEADS
 
 CONFIG_FILE = "albert_config.json"
 PARAMS_DIR = "params"
 SPM_FILE = "spiece.model"
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False):
-  """Yields a temporary directory that becomes `path` only if the block succeeds.
-
-  The temporary directory is a sibling of `path` (same filesystem, so the final rename is
-  atomic). An existing `path` is refused unless `overwrite`, and is replaced only after the new
-  content is complete: a failure at any point leaves it untouched.
-  """
-  path = Path(path).absolute()
-  if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-  try:
-    yield tmp
-    if path.exists():
-      old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-      os.rename(path, old / path.name)
-      try:
-        os.rename(tmp, path)
-      except BaseException:
-        os.rename(old / path.name, path)
-        raise
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, path)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-  """Writes JSON to `path` through a temporary file and a rename."""
-  path = Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-  os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-  """Copies a file to `dst` through a temporary file and a rename (no-op if src is dst)."""
-  dst = Path(dst)
-  if dst.exists() and os.path.samefile(src, dst):
-    return
-  fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.tmp-", dir=dst.parent)
-  os.close(fd)
-  shutil.copyfile(src, tmp)
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, dst)
 
 
 def _training_step_dir(path: Path) -> Path | None:
@@ -118,12 +64,12 @@ def save_model_dir(path, config: AlbertConfig, params, head: str, spm_model=None
   """Writes a model directory (see the module docstring) all at once."""
   if head not in HEADS:
     raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
-  with atomic_directory(path, overwrite) as tmp:
+  with files.atomic_directory(path, overwrite) as tmp:
     params = jax.tree_util.tree_map(np.asarray, params)
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(tmp / PARAMS_DIR, params)
       ckptr.wait_until_finished()
-    write_json_atomic(tmp / CONFIG_FILE, {"config": config.to_hf_dict(), "head": head})
+    files.write_json(tmp / CONFIG_FILE, {"config": config.to_hf_dict(), "head": head})
     if spm_model:
       shutil.copyfile(spm_model, tmp / SPM_FILE)
   return Path(path)
@@ -217,6 +163,18 @@ def save_train_state(manager, step: int, params, train_state, data_state, model_
       params=ocp.args.StandardSave(params), train_state=ocp.args.StandardSave(train_state),
       data=ocp.args.JsonSave(data_state), albert_config=ocp.args.JsonSave(model_info),
       fingerprints=ocp.args.JsonSave(prints)))
+
+
+def saved_model_config(manager) -> AlbertConfig | None:
+  """The architecture the run's checkpoints hold (the newest step that says), or None when the
+  run has none: a resumed run keeps its own architecture."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      info = manager.restore(step, args=ocp.args.Composite(albert_config=ocp.args.JsonRestore()))
+      return AlbertConfig.from_hf_dict(info["albert_config"]["config"])
+    except Exception:  # noqa: BLE001  (an incomplete step: restore_train_state will say why)
+      continue
+  return None
 
 
 class CorruptCheckpoint(ValueError):

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 
-from albert_jax import checkpointing
+from albert_jax import checkpointing, files
 from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.model import (AlbertConfig, HEADS, abstract_params, has_hf_class,
                               head_from_architecture, init_params, make_model)
@@ -388,17 +388,21 @@ def infer_head(params) -> str:
 # ----------------------------------------------------------------------------- public API
 
 def load(path, head: str | None = None, seed: int = 0) -> tuple[AlbertConfig, dict, str]:
-  """(config, params, head) from an HF directory; `head` defaults to the saved architecture."""
+  """(config, params, head) from an HF directory; `head` defaults to the saved architecture.
+  Another head than the saved one keeps the backbone (`init_from.rehead`)."""
+  from albert_jax import init_from
   config, source_head = read_hf_config(path)
-  head = head or source_head or "base"
-  if head not in HEADS:
+  if head is not None and head not in HEADS:
     raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
+  own = source_head or head or "base"  # the head the tensors are read into
   tensors = read_hf_weights(path)
   try:
-    params = from_hf_state_dict(config, tensors, head, source_head, seed)
+    params = from_hf_state_dict(config, tensors, own, source_head, seed)
+    if head is not None and head != own:
+      params = init_from.rehead(params, own, config, head, seed)
   except (KeyError, ValueError) as e:
     raise type(e)(f"{path}: {e.args[0]}") from None
-  return config, params, head
+  return config, params, head or own
 
 
 def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=None,
@@ -419,9 +423,9 @@ def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=
   tensors = to_hf_state_dict(config, params, head)
   if tokenizer is not None and not isinstance(tokenizer, AlbertTokenizer):
     tokenizer = AlbertTokenizer(tokenizer, model_max_length=config.max_position_embeddings)
-  with checkpointing.atomic_directory(path, overwrite) as tmp:
+  with files.atomic_directory(path, overwrite) as tmp:
     hf_config = {"architectures": [HEADS[head][1]], **config.to_hf_dict()}
-    checkpointing.write_json_atomic(tmp / "config.json", hf_config)
+    files.write_json(tmp / "config.json", hf_config)
     safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
       tokenizer.save_pretrained(tmp)
@@ -446,14 +450,12 @@ def load_any(path, head: str | None = None, seed: int = 0,
   """(config, params, head) from an HF directory, an albert-jax (Orbax) model directory or an
   original TF1 release; `config` (an AlbertConfig, a preset name or an albert_config.json) only
   for a TF-Hub module, which carries none."""
-  from albert_jax import tf1_release  # imported here: it imports this module
+  from albert_jax import init_from, tf1_release  # imported here: they import this module
   if checkpointing.is_model_dir(path):
     saved_cfg, params, saved_head = checkpointing.load_model_dir(path)
     if head in (None, saved_head):
       return saved_cfg, params, saved_head
-    # Another head: go through the HF state dict, so heads change by one set of rules.
-    tensors = to_hf_state_dict(saved_cfg, params, saved_head)
-    return saved_cfg, from_hf_state_dict(saved_cfg, tensors, head, saved_head, seed), head
+    return saved_cfg, init_from.rehead(params, saved_head, saved_cfg, head, seed), head
   if not (Path(path) / "config.json").is_file() and tf1_release.is_release(path):
     return tf1_release.load_release(path, head, seed, config)
   return load(path, head, seed)

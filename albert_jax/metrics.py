@@ -6,6 +6,7 @@ by the interrupted run) are dropped, so metrics.jsonl never holds a step twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 from absl import logging
+
+from albert_jax import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -36,9 +39,7 @@ class MetricsWriter:
     rows = [line for line in self.path.read_text().splitlines() if line.strip()]
     keep = [line for line in rows if json.loads(line)["step"] <= step]
     if len(keep) != len(rows):
-      tmp = self.path.with_suffix(".tmp")
-      tmp.write_text("".join(line + "\n" for line in keep))
-      os.replace(tmp, self.path)
+      files.write_text(self.path, "".join(line + "\n" for line in keep))
       logging.info("Dropped %d metrics rows past step %d (written after the last checkpoint)",
                    len(rows) - len(keep), step)
 
@@ -70,23 +71,90 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def peak_flops(config) -> tuple[float, str]:
+  """(peak FLOP/s of all devices together, where it comes from), for MFU:
+  config.peak_tflops_per_device, else a table of accelerators (dense bf16), else, on CPU, a
+  float32 matmul measured now."""
+  import jax
+  import jax.numpy as jnp
+  devices = jax.devices()
+  if config.get("peak_tflops_per_device"):
+    return config.peak_tflops_per_device * 1e12 * len(devices), "config.peak_tflops_per_device"
+  kind = devices[0].device_kind.lower()
+  table = {"v4": 275e12, "v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v6": 918e12,
+           "h100": 989e12, "h200": 989e12, "a100": 312e12, "b200": 2250e12}
+  for name, flops in table.items():
+    if name in kind:
+      return flops * len(devices), f"{devices[0].device_kind} bf16 peak"
+  if devices[0].platform != "cpu":
+    return 0.0, "unknown device"
+  # CPU: simulated devices share the host's cores, so measure the host once.
+  x = jnp.ones((1024, 1024), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(x).block_until_ready()
+  start, n = time.perf_counter(), 0
+  while time.perf_counter() - start < 0.5:
+    matmul(x).block_until_ready()
+    n += 1
+  return 2 * 1024**3 * n / (time.perf_counter() - start), "float32 matmul measured on this host"
+
+
 class Throughput:
-  """steps/s, tokens/s, MFU and ETA between two log points."""
+  """The logged rows and the progress line: steps/s, tokens/s, MFU and ETA over the steps since
+  the last log line, counted from the end of the run's first step, so the compile and the first
+  batch are not taken for step time (the first line says how long they took)."""
 
-  def __init__(self, step: int, total_steps: int, flops_per_step: float, peak_flops: float):
-    self.total_steps, self.flops_per_step, self.peak_flops = total_steps, flops_per_step, peak_flops
-    self._mark(step, 0.0)
+  def __init__(self, total_steps: int, flops_per_step: float, peak: tuple[float, str]):
+    self.total_steps, self.flops_per_step = total_steps, flops_per_step
+    self.peak_flops, self.peak_source = peak
+    self.begun = time.perf_counter()
+    self.first = self.last = None  # the first and last logged rows of this run
+    self._mark, self._paused = None, 0.0
 
-  def _mark(self, step, tokens):
-    self.step, self.tokens, self.time = step, tokens, time.perf_counter()
-
-  def update(self, step: int, tokens_seen: float) -> dict[str, float]:
+  def start(self, step: int) -> None:
+    """The run's first step is done (compiled, ran): steady-state timing starts here."""
     now = time.perf_counter()
-    seconds = max(now - self.time, 1e-9)
-    steps_per_s = (step - self.step) / seconds
-    out = {"steps_per_second": steps_per_s, "tokens_per_second": (tokens_seen - self.tokens) / seconds,
-           "eta_seconds": (self.total_steps - step) / max(steps_per_s, 1e-9)}
-    if self.peak_flops:
-      out["mfu"] = steps_per_s * self.flops_per_step / self.peak_flops
-    self._mark(step, tokens_seen)
-    return out
+    logging.info("First step %d took %.1f s (compiling the step, the first batch); %.3g TFLOP "
+                 "per step; peak %.3g TFLOP/s (%s)", step, now - self.begun,
+                 self.flops_per_step / 1e12, self.peak_flops / 1e12, self.peak_source)
+    self._mark, self._paused = (step, now), 0.0
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time spent in the block (an eval, a checkpoint) is not step time."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - start
+
+  def row(self, step: int, fetched: list[dict]) -> dict[str, float]:
+    """The logged step's own metrics (not a window mean: a resumed run logs the same values),
+    and the throughput of the steps since the last row; `fetched` are the steps' metrics up to
+    `step`, in order."""
+    row = {k: float(v) for k, v in fetched[-1].items() if k != "tokens"}
+    last_step, last_time = self._mark
+    steps = step - last_step
+    if steps > 0:
+      now = time.perf_counter()
+      seconds = max(now - last_time - self._paused, 1e-9)
+      steps_per_s = steps / seconds
+      tokens = sum(float(m["tokens"]) for m in fetched[-steps:])
+      row.update(steps_per_second=steps_per_s, tokens_per_second=tokens / seconds,
+                 eta_seconds=(self.total_steps - step) / max(steps_per_s, 1e-9))
+      if self.peak_flops:
+        row["mfu"] = steps_per_s * self.flops_per_step / self.peak_flops
+      self._mark, self._paused = (step, now), 0.0
+    self.first = self.first or row
+    self.last = row
+    return row
+
+  def line(self, step: int, row: dict[str, float], console) -> str:
+    speed = ""
+    if "steps_per_second" in row:
+      speed = (f" | {row['steps_per_second']:.2f} steps/s {row['tokens_per_second']:,.0f} tok/s"
+               + (f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "")
+               + f" | ETA {format_duration(row['eta_seconds'])}")
+    return (f"step {step}/{self.total_steps} | "
+            + " ".join(f"{k} {row[k]:.4f}" for k in console if k in row)
+            + f" | lr {row['learning_rate']:.3g}{speed}")

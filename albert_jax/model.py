@@ -118,8 +118,11 @@ def _preset(hidden, layers, heads, intermediate):
               num_attention_heads=heads, intermediate_size=intermediate)
 
 
-# The released ALBERT sizes (paper, Table 1). v2 differs from v1 only in these settings.
+# The released ALBERT sizes (paper, Table 1), and `tiny`: minutes on a laptop CPU (`make demo`).
+# v2 differs from v1 only in these settings.
 SIZES = {
+    "tiny": dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=512),
     "base": _preset(768, 12, 12, 3072),
     "large": _preset(1024, 24, 16, 4096),
     "xlarge": _preset(2048, 24, 16, 8192),
@@ -287,7 +290,7 @@ class _Albert(nn.Module):
 
   def batch_inputs(self, training: bool) -> tuple[str, ...]:
     """Batch features this head reads beyond `input_ids`, `attention_mask`, `token_type_ids`,
-    passed to it as keyword arguments by the training loop (`jobs._apply`)."""
+    passed to it as keyword arguments by `apply_to_batch`."""
     del training
     return ()
 
@@ -555,6 +558,10 @@ class AlbertForPreTraining(_Albert):
     self.predictions = AlbertMLMHead(**self.runtime)
     self.sop_classifier = _SOPHead(**self.runtime)
 
+  def batch_inputs(self, training: bool) -> tuple[str, ...]:
+    del training
+    return ("masked_lm_positions",)
+
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                deterministic: bool = True, output_hidden_states: bool = False,
                masked_lm_positions=None) -> PreTrainingOutput:
@@ -590,6 +597,10 @@ class AlbertForMaskedLM(_Albert):
   def setup(self):
     self.albert = AlbertModel(**self.runtime, add_pooling_layer=False)
     self.predictions = AlbertMLMHead(**self.runtime)
+
+  def batch_inputs(self, training: bool) -> tuple[str, ...]:
+    del training
+    return ("masked_lm_positions",)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                deterministic: bool = True, output_hidden_states: bool = False,
@@ -809,6 +820,17 @@ def make_model(config: AlbertConfig, head: str = "base", **runtime) -> _Albert:
   if head not in HEADS:
     raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
   return HEADS[head][0](config=config, **runtime)
+
+
+def apply_to_batch(module: _Albert, params: PyTree, batch: dict[str, jax.Array],
+                   rng: jax.Array | None = None):
+  """The head's outputs for a batch of features named as Hugging Face names them; dropout on
+  (training) when given a `rng`. Heads that read more of the batch name it (`batch_inputs`)."""
+  extra = {k: batch[k] for k in module.batch_inputs(training=rng is not None)}
+  return module.apply({"params": params}, batch["input_ids"],
+                      attention_mask=batch["attention_mask"],
+                      token_type_ids=batch["token_type_ids"], deterministic=rng is None,
+                      rngs=None if rng is None else {"dropout": rng}, **extra)
 
 
 def dummy_input_ids(module: _Albert, length: int = 8) -> jax.Array:

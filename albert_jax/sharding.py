@@ -1,5 +1,5 @@
 """The device mesh (`data`, `fsdp`, `tensor`), the logical-axis rules that map the model onto it,
-and shardings for the train state and for batches.
+and placing batches and host arrays on it.
 
 The model names axes only (`model.py`); which mesh axis each name uses is decided here, in one
 table per strategy. `config.sharding` picks the table, `config.mesh` sizes the mesh.
@@ -93,31 +93,24 @@ def logical_shardings(boxed_tree, mesh: Mesh, rule_table) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rule_table)
 
 
-def _path(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+def put(host_array, target) -> jax.Array:
+  """A host array as a global array with `target`'s shape, dtype and sharding (a
+  ShapeDtypeStruct or a NamedSharding with the shape from the array); works on many hosts, each
+  holding the whole array."""
+  sharding_ = getattr(target, "sharding", target)
+  shape = tuple(getattr(target, "shape", np.shape(host_array)))
+  if tuple(np.shape(host_array)) != shape:
+    raise ValueError(f"array of shape {np.shape(host_array)} where {shape} is expected")
+  x = np.asarray(host_array, getattr(target, "dtype", None))
+  return jax.make_array_from_callback(shape, sharding_, lambda index: x[index])
 
 
-def match_param_shardings(tree, params, param_shardings, mesh: Mesh) -> Any:
-  """Shardings for a tree that embeds param-shaped subtrees (optimizer moments, gradients).
-
-  A leaf whose path ends with a parameter's path and has that parameter's shape gets the
-  parameter's sharding; every other leaf (step counters, scalars) is replicated.
-  """
-  by_path = {}
-  for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                                    jax.tree_util.tree_leaves(param_shardings)):
-    by_path[_path(path)] = (tuple(leaf.shape), sharding)
-  replicated = NamedSharding(mesh, P())
-
-  def pick(path, leaf):
-    key = _path(path)
-    for start in range(len(key)):
-      hit = by_path.get(key[start:])
-      if hit and hit[0] == tuple(getattr(leaf, "shape", ())):
-        return hit[1]
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(pick, tree)
+def to_host(tree) -> Any:
+  """Global arrays as host numpy arrays on every process (gathered across hosts if needed)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

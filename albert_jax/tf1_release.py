@@ -293,12 +293,16 @@ def load_release(path, head: str | None = None, seed: int = 0,
   ckpt = Checkpoint(release.prefix)
   tensors, names = _hf_tensors(ckpt)
   source = _source_head(tensors)
+  from albert_jax import init_from
   head = head or source
   if head not in HEADS:
     raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
-  _check_variables(ckpt, tensors, names, config, source, strict=head == source)
+  strict = head == source  # another head needs the backbone only
+  _check_variables(ckpt, tensors, names, config, source, strict=strict)
   try:
-    params = hf_convert.from_hf_state_dict(config, tensors, head, source, seed)
+    params = hf_convert.from_hf_state_dict(config, tensors, source, source if strict else None,
+                                           seed)
+    params = init_from.rehead(params, source, config, head, seed)
   except (KeyError, ValueError) as e:
     raise type(e)(f"{release.prefix}: {e.args[0]}") from None
   return config, params, head

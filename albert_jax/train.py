@@ -1,33 +1,35 @@
-"""`train_and_evaluate(config, workdir)`: ALBERT pretraining (MLM + SOP) on a device mesh.
+"""`train_and_evaluate(config, workdir)`: the one training loop, for pretraining and every task.
 
-One linear story: mesh and rules -> data and tokenizer -> model, optimizer, state shardings ->
-resume (checkpoint, else `config.init_from`, else fresh) -> the loop (step, log, eval,
-checkpoint, preemption) -> final checkpoint and Hugging Face export. The step functions are pure
-and jitted with explicit in/out shardings; the state is donated.
+One linear story: mesh and rules -> the task, its vocabulary and data -> model, optimizer and
+state layout -> resume (the run's newest good checkpoint, else `config.init_from`, else a fresh
+init) -> the loop (step, log, eval, checkpoint, preemption) -> final checkpoint, eval and export.
+The task (`tasks/`) gives the head, the data, the loss as sums and the eval; nothing here depends
+on which task runs. The steps are pure functions, jitted with explicit shardings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import math
 import signal
 import threading
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec
 
-from albert_jax import checkpointing, hf_convert, jobs, metrics as metrics_lib, optimizer, sharding
+from albert_jax import checkpointing, files, hf_convert, init_from, metrics as metrics_lib
 from albert_jax import model as M
+from albert_jax import optimizer, sharding, tasks
 
 PyTree = Any
 
@@ -44,14 +46,18 @@ class TrainState:
 
 # ----------------------------------------------------------------------------- the steps
 
-def train_step(state: TrainState, batch, *, module, tx, schedule, accum_steps: int, seed: int,
-               loss: jobs.Loss = jobs.PRETRAINING_LOSS):
-  """One optimizer update from a global batch (split into `accum_steps` micro-batches)."""
+def train_step(state: TrainState, batch, *, module, task, tx, schedule, accum_steps: int,
+               seed: int):
+  """One optimizer update from a global batch (split into `accum_steps` micro-batches).
+
+  The loss of a micro-batch is its sums over the denominators of the whole batch
+  (`task.counts`), so the accumulated gradient is exactly the whole batch's."""
   rng = jax.random.fold_in(jax.random.key(seed), state.step)  # dropout: a fresh key per step
+  denominators = task.counts(batch)
 
   def loss_fn(params, micro, micro_rng):
-    sums = loss.sums(module, params, micro, micro_rng)
-    return loss.objective(sums, batch), sums
+    sums = task.loss_sums(M.apply_to_batch(module, params, micro, micro_rng), micro)
+    return task.normalise(sums, denominators)["loss"], sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
@@ -71,10 +77,8 @@ def train_step(state: TrainState, batch, *, module, tx, schedule, accum_steps: i
         grad_fn, state.params, jax.tree_util.tree_map(lambda x: x[0], micro), rng)
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, sums_shape))
     (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum_steps)))
-  divisor = loss.grad_divisor(sums)
-  grads = jax.tree_util.tree_map(lambda g: g / divisor, grads)
 
-  metrics = loss.normalise(sums)
+  metrics = task.normalise(sums, denominators)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -87,61 +91,81 @@ def train_step(state: TrainState, batch, *, module, tx, schedule, accum_steps: i
       nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
                                state.nonfinite_step))
   metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step),
-                 tokens=sums["tokens"], examples=sums["examples"])
+                 tokens=jnp.sum(batch["attention_mask"]).astype(jnp.float32))
   return new_state, metrics
 
 
-def eval_step(params, batch, *, outputs, module):
-  """What one eval batch contributes: summed losses (pretraining) or per-row predictions."""
-  return outputs(module, params, batch)
+def eval_step(params, batch, *, module, task):
+  """What one eval batch sends back to the host (`task.predictions`)."""
+  return task.predictions(M.apply_to_batch(module, params, batch), batch)
 
 
-# ----------------------------------------------------------------------------- set-up helpers
+# ----------------------------------------------------------------------------- set-up
 
-model_config = jobs.model_config  # where the tests and benchmarks look for it
-
-
-def peak_flops(config) -> tuple[float, str]:
-  """Peak FLOP/s of all devices together, for MFU: config.peak_tflops_per_device, else a table
-  of accelerators (dense bf16), else, on CPU, a float32 matmul measured now."""
-  devices = jax.devices()
-  if config.get("peak_tflops_per_device"):
-    return config.peak_tflops_per_device * 1e12 * len(devices), "config.peak_tflops_per_device"
-  kind = devices[0].device_kind.lower()
-  table = {"v4": 275e12, "v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v6": 918e12,
-           "h100": 989e12, "h200": 989e12, "a100": 312e12, "b200": 2250e12}
-  for name, flops in table.items():
-    if name in kind:
-      return flops * len(devices), f"{devices[0].device_kind} bf16 peak"
-  if devices[0].platform != "cpu":
-    return 0.0, "unknown device"
-  # CPU: simulated devices share the host's cores, so measure the host once.
-  x = jnp.ones((1024, 1024), jnp.float32)
-  matmul = jax.jit(lambda a: a @ a)
-  matmul(x).block_until_ready()
-  start, n = time.perf_counter(), 0
-  while time.perf_counter() - start < 0.5:
-    matmul(x).block_until_ready()
-    n += 1
-  return 2 * 1024**3 * n / (time.perf_counter() - start), "float32 matmul measured on this host"
+def make_module(config: ml_collections.ConfigDict, cfg: M.AlbertConfig, head: str) -> M._Albert:
+  """The model as `config` runs it: compute dtype, rematerialisation, attention."""
+  return M.make_model(cfg, head, dtype=jnp.dtype(config.dtype), remat_policy=config.remat_policy,
+                      attention=config.attention)
 
 
-def _put_params(host_params, abstract):
-  """Host numpy params -> global arrays with `abstract`'s shardings (works on many hosts)."""
-  def put(x, a):
-    if tuple(x.shape) != tuple(a.shape):
-      raise ValueError(f"parameter shape {x.shape} does not match the model's {a.shape}")
-    x = np.asarray(x, a.dtype)
-    return jax.make_array_from_callback(a.shape, a.sharding, lambda index: x[index])
-  return jax.tree_util.tree_map(put, host_params, abstract)
+def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
+  """The global batch must split evenly over the batch axes and the accumulation steps."""
+  for name in ("batch_size", "eval_batch_size"):
+    size = config.get(name) or config.batch_size
+    divisor = mesh.shape["data"] * mesh.shape["fsdp"] * (
+        config.grad_accum_steps if name == "batch_size" else 1)
+    if size % divisor:
+      raise ValueError(f"config.{name}={size} must be a multiple of data x fsdp"
+                       f"{' x grad_accum_steps' if name == 'batch_size' else ''} = {divisor}")
 
 
-def _host_params(params):
-  """Parameters as host numpy arrays on every process (gathered across hosts if needed)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(params, tiled=True)
-  return jax.device_get(params)
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+  """The train state's shapes and shardings on a mesh, and how to initialise it there."""
+  abstract: TrainState  # ShapeDtypeStructs with their shardings
+  shardings: TrainState
+  init: Callable[[int, dict], TrainState]  # (seed, {param path: host array} kept) -> state
+
+
+def state_layout(module, tx, mesh, rules) -> StateLayout:
+  """Built once from the boxed parameters: every array of the state, optimizer moments included,
+  carries its parameter's logical axis names, which `rules` map onto `mesh` (counters are
+  replicated). Call outside `jax.set_mesh`: its shapes are traced with an eager PRNG key."""
+  def boxed_state(rng, kept):
+    params = init_from.merge(module.init(rng, M.dummy_input_ids(module))["params"], kept)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  boxed = jax.eval_shape(boxed_state, jax.random.key(0), {})
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  abstract = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
+
+  def init(seed: int, kept: dict) -> TrainState:
+    """A fresh state; the parameters at `kept`'s paths are those host arrays (`init_from`)."""
+    param_shardings = dict(init_from.flat(abstract.params))
+    kept = {k: sharding.put(v, param_shardings[k]) for k, v in kept.items()}
+    make = lambda rng, kept: nn.unbox(boxed_state(rng, kept))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return jax.jit(make, out_shardings=shardings)(jax.random.key(seed), kept)
+
+  return StateLayout(abstract, shardings, init)
+
+
+def jit_train_step(config, module, task, tx, schedule, state_shardings, batch_shardings,
+                   replicated):
+  """`train_step` jitted with explicit shardings; the state is donated (updated in place)."""
+  return jax.jit(
+      functools.partial(train_step, module=module, task=task, tx=tx, schedule=schedule,
+                        accum_steps=config.grad_accum_steps, seed=config.seed),
+      in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
+
+
+def checkpoint_parts(state: TrainState) -> tuple[PyTree, dict]:
+  """(params, the rest): saved as separate checkpoint items, so params read on their own."""
+  return state.params, {"step": state.step, "opt_state": state.opt_state,
+                        "nonfinite_step": state.nonfinite_step}
 
 
 class _StopFlag:
@@ -158,65 +182,10 @@ class _StopFlag:
     self.set = True
 
 
-def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
-  """The global batch must split evenly over the batch axes and the accumulation steps."""
-  if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.grad_accum_steps):
-    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of data x fsdp "
-                     f"x grad_accum_steps = {mesh.shape['data']} x {mesh.shape['fsdp']} x "
-                     f"{config.grad_accum_steps}")
-
-
-def state_layout(module, tx, mesh, rules):
-  """(init_state(rng), the state's shapes with their shardings, the shardings) on `mesh`.
-
-  Parameters are placed by their logical axis names and `rules`; optimizer moments follow the
-  parameter they belong to; counters are replicated.
-  """
-  def init_state(rng):
-    params = nn.unbox(module.init(rng, M.dummy_input_ids(module))["params"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      nonfinite_step=jnp.full((), -1, jnp.int32))
-
-  replicated = NamedSharding(mesh, P())
-  param_shardings = sharding.logical_shardings(M.abstract_params(module), mesh, rules)
-  shapes = jax.eval_shape(init_state, jax.random.key(0))
-  shardings = TrainState(
-      step=replicated, params=param_shardings,
-      opt_state=sharding.match_param_shardings(shapes.opt_state, shapes.params, param_shardings,
-                                               mesh),
-      nonfinite_step=replicated)
-  abstract = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
-  return init_state, abstract, shardings
-
-
-def make_module(config: ml_collections.ConfigDict, cfg: M.AlbertConfig, head: str) -> M._Albert:
-  """The model as `config` runs it: compute dtype, rematerialisation, attention."""
-  return M.make_model(cfg, head, dtype=jnp.dtype(config.dtype), remat_policy=config.remat_policy,
-                      attention=config.attention)
-
-
-def jit_train_step(config, module, tx, schedule, loss, state_shardings, batch_shardings,
-                   replicated):
-  """`train_step` jitted with explicit shardings; the state is donated (updated in place)."""
-  return jax.jit(
-      functools.partial(train_step, loss=loss, module=module, tx=tx, schedule=schedule,
-                        accum_steps=config.grad_accum_steps, seed=config.seed),
-      in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
-
-
-def checkpoint_parts(state: TrainState) -> tuple[PyTree, dict]:
-  """(params, the rest): saved as separate checkpoint items, so params read on their own."""
-  return state.params, {"step": state.step, "opt_state": state.opt_state,
-                        "nonfinite_step": state.nonfinite_step}
-
-
 # ----------------------------------------------------------------------------- the job
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains as `config` says (pretraining, or the fine-tuning task `config.task`) in `workdir`;
-  rerunning resumes. Returns a summary."""
+  """Trains `config.task` as `config` says in `workdir`; rerunning resumes. Returns a summary."""
   if str(workdir).startswith(("gs://", "s3://")):
     raise ValueError(f"workdir {workdir!r}: albert-jax reads and writes local paths; mount the "
                      "bucket (Cloud Storage FUSE: /gcs/BUCKET, see experiments/tpu/README.md) "
@@ -225,182 +194,204 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:  # the resolved config, overrides applied, beside the checkpoints
-    checkpointing.write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    files.write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
 
   # Mesh and sharding rules.
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = sharding.rules(config.sharding)
+  check_batch(config, mesh)
   logging.info("Mesh %s over %d devices (%d processes); sharding %r", dict(mesh.shape),
                mesh.size, jax.process_count(), config.sharding)
-  check_batch(config, mesh)
 
-  # Data, tokenizer, model config and head, the loss and the eval sets of the task.
-  job = jobs.make_job(config, workdir)
-  cfg = job.model_config
-  module = make_module(config, cfg, job.head)
+  # The task: its vocabulary and data.
+  task = tasks.get(config.task)
+  tokenizer = task.tokenizer(config, workdir)
+  train_iter, evals = task.data(config, tokenizer)
+
+  # The model: the run's own architecture when it has checkpoints, else init_from's, else
+  # config.model (init_from.py); then the optimizer and the state's layout on the mesh.
+  manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)
+  saved = checkpointing.saved_model_config(manager)
+  loaded = init_from.load(config.init_from) if config.init_from and saved is None else None
+  cfg = init_from.model_config(config, task, tokenizer.vocab_size,
+                               saved if saved is not None else loaded and loaded.config,
+                               resumed=saved is not None)
+  head = task.head(config.data)
+  module = make_module(config, cfg, head)
   tx = optimizer.make_optimizer(config.optim, config.total_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, config.total_steps)
+  layout = state_layout(module, tx, mesh, rules)
+  logging.info("Model (%s head): %s parameters; %s", head,
+               f"{M.count_params(layout.abstract.params):,}", cfg)
 
-  init_state, abstract, state_shardings = state_layout(module, tx, mesh, rules)
-  replicated = NamedSharding(mesh, P())
-  logging.info("Model (%s head): %s parameters; %s", job.head,
-               f"{M.count_params(abstract.params):,}", cfg)
-
-  # Resume order: the newest good checkpoint in the workdir, else config.init_from (params
-  # only), else a fresh init. The data iterator resumes with the checkpoint.
-  manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)
-  restored = checkpointing.restore_train_state(manager, *checkpoint_parts(abstract),
+  # Resume order: the newest good checkpoint in the workdir (with the data position), else
+  # config.init_from's parameters (the backbone kept, the new head fresh), else a fresh init.
+  restored = checkpointing.restore_train_state(manager, *checkpoint_parts(layout.abstract),
                                                log=logging.warning)
-  train_iter = job.train_iter
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    if restored:
-      step, params, rest, data_state = restored
-      state = TrainState(params=params, **rest)
-      train_iter.set_state(data_state)
-      logging.info("Resumed from checkpoint step %d", step)
-    elif job.init_params is not None:
-      params = _put_params(job.init_params, abstract.params)
-      state = jax.jit(lambda p: TrainState(
-          step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-          nonfinite_step=jnp.full((), -1, jnp.int32)), out_shardings=state_shardings)(params)
+  if restored:
+    step, params, rest, data_state = restored
+    state = TrainState(params=params, **rest)
+    train_iter.set_state(data_state)
+    logging.info("Resumed from checkpoint step %d", step)
+  else:
+    if loaded is None and config.init_from:  # every checkpoint was unusable
+      loaded = init_from.load(config.init_from)
+    kept = {} if loaded is None else init_from.matching(
+        loaded.params, loaded.head, layout.abstract.params, head)[0]
+    state = layout.init(config.seed, kept)
+    if loaded is not None:
       logging.info("Initialised parameters from %s", config.init_from)
-    else:
-      state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(config.seed))
-    start_step = int(jax.device_get(state.step))
+  start_step = int(jax.device_get(state.step))
 
-    first_batch = next(train_iter)
-    batch_shardings = {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in first_batch.items()}
-    p_train_step = jit_train_step(config, module, tx, schedule, job.loss, state_shardings,
-                                  batch_shardings, replicated)
-    p_eval_step = jax.jit(functools.partial(eval_step, outputs=job.eval_outputs, module=module),
-                          out_shardings=replicated)
+  # The steps, jitted for the shapes the task's examples have (known without pulling a batch).
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch_shardings = {k: sharding.batch_sharding(mesh, 1 + len(s.shape))
+                     for k, s in task.example_spec(config.data).items()}
+  p_train_step = jit_train_step(config, module, task, tx, schedule, layout.shardings,
+                                batch_shardings, replicated)
+  p_eval_step = jax.jit(functools.partial(eval_step, module=module, task=task),
+                        out_shardings=replicated)
 
-    writer = metrics_lib.MetricsWriter(workdir, start_step, enabled=is_main)
-    flops_per_step = 3 * config.batch_size * job.flops_per_example
-    peak, peak_source = peak_flops(config)
-    logging.info("%.3g TFLOP per step (%d applications of the shared layer%s); peak %.3g "
-                 "TFLOP/s (%s)", flops_per_step / 1e12, cfg.num_hidden_layers * cfg.inner_group_num,
-                 ", MLM head at the masked positions only" if job.task == "pretraining" else "",
-                 peak / 1e12, peak_source)
-    throughput = metrics_lib.Throughput(start_step, config.total_steps, flops_per_step, peak)
-    model_info = {"config": cfg.to_hf_dict(), "head": job.head}
-    stop = _StopFlag()
-    best = _Best(workdir, job.best_metric) if job.best_metric else None
-
-    def check_finite(step):
-      bad = int(jax.device_get(state.nonfinite_step))
-      if bad >= 0:
-        last = manager.latest_step()
-        raise FloatingPointError(
-            f"The loss or gradient became NaN/Inf at step {bad + 1}; its update was skipped and "
-            f"training stopped at step {step}. The last checkpoint, step {last}, holds finite "
-            "values (lower the learning rate or check the data, then rerun to resume from it).")
-
-    def save(step):
-      check_finite(step)
-      checkpointing.save_train_state(manager, step, *checkpoint_parts(state),
-                                     train_iter.get_state(), model_info)
-
-    def evaluate(step):
-      result = {}
-      for eval_set in job.evals:
-        outputs = [jax.device_get(p_eval_step(state.params, sharding.global_batch(local, mesh)))
-                   for local in eval_set.batches]
-        scores = eval_set.score(outputs, workdir / "predictions" / f"step_{step}" / eval_set.name)
-        result.update({f"{eval_set.name}/{k}": v for k, v in scores.items()})
-      if not result:
-        return None
-      writer.write(step, result)
-      logging.info("eval @ step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-      if best is not None and best.improves(result):
-        best.keep(step, result, _host_params(state.params), cfg, job, is_main)
-      return result
-
-    history = {"first": None, "last": None, "eval": None}
-    pending = []  # device metrics since the last log line: fetched together, no per-step sync
-    tokens_seen = 0.0
-    step = start_step
-    preempted = False
-    logging.info("Training from step %d to %d", start_step, config.total_steps)
+  writer = metrics_lib.MetricsWriter(workdir, start_step, enabled=is_main)
+  flops_per_step = 3 * config.batch_size * flops_per_example(config, task, cfg)
+  throughput = metrics_lib.Throughput(config.total_steps, flops_per_step,
+                                      metrics_lib.peak_flops(config))
+  model_info = {"config": cfg.to_hf_dict(), "head": head}
+  best = _Best(workdir, f"eval/{task.METRIC}", cfg, head, tokenizer) if task.METRIC else None
+  evaluate = Evaluator(p_eval_step, evals, task, config.data, mesh, workdir, writer, best)
+  stop = _StopFlag()
+  step, preempted, last_eval = start_step, False, None
+  pending = []  # device metrics since the last log line: fetched together, no per-step sync
+  logging.info("Training from step %d to %d", start_step, config.total_steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     try:
-      local_batch = first_batch
       while step < config.total_steps:
-        batch = sharding.global_batch(local_batch if local_batch is not None else next(train_iter),
-                                      mesh)
-        local_batch = None
+        batch = sharding.global_batch(next(train_iter), mesh)
         state, step_metrics = p_train_step(state, batch)
         step += 1
         pending.append(step_metrics)
+        if step == start_step + 1:
+          jax.block_until_ready(step_metrics)
+          throughput.start(step)  # the compile is not step time
 
         # Step 1 too: the untrained model's metrics are the baseline the run is judged by.
         if step % config.log_every_steps == 0 or step in (1, config.total_steps):
-          check_finite(step)
-          fetched = jax.device_get(pending)
+          _check_finite(state, step, manager)
+          row = throughput.row(step, jax.device_get(pending))
           pending = []
-          tokens_seen += sum(float(m["tokens"]) for m in fetched)
-          # The logged step's own values (not a window mean): a resumed run logs the same.
-          row = {k: float(v) for k, v in fetched[-1].items() if k not in ("tokens", "examples")}
-          row.update(throughput.update(step, tokens_seen))
           writer.write(step, row)
-          history["first"] = history["first"] or row
-          history["last"] = row
-          logging.info(
-              "step %d/%d | %s | lr %.3g | %.2f steps/s %s tok/s%s | ETA %s", step,
-              config.total_steps, " ".join(f"{k} {row[k]:.4f}" for k in job.console if k in row),
-              row["learning_rate"], row["steps_per_second"],
-              f"{row['tokens_per_second']:,.0f}",
-              f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "",
-              metrics_lib.format_duration(row["eta_seconds"]))
+          logging.info("%s", throughput.line(step, row, task.CONSOLE))
 
-        if config.eval_every_steps and step % config.eval_every_steps == 0:
-          history["eval"] = evaluate(step)
-        if step % config.checkpoint_every_steps == 0 and step < config.total_steps:
-          save(step)
+        with throughput.paused():  # evals and saves are not step time
+          if config.eval_every_steps and step % config.eval_every_steps == 0:
+            last_eval = evaluate(state, step)
+          if step % config.checkpoint_every_steps == 0 and step < config.total_steps:
+            _save(manager, step, state, train_iter, model_info)
         if stop.set or (jax.process_count() > 1 and manager.reached_preemption(step)):
           logging.warning("Preempted: saving step %d and exiting", step)
           if manager.latest_step() != step:
-            save(step)
+            _save(manager, step, state, train_iter, model_info)
           preempted = True
           break
 
       if not preempted:
         if not (config.eval_every_steps and step % config.eval_every_steps == 0):
-          history["eval"] = evaluate(step)
+          last_eval = evaluate(state, step)
         if manager.latest_step() != step:
-          save(step)
+          _save(manager, step, state, train_iter, model_info)
     finally:  # let good checkpoints in flight land, even when stopping on NaN
       manager.wait_until_finished()
       writer.close()
 
-  summary = {"step": step, "preempted": preempted, "first": history["first"],
-             "last": history["last"], "eval": history["eval"]}
-  if job.task == "pretraining" and history["first"] and history["last"] and history["eval"]:
-    logging.info("MLM accuracy: %.4f at the first logged step of this run -> %.4f at step %d "
-                 "(held-out: %.4f); SOP accuracy %.4f -> %.4f", history["first"]["mlm_accuracy"],
-                 history["last"]["mlm_accuracy"], step, history["eval"]["eval/mlm_accuracy"],
-                 history["first"]["sop_accuracy"], history["last"]["sop_accuracy"])
+  summary = {"step": step, "preempted": preempted, "first": throughput.first,
+             "last": throughput.last, "eval": last_eval}
   if not preempted and best is not None and is_main:
-    summary["eval_results"] = best.write_results(step, history["eval"])
+    summary["eval_results"] = best.write_results(step, last_eval)
   if not preempted and config.export_hf:
-    host_params = _host_params(state.params)
-    # A head transformers has no class for (squad_v2_original): an albert-jax model directory.
-    name = "hf" if M.has_hf_class(job.head) else "model"
-    if is_main:
-      kind = hf_convert.save_model(cfg, host_params, workdir / name, head=job.head,
-                                   tokenizer=job.tokenizer, overwrite=True)
-      logging.info("Exported the model to %s (%s format, with spiece.model)", workdir / name, kind)
-    summary[f"{name}_dir"] = str(workdir / name)
+    summary.update(_export(state, cfg, head, tokenizer, workdir, is_main))
   manager.close()
   return summary
+
+
+# ----------------------------------------------------------------------------- the loop's pieces
+
+def flops_per_example(config, task, cfg: M.AlbertConfig) -> float:
+  """Forward FLOPs of one example as it runs (model.py): every application of the shared layer,
+  the MLM head only at the masked positions."""
+  spec = task.example_spec(config.data)
+  inputs = spec["input_ids"].shape  # [length] or [choices, length]
+  rows = math.prod(inputs[:-1])
+  predictions = spec["masked_lm_positions"].shape[0] if "masked_lm_positions" in spec else 0
+  return rows * M.pretraining_flops_per_example(cfg, inputs[-1], predictions)
+
+
+def _check_finite(state: TrainState, step: int, manager) -> None:
+  bad = int(jax.device_get(state.nonfinite_step))
+  if bad >= 0:
+    raise FloatingPointError(
+        f"The loss or gradient became NaN/Inf at step {bad + 1}; its update was skipped and "
+        f"training stopped at step {step}. The last checkpoint, step {manager.latest_step()}, "
+        "holds finite values (lower the learning rate or check the data, then rerun to resume "
+        "from it).")
+
+
+def _save(manager, step: int, state: TrainState, train_iter, model_info: dict) -> None:
+  _check_finite(state, step, manager)
+  checkpointing.save_train_state(manager, step, *checkpoint_parts(state), train_iter.get_state(),
+                                 model_info)
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """`evaluator(state, step)`: every eval set's metrics (logged as NAME/metric, prediction files
+  under WORKDIR/predictions/step_N/NAME), and the best checkpoint kept up to date."""
+  eval_step: Callable
+  evals: list
+  task: Any
+  data_cfg: ml_collections.ConfigDict
+  mesh: Any
+  workdir: Path
+  writer: metrics_lib.MetricsWriter
+  best: "_Best | None"
+
+  def __call__(self, state: TrainState, step: int) -> dict[str, float] | None:
+    result = {}
+    for eval_set in self.evals:
+      outputs = [jax.device_get(self.eval_step(state.params, sharding.global_batch(b, self.mesh)))
+                 for b in eval_set.batches]
+      out_dir = self.workdir / "predictions" / f"step_{step}" / eval_set.name
+      scores = self.task.score(outputs, eval_set, self.data_cfg, out_dir)
+      result.update({f"{eval_set.name}/{k}": v for k, v in scores.items()})
+    if not result:
+      return None
+    self.writer.write(step, result)
+    logging.info("eval @ step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    if self.best is not None and self.best.improves(result):
+      self.best.keep(step, result, sharding.to_host(state.params))
+    return result
+
+
+def _export(state, cfg, head, tokenizer, workdir: Path, is_main: bool) -> dict[str, str]:
+  """WORKDIR/hf (Hugging Face format with spiece.model); WORKDIR/model for a head transformers
+  has no class for (an albert-jax model directory)."""
+  host_params = sharding.to_host(state.params)
+  name = "hf" if M.has_hf_class(head) else "model"
+  if is_main:
+    kind = hf_convert.save_model(cfg, host_params, workdir / name, head=head, tokenizer=tokenizer,
+                                 overwrite=True)
+    logging.info("Exported the model to %s (%s format, with spiece.model)", workdir / name, kind)
+  return {f"{name}_dir": str(workdir / name)}
 
 
 class _Best:
   """The best eval so far by one metric: WORKDIR/best (HF format; an albert-jax model directory
   for a head transformers lacks) and WORKDIR/best.json."""
 
-  def __init__(self, workdir: Path, metric: str):
+  def __init__(self, workdir: Path, metric: str, cfg: M.AlbertConfig, head: str, tokenizer):
     self.workdir, self.metric = workdir, metric
-    self.record = jobs.read_json(workdir / "best.json")  # survives restarts
+    self.cfg, self.head, self.tokenizer = cfg, head, tokenizer
+    path = workdir / "best.json"
+    self.record = json.loads(path.read_text()) if path.is_file() else None  # survives restarts
 
   def improves(self, result: dict[str, float]) -> bool:
     if self.metric not in result:
@@ -408,12 +399,12 @@ class _Best:
                      f"{sorted(result)}")
     return self.record is None or result[self.metric] > self.record["metrics"][self.metric]
 
-  def keep(self, step, result, host_params, cfg, job, is_main):
+  def keep(self, step, result, host_params):
     self.record = {"step": step, "metric": self.metric, "metrics": result}
-    if is_main:
-      hf_convert.save_model(cfg, host_params, self.workdir / "best", head=job.head,
-                            tokenizer=job.tokenizer, overwrite=True)
-      checkpointing.write_json_atomic(self.workdir / "best.json", self.record)
+    if jax.process_index() == 0:
+      hf_convert.save_model(self.cfg, host_params, self.workdir / "best", head=self.head,
+                            tokenizer=self.tokenizer, overwrite=True)
+      files.write_json(self.workdir / "best.json", self.record)
       logging.info("New best %s %.4f at step %d: saved to %s", self.metric, result[self.metric],
                    step, self.workdir / "best")
 
@@ -425,7 +416,7 @@ class _Best:
     out["best_step"] = (self.record or {}).get("step", -1)
     out["last_step"] = last_step
     out.update({f"last/{k}": v for k, v in (last or {}).items()})
-    checkpointing.write_json_atomic(self.workdir / "eval_results.json", out)
+    files.write_json(self.workdir / "eval_results.json", out)
     logging.info("Eval results (best step %d by %s): %s", out["best_step"], self.metric,
                  json.dumps(out))
     return out

@@ -5,24 +5,29 @@ batch and sequence length are the original ALBERT run_glue.sh's for that task. F
 albert-jax model directory and the task's GLUE TSV files (`GLUE/SST-2/{train,dev}.tsv`):
 
   python -m albert_jax.main --config=configs/finetune_glue.py:task=sst2,model=large \
-      --config.init_from=/path/to/albert-large-v2 --config.task.data_dir=/path/to/GLUE/SST-2 \
+      --config.init_from=/path/to/albert-large-v2 --config.data.data_dir=/path/to/GLUE/SST-2 \
       --workdir=/tmp/sst2
 
-or from TFDS (`--config.task.source=tfds`; TFDS registers glue only with the `[tf]` extra).
+or from TFDS (`--config.data.source=tfds`; TFDS registers glue only with the `[tf]` extra).
 The run keeps the best checkpoint by the task's GLUE score in WORKDIR/best (HF format) and
 writes WORKDIR/eval_results.json. A sweep over lr x seed:
 
   python -m experiments.sweep --config=configs/finetune_glue.py:task=rte --workdir_root=DIR
 """
 
-from albert_jax.tasks import common, glue
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))  # configs/ is not a package
+import common  # noqa: E402
+
+from albert_jax.tasks import glue  # noqa: E402
 
 
 def get_config(arg: str = "task=sst2"):
   args = common.parse_arg(arg, task="sst2", model="large")
-  task_cfg = glue.default_config(args["task"])
-  hp = glue.HYPERPARAMETERS[task_cfg.task]
-  return common.finetune_config(args["model"], task_cfg, lr=hp["lr"],
+  hp = glue.HYPERPARAMETERS[glue.canonical_task(args["task"])]
+  return common.finetune_config("glue", args["model"], args["task"], lr=hp["lr"],
                                 total_steps=hp["train_steps"], warmup_steps=hp["warmup_steps"],
                                 batch_size=hp["batch_size"])
 

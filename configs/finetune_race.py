@@ -5,19 +5,21 @@ sequence 512, question + option 128, dropout 0.1 on the output layer only (the A
 v2 models diverge with the paper's v1 settings, which had dropout in the encoder).
 
   python -m albert_jax.main --config=configs/finetune_race.py \
-      --config.init_from=/path/to/albert-large-v2 --config.task.data_dir=/path/to/RACE \
+      --config.init_from=/path/to/albert-large-v2 --config.data.data_dir=/path/to/RACE \
       --workdir=/tmp/race
 """
 
-from albert_jax.tasks import common, race
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))  # configs/ is not a package
+import common  # noqa: E402
 
 
 def get_config(arg: str = "all"):
   args = common.parse_arg(arg, levels="all", model="large")
-  task_cfg = race.default_config(args["levels"])
-  config = common.finetune_config(args["model"], task_cfg, lr=1e-5, total_steps=12000,
-                                  warmup_steps=1000, batch_size=32)
-  return config
+  return common.finetune_config("race", args["model"], args["levels"], lr=1e-5, total_steps=12000,
+                                warmup_steps=1000, batch_size=32)
 
 
 def get_sweep(arg: str = "all"):

@@ -6,21 +6,27 @@ Hyperparameters of the original ALBERT run_squad_v1.sh / run_squad_v2.sh: lr 5e-
 
   python -m albert_jax.main --config=configs/finetune_squad.py:v2 \
       --config.init_from=/path/to/albert-large-v2 \
-      --config.task.train_file=train-v2.0.json --config.task.eval_file=dev-v2.0.json \
+      --config.data.train_file=train-v2.0.json --config.data.eval_file=dev-v2.0.json \
       --workdir=/tmp/squad2
 
-or `--config.task.source=tfds` (squad/v1.1, squad/v2.0: TFDS needs no TensorFlow for these).
+or `--config.data.source=tfds` (squad/v1.1, squad/v2.0: TFDS needs no TensorFlow for these).
 Predictions (and for v2 the null odds) go to WORKDIR/predictions/step_N/eval/; exact match and
 F1 are the official scripts'.
 
-`v2,head=original` (or `--config.task.head=original`) trains the original ALBERT SQuAD 2.0 head
+`v2,head=original` (or `--config.data.head=original`) trains the original ALBERT SQuAD 2.0 head
 (google-research/albert `create_v2_model`: start, end given the start, an answer class; decoded
 from the 5 x 5 beam, null threshold the eval set's best F1 one, as run_squad_v2.py). It has no
 Hugging Face class: WORKDIR/best and the final export (WORKDIR/model) are albert-jax model
 directories.
 """
 
-from albert_jax.tasks import common, squad
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))  # configs/ is not a package
+import common  # noqa: E402
+
+from albert_jax.tasks import squad  # noqa: E402
 
 HYPERPARAMETERS = {1: dict(lr=5e-5, total_steps=3649, warmup_steps=365, batch_size=48),
                    2: dict(lr=3e-5, total_steps=8144, warmup_steps=814, batch_size=48)}
@@ -28,13 +34,14 @@ HYPERPARAMETERS = {1: dict(lr=5e-5, total_steps=3649, warmup_steps=365, batch_si
 
 def get_config(arg: str = "v1"):
   args = common.parse_arg(arg, version="v1", model="large", head="span")
-  task_cfg = squad.default_config(args["version"])
-  task_cfg.head = args["head"]
-  squad.head(task_cfg)  # an unknown head, or the original head with v1, fails here
-  if int(task_cfg.version) == 2:
-    task_cfg.max_seq_length = 512
-  return common.finetune_config(args["model"], task_cfg,
-                                **HYPERPARAMETERS[int(task_cfg.version)])
+  version = int(args["version"].removeprefix("v"))
+  config = common.finetune_config("squad", args["model"], args["version"],
+                                  **HYPERPARAMETERS[version])
+  config.data.head = args["head"]
+  squad.head(config.data)  # an unknown head, or the original head with v1, fails here
+  if version == 2:
+    config.data.max_seq_length = 512
+  return config
 
 
 def get_sweep(arg: str = "v1"):

@@ -20,17 +20,17 @@ CPU cores.
 """
 
 import argparse
-import dataclasses
 import functools
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from albert_jax import jobs
 from albert_jax import model as M
 from albert_jax import optimizer, train
+from albert_jax.tasks import pretraining
 
 BATCH, LENGTH, VOCAB, MASKED, WARMUP = 32, 32, 100, 8, 30
 MASK_ID = 4
@@ -44,8 +44,8 @@ def copy_batch(rs: np.random.RandomState) -> dict[str, np.ndarray]:
                                 for _ in range(BATCH)]), 1)
   labels = np.take_along_axis(ids, positions, 1)
   np.put_along_axis(ids, positions, MASK_ID, 1)
-  return dict(input_ids=ids.astype(np.int32), input_mask=np.ones((BATCH, LENGTH), np.int32),
-              segment_ids=np.zeros((BATCH, LENGTH), np.int32),
+  return dict(input_ids=ids.astype(np.int32), attention_mask=np.ones((BATCH, LENGTH), np.int32),
+              token_type_ids=np.zeros((BATCH, LENGTH), np.int32),
               masked_lm_positions=positions.astype(np.int32),
               masked_lm_ids=labels.astype(np.int32),
               masked_lm_weights=np.ones((BATCH, MASKED), np.float32),
@@ -66,10 +66,12 @@ def run_ours(name: str, lr: float, steps: int, log) -> tuple[float, float]:
   params = M.init_params(module, 0)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
-  mlm_only = dataclasses.replace(  # the pretraining loss without its SOP term
-      jobs.PRETRAINING_LOSS, objective=lambda sums, batch: sums["mlm_loss"] / sums["mlm_weight"])
+  mlm_only = types.SimpleNamespace(  # the pretraining task without its SOP term in the loss
+      loss_sums=pretraining.loss_sums, counts=pretraining.counts,
+      normalise=lambda sums, d: {**pretraining.normalise(sums, d),
+                                 "loss": pretraining.normalise(sums, d)["mlm_loss"]})
   step = jax.jit(functools.partial(
-      train.train_step, module=module, tx=tx, accum_steps=1, seed=0, loss=mlm_only,
+      train.train_step, module=module, task=mlm_only, tx=tx, accum_steps=1, seed=0,
       schedule=optimizer.learning_rate_schedule(optim_cfg, steps)))
   rs = np.random.RandomState(0)
   for i in range(steps):

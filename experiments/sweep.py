@@ -33,6 +33,8 @@ from typing import Any
 
 import ml_collections
 
+from albert_jax import files
+
 OVERRIDES_FILE = "sweep_overrides.json"
 STATUS_FILE = "sweep_status.json"
 RESULTS_FILE = "eval_results.json"
@@ -195,19 +197,12 @@ def tpu_command(run: Run, tpu: str, zone: str, project: str, remote_dir: str) ->
           f"--project={shlex.quote(project)} --worker=all --command={shlex.quote(remote)}")
 
 
-def write_json(path: Path, obj: dict) -> None:
-  """Writes JSON through a temporary file, so a reader never sees half a file."""
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-
-
 def execute(run: Run, config: str, echo: bool = True) -> dict:
   """Runs one command, its output into log.txt (and the console); returns and writes its status."""
   workdir = Path(run.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / STATUS_FILE).unlink(missing_ok=True)  # no status while running: "unfinished"
-  write_json(workdir / OVERRIDES_FILE,
+  files.write_json(workdir / OVERRIDES_FILE,
              dict(name=run.name, overrides=run.overrides, config=config, command=run.command))
   start = time.monotonic()
   with open(workdir / LOG_FILE, "a", encoding="utf-8") as log:
@@ -226,7 +221,7 @@ def execute(run: Run, config: str, echo: bool = True) -> dict:
     status["status"] = "failed"
   elif not (workdir / RESULTS_FILE).exists():
     status.update(status="failed", error=f"exited 0 without writing {RESULTS_FILE}")
-  write_json(workdir / STATUS_FILE, status)
+  files.write_json(workdir / STATUS_FILE, status)
   return status
 
 

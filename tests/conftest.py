@@ -51,7 +51,7 @@ def spm_model(tmp_path_factory):
 
 def tiny_config(spm_model, **changes):
   config = pretrain.get_config("tiny")
-  for key, value in {**OVERRIDES, "data.spm_model": str(spm_model), **changes}.items():
+  for key, value in {**OVERRIDES, "spm_model": str(spm_model), **changes}.items():
     node = config
     *parents, leaf = key.split(".")
     for p in parents:

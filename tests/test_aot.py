@@ -139,7 +139,7 @@ def test_a_fine_tuning_step_compiles_over_two_slices(tmp_path):
       tmp_path, "--config=configs/finetune_glue.py:task=mnli,model=base", "--topology=v5p-8",
       "--num_slices=2", "--noestimate", "--config.model.num_hidden_layers=2",
       "--config.model.hidden_size=128", "--config.model.num_attention_heads=2",
-      "--config.model.intermediate_size=256", "--config.task.max_seq_length=128",
+      "--config.model.intermediate_size=256", "--config.data.max_seq_length=128",
       "--config.batch_size=64")
   assert (report["task"], report["chips"], report["num_slices"], report["fits"]) == (
       "glue", 8, 2, True)

@@ -189,45 +189,29 @@ def test_splash_refuses_a_length_that_is_not_a_multiple_of_its_block(params):
 
 # ----------------------------------------------------------------------------- TPU, compiled here
 
-# Runs in a subprocess: libtpu must initialise with these variables, and the test session's
-# backend stays the 8 simulated CPU devices. Prints {attention: {temp_bytes, kernel, seconds}}.
+# Runs in a subprocess: libtpu initialises there, and the test session's backend stays the 8
+# simulated CPU devices. The real pretraining step of a small model (head_dim 64 as every preset
+# but xlarge, seq 512 as pretraining, LAMB, bf16) through albert_jax.aot for a v5p-8 slice.
+# Prints {attention: {temp_bytes, kernel, seconds}}.
 _COMPILE_FOR_V5P = r"""
-import functools, json, sys, time
-import flax.linen as nn, jax, jax.numpy as jnp
-from jax.experimental import topologies
-from albert_jax import model as M, optimizer, sharding, train
+import json, sys, time
+sys.path.insert(0, "configs")
+import pretrain
+from albert_jax import aot
 
-devices = topologies.get_topology_desc(
-    topology_name="v5p:2x2x1", platform="tpu", chip_config_name="megacore",
-    chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=(False, False, False)).devices
-mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=devices)
-rules = sharding.rules("fsdp_tensor")
-# head_dim 64 as every ALBERT preset but xlarge; seq 512 as pretraining.
-cfg = M.AlbertConfig(vocab_size=1024, embedding_size=128, hidden_size=256, num_hidden_layers=2,
-                     num_attention_heads=4, intermediate_size=1024)
-batch_size, length, predictions = 16, 512, 32
-optim = optimizer.default_optim_config()  # LAMB, as pretraining
-tx = optimizer.make_optimizer(optim, 100)
-schedule = optimizer.learning_rate_schedule(optim, 100)
-features = dict(input_ids=(length, jnp.int32), input_mask=(length, jnp.int32),
-                segment_ids=(length, jnp.int32), masked_lm_positions=(predictions, jnp.int32),
-                masked_lm_ids=(predictions, jnp.int32),
-                masked_lm_weights=(predictions, jnp.float32), sentence_order_label=(None, jnp.int32))
-batch = {}
-for name, (width, dtype) in features.items():
-  shape = (batch_size,) if width is None else (batch_size, width)
-  batch[name] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+tpu = aot.parse_slice("v5p-8")
+devices = aot.slice_devices(tpu)
 result = {"platform": devices[0].platform, "chips": len(devices)}
 for attention in sys.argv[1:]:
-  module = M.AlbertForPreTraining(cfg, dtype=jnp.bfloat16, attention=attention)
-  _, abstract, shardings = train.state_layout(module, tx, mesh, rules)  # outside set_mesh
-  step = functools.partial(train.train_step, module=module, tx=tx, schedule=schedule,
-                           accum_steps=1, seed=0)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  config = pretrain.get_config("tiny")
+  config.model.update(vocab_size=1024, hidden_size=256, num_attention_heads=4,
+                      intermediate_size=1024)
+  config.data.update(max_seq_length=512, max_predictions_per_seq=32)
+  config.update(dtype="bfloat16", batch_size=16, attention=attention)
+  config.optim.name = "lamb"
   start = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = jax.jit(step, in_shardings=(shardings, {k: v.sharding for k, v in batch.items()}),
-                       out_shardings=(shardings, replicated)).lower(abstract, batch).compile()
+  lowered, _, _ = aot.lower(config, aot.step_of(config), devices)
+  compiled = lowered.compile()
   result[attention] = {"temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
                        "kernel": "tpu_custom_call" in compiled.as_text(),
                        "seconds": time.perf_counter() - start}
@@ -243,7 +227,7 @@ def _compile_for_v5p(*attentions):
   env.update(TPU_SKIP_MDS_QUERY="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1",
              PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_V5P, *attentions], env=env,
-                        capture_output=True, text=True, timeout=600)
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-4000:]
   return json.loads(lines[-1].removeprefix("RESULT "))

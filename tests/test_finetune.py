@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax import hf_convert, metrics, train
+from albert_jax import hf_convert, init_from, metrics, tasks, train
 from albert_jax import model as M
 from albert_jax.data import corpus
 from albert_jax.data.train_tokenizer import train_spm
@@ -84,8 +84,8 @@ def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 512, 96)
   # From scratch the model sits ~100 steps on the 50% plateau before it finds the words.
   config = tiny(load_config("finetune_glue", "task=sst2,model=base"), vocab,
-                **{"task.data_dir": str(data), "task.max_seq_length": 16, "total_steps": 300,
-                   "eval_every_steps": 100, "optim.lr": 1e-3, "task.predict_split": "test"})
+                **{"data.data_dir": str(data), "data.max_seq_length": 16, "total_steps": 300,
+                   "eval_every_steps": 100, "optim.lr": 1e-3, "data.predict_split": "test"})
   workdir = tmp_path / "run"
   summary = train.train_and_evaluate(config, str(workdir))
   results = json.loads((workdir / "eval_results.json").read_text())
@@ -110,7 +110,7 @@ def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, vocab):
 
 def test_glue_resumes_without_losing_the_best(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 128, 32)
-  changes = {"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 20,
+  changes = {"data.data_dir": str(data), "data.max_seq_length": 24, "total_steps": 20,
              "eval_every_steps": 10, "checkpoint_every_steps": 10}
   workdir = tmp_path / "run"
   train.train_and_evaluate(tiny(load_config("finetune_glue", "sst2"), vocab, **changes),
@@ -132,9 +132,9 @@ def test_glue_resumes_without_losing_the_best(tmp_path, vocab):
 def test_init_from_an_hf_directory_keeps_the_backbone(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 64, 16)
   config = tiny(load_config("finetune_glue", "sst2"), vocab,
-                **{"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 1,
+                **{"data.data_dir": str(data), "data.max_seq_length": 24, "total_steps": 1,
                    "optim.lr": 0.0, "optim.warmup_steps": 0, "export_hf": True})
-  cfg = train.model_config(config, 600)
+  cfg = init_from.model_config(config, tasks.get(config.task), 600)
   source = M.init_params(M.AlbertForPreTraining(cfg), 3)
   hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=vocab)
   config.init_from = str(tmp_path / "hf_in")
@@ -151,7 +151,7 @@ def test_init_from_an_orbax_pretraining_checkpoint(tmp_path, vocab, reference):
   """From step 24 of conftest's tiny pretraining run; its vocabulary is found in its workdir."""
   data = write_sst2(tmp_path / "SST-2", 64, 16)
   config = tiny(load_config("finetune_glue", "sst2"), vocab,
-                **{"task.data_dir": str(data), "task.max_seq_length": 24, "total_steps": 2,
+                **{"data.data_dir": str(data), "data.max_seq_length": 24, "total_steps": 2,
                    "init_from": str(reference[0] / "checkpoints" / "24")})
   config.spm_model = ""
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -192,8 +192,8 @@ def write_squad(path: Path, version: int):
 def test_squad_run_writes_predictions_and_official_metrics(tmp_path, vocab, version):
   data = write_squad(tmp_path / "train.json", version)
   config = tiny(load_config("finetune_squad", f"v{version}"), vocab,
-                **{"task.train_file": str(data), "task.eval_file": str(data),
-                   "task.max_seq_length": 48, "task.doc_stride": 16, "task.max_query_length": 16,
+                **{"data.train_file": str(data), "data.eval_file": str(data),
+                   "data.max_seq_length": 48, "data.doc_stride": 16, "data.max_query_length": 16,
                    "total_steps": 4, "batch_size": 8})
   workdir = tmp_path / "run"
   summary = train.train_and_evaluate(config, str(workdir))
@@ -220,11 +220,11 @@ def test_squad_v2_original_head_from_an_hf_directory(tmp_path, vocab):
   written, and the model is kept as albert-jax model directories (no HF class has this head)."""
   data = write_squad(tmp_path / "train.json", 2)
   config = tiny(load_config("finetune_squad", "v2,head=original"), vocab,
-                **{"task.train_file": str(data), "task.eval_file": str(data),
-                   "task.max_seq_length": 48, "task.doc_stride": 16, "task.max_query_length": 16,
+                **{"data.train_file": str(data), "data.eval_file": str(data),
+                   "data.max_seq_length": 48, "data.doc_stride": 16, "data.max_query_length": 16,
                    "total_steps": 4, "batch_size": 8, "optim.lr": 0.0, "optim.warmup_steps": 0,
                    "export_hf": True})
-  cfg = train.model_config(config, 600)
+  cfg = init_from.model_config(config, tasks.get(config.task), 600)
   source = M.init_params(M.AlbertForPreTraining(cfg), 3)
   hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=vocab)
   config.init_from, config.spm_model = str(tmp_path / "hf_in"), ""
@@ -277,8 +277,8 @@ def write_race(root: Path):
 def test_race_run_reports_accuracy_per_level(tmp_path, vocab):
   data = write_race(tmp_path / "RACE")
   config = tiny(load_config("finetune_race", "all"), vocab,
-                **{"task.data_dir": str(data), "task.max_seq_length": 32,
-                   "task.max_qa_length": 12, "total_steps": 3, "batch_size": 8})
+                **{"data.data_dir": str(data), "data.max_seq_length": 32,
+                   "data.max_qa_length": 12, "total_steps": 3, "batch_size": 8})
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   results = summary["eval_results"]
   for key in ("accuracy", "middle_accuracy", "high_accuracy"):
@@ -296,8 +296,8 @@ def test_ner_run_reports_entity_f1(tmp_path, vocab):
   path = tmp_path / "train.txt"
   path.write_text("\n".join(lines))
   config = tiny(load_config("finetune_ner", "model=base"), vocab,
-                **{"task.train_file": str(path), "task.eval_file": str(path),
-                   "task.max_seq_length": 16, "total_steps": 60, "eval_every_steps": 60})
+                **{"data.train_file": str(path), "data.eval_file": str(path),
+                   "data.max_seq_length": 16, "total_steps": 60, "eval_every_steps": 60})
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   results = summary["eval_results"]
   assert results["f1"] >= 0.9, results  # one entity type in one position: learnt in 60 steps

@@ -404,27 +404,27 @@ def test_hyperparameters_from_run_glue_sh():
                                               batch_size=16, max_seq_length=512)
 
 
-def test_default_config():
-  cfg = glue.default_config("task=SST-2")
-  assert (cfg.name, cfg.task, cfg.source, cfg.train_split, cfg.eval_split) == (
-      "glue", "sst2", "files", "train", "dev")
+def test_data_config():
+  cfg = glue.data_config("task=SST-2")
+  assert (cfg.task, cfg.source, cfg.train_split, cfg.eval_split) == (
+      "sst2", "files", "train", "dev")
   assert (cfg.data_dir, cfg.max_seq_length, cfg.max_examples, cfg.predict_split) == (
       "glue_data/SST-2", 512, 0, "")
   assert tuple(cfg.extra_eval_splits) == ()
-  mnli = glue.default_config("mnli")
+  mnli = glue.data_config("mnli")
   assert (mnli.eval_split, tuple(mnli.extra_eval_splits)) == ("dev_matched", ("dev_mismatched",))
-  mm = glue.default_config("mnli-mm")
+  mm = glue.data_config("mnli-mm")
   assert (mm.task, mm.eval_split) == ("mnli", "dev_mismatched")
-  assert [glue.num_labels(glue.default_config(t)) for t in ("stsb", "mnli", "cola")] == [1, 3, 2]
+  assert [glue.num_labels(glue.data_config(t)) for t in ("stsb", "mnli", "cola")] == [1, 3, 2]
   assert tuple(mnli.label_names) == ("contradiction", "entailment", "neutral")
-  assert tuple(glue.default_config("stsb").label_names) == ()
+  assert tuple(glue.data_config("stsb").label_names) == ()
   assert (glue.HEAD, glue.METRIC) == ("sequence_classification", "score")
   with pytest.raises(ValueError, match="name a GLUE task"):
-    glue.default_config("")
+    glue.data_config("")
 
 
 def test_load_and_evaluate_mnli(tok, tmp_path):
-  cfg = glue.default_config("task=mnli")
+  cfg = glue.data_config("task=mnli")
   cfg.data_dir = str(write_mnli(tmp_path / "glue"))
   cfg.max_seq_length = 32
   train = glue.load(cfg, tok, "train")
@@ -462,14 +462,14 @@ def test_evaluate_scores(tok, tmp_path):
   examples = [Example(str(i), "a", "b", str(g)) for i, g in enumerate(GOLD)]
   data = glue.convert_examples(examples, tok, "mrpc", 8, split="dev")
   logits = np.eye(2, dtype=np.float32)[PRED]
-  cfg = glue.default_config("mrpc")
+  cfg = glue.data_config("mrpc")
   results = glue.evaluate_task({"logits": logits}, data, cfg, tmp_path)
   assert results == pytest.approx({"accuracy": 5 / 7, "f1": 0.75, "score": (5 / 7 + 0.75) / 2})
   # STS-B: one logit per row, scored against the float labels.
   examples = [Example(str(i), "a", "b", g) for i, g in enumerate([2.0, 4.0, 5.0, 9.0])]
   data = glue.convert_examples(examples, tok, "stsb", 8, split="dev")
   results = glue.evaluate_task({"logits": np.array([[1.0], [2.0], [3.0], [4.0]])}, data,
-                          glue.default_config("stsb"), tmp_path)
+                          glue.data_config("stsb"), tmp_path)
   pearson = 11 / math.sqrt(130)
   assert results == pytest.approx({"pearson": pearson, "spearmanr": 1.0,
                                    "score": (pearson + 1.0) / 2})
@@ -482,10 +482,12 @@ def test_losses():
   sums = glue.loss_sums(outputs, batch)
   xent = math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))  # row 2 has weight 0
   assert float(sums["loss"]) == pytest.approx(xent, rel=1e-6)
-  means = glue.normalise(sums)
+  assert float(glue.counts(batch)["weight"]) == 2
+  means = glue.normalise(sums, glue.counts(batch))
   assert float(means["loss"]) == pytest.approx(xent / 2, rel=1e-6)
   assert float(means["accuracy"]) == 1.0
   regression = SimpleNamespace(logits=jnp.array([[1.5], [0.0]]))
-  sums = glue.loss_sums(regression, {"labels": jnp.array([1.0, 2.0]), "weight": jnp.ones(2)})
-  assert float(glue.normalise(sums)["loss"]) == pytest.approx((0.25 + 4.0) / 2)
-  assert glue.prediction_arrays(outputs, batch)["logits"] is outputs.logits
+  batch = {"labels": jnp.array([1.0, 2.0]), "weight": jnp.ones(2)}
+  sums = glue.loss_sums(regression, batch)
+  assert float(glue.normalise(sums, glue.counts(batch))["loss"]) == pytest.approx((0.25 + 4.0) / 2)
+  assert glue.predictions(outputs, batch)["logits"] is outputs.logits

@@ -235,21 +235,23 @@ def test_loading_into_another_head_initialises_what_transformers_initialises(
   _perturb_torch(_hf_class(source)(transformers.AlbertConfig(**cfg.to_hf_dict())), 1) \
       .save_pretrained(tmp_path / "src")
   _, ref_info = _hf_class(target).from_pretrained(tmp_path / "src", output_loading_info=True)
-  with caplog.at_level(logging.WARNING, logger="albert_jax.hf_convert"):
+  with caplog.at_level(logging.WARNING, logger="albert_jax.init_from"):
     module, params = albert_jax.from_pretrained(tmp_path / "src", head=target)
   assert isinstance(module, M.HEADS[target][0])
-  # What we report as new/unused, in HF names, is exactly what transformers reports.
+  # What we report as new/unused (Flax paths, re-headed in Flax) is, in HF names, exactly what
+  # transformers reports.
   rows = {r.flax: r.hf for r in hf_convert.param_table(cfg, target)}
+  source_rows = {r.flax: r.hf for r in hf_convert.param_table(cfg, source)}
   new = set()
   unused = set()
   for record in caplog.records:
-    if record.name != "albert_jax.hf_convert":
+    if record.name != "albert_jax.init_from":
       continue
     names = record.args[1]
     if record.msg.startswith("Newly initialised"):
       new |= {rows[n] for n in names}
     elif record.msg.startswith("Checkpoint weights not used"):
-      unused |= set(names)
+      unused |= {source_rows[n] for n in names}
   assert new == set(ref_info["missing_keys"]) - {"predictions.decoder.bias"}  # a tied copy
   norm = lambda keys: {k.removeprefix("albert.") if target == "base" else k for k in keys}
   assert norm(unused) == norm(ref_info["unexpected_keys"]) - {"predictions.decoder.bias"}

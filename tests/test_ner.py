@@ -6,6 +6,7 @@ import types
 import numpy as np
 import pytest
 
+from albert_jax.data import arrays
 from albert_jax.tasks import common, ner
 
 IGNORE = common.IGNORE
@@ -112,7 +113,7 @@ def test_truncation_drops_words_and_evaluate_predicts_them_o(tokenizer, tmp_path
   assert f2["labels"][0].tolist() == [IGNORE, 0, 0, IGNORE, IGNORE]
   assert positions2[0].tolist() == [1, 2]
   # Every kept word predicted right; the cut entity is missed: no entity found, one lost.
-  data = common.Dataset(f, meta={"sentences": [sentence], "positions": positions,
+  data = arrays.Dataset(f, meta={"sentences": [sentence], "positions": positions,
                                  "labels": labels})
   metrics = ner.evaluate_task({"predictions": np.zeros((1, length), np.int32)}, data, None, tmp_path)
   assert metrics == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0,
@@ -174,17 +175,17 @@ def test_loss_sums_over_labelled_tokens():
   xent = lambda row, label: math.log(sum(math.exp(x) for x in row)) - row[label]
   loss = xent([3, 0], 0) + 0.5 * (xent([2, 0], 0) + xent([0, 1], 0))
   assert float(sums["loss"]) == pytest.approx(loss, rel=1e-5)
-  assert float(sums["weight"]) == 2.0  # 1 token + 0.5 * 2 tokens
+  assert float(ner.counts(batch)["weight"]) == 2.0  # 1 token + 0.5 * 2 tokens
   assert float(sums["correct"]) == 1.5  # [3, 0] right; [2, 0] right, [0, 1] wrong at weight 0.5
-  norm = ner.normalise(sums)
+  norm = ner.normalise(sums, ner.counts(batch))
   assert float(norm["loss"]) == pytest.approx(loss / 2, rel=1e-5)
   assert float(norm["accuracy"]) == 0.75
-  out = ner.prediction_arrays(types.SimpleNamespace(logits=logits), batch)
+  out = ner.predictions(types.SimpleNamespace(logits=logits), batch)
   assert np.asarray(out["predictions"]).tolist() == [[1, 0, 0], [0, 1, 0]]
 
 
 def test_load_and_evaluate(files, tokenizer, tmp_path):
-  cfg = ner.default_config("")
+  cfg = ner.data_config("")
   cfg.train_file, cfg.eval_file = str(files / "train.txt"), str(files / "eval.txt")
   cfg.max_seq_length = 16
   assert ner.num_labels(cfg) == 6
@@ -213,13 +214,13 @@ def test_load_and_evaluate(files, tokenizer, tmp_path):
     ner.load(cfg, tokenizer, "train")
 
 
-def test_default_config():
-  cfg = ner.default_config("")
-  assert (cfg.name, cfg.train_file, cfg.eval_file, tuple(cfg.labels), cfg.max_seq_length,
-          cfg.max_examples) == ("ner", "", "", (), 128, 0)
+def test_data_config():
+  cfg = ner.data_config("")
+  assert (cfg.train_file, cfg.eval_file, tuple(cfg.labels), cfg.max_seq_length,
+          cfg.max_examples) == ("", "", (), 128, 0)
   assert (ner.HEAD, ner.METRIC) == ("token_classification", "f1")
   with pytest.raises(ValueError):
-    ner.default_config("conll2003")
+    ner.data_config("conll2003")
   with pytest.raises(ValueError):
     ner.num_labels(cfg)
 

@@ -7,7 +7,8 @@ import types
 import numpy as np
 import pytest
 
-from albert_jax.tasks import common, race
+from albert_jax.data import arrays
+from albert_jax.tasks import race
 
 # RACE/{split}/{level}/{file}: one JSON article record per file, as the distribution has them.
 RECORDS = {
@@ -122,7 +123,7 @@ def test_features_truncate_qa_from_the_left_and_the_article_to_fit(tokenizer):
 
 
 def test_load_files(race_dir, tokenizer):
-  cfg = race.default_config("")
+  cfg = race.data_config("")
   cfg.data_dir = str(race_dir)
   cfg.max_seq_length, cfg.max_qa_length = 48, 16
   data = race.load(cfg, tokenizer, "eval")
@@ -132,7 +133,7 @@ def test_load_files(race_dir, tokenizer):
                        "levels": ["middle", "high", "high"]}
   cfg.max_examples = 2
   assert len(race.load(cfg, tokenizer, "train")) == 2
-  high = race.default_config("high")
+  high = race.data_config("high")
   high.data_dir = str(race_dir)
   assert race.load(high, tokenizer, "train").meta["ids"] == ["high5.txt-0"]
   cfg.source = "hub"
@@ -167,7 +168,7 @@ def test_read_tfds(monkeypatch):
                    ("trees", "clouds", "rocks", "cars"), 1),
       race.Example("high3.txt-1", "high", "Rain falls from clouds.", "Rain is",
                    ("wet", "dry", "hot", "red"), 0)]
-  cfg = race.default_config("all")
+  cfg = race.data_config("all")
   cfg.source = "tfds"
   assert [ex.id for ex in race.read_examples(cfg, "train")] == [
       "middle10.txt-0", "middle10.txt-1", "middle2.txt-0", "high5.txt-0"]
@@ -185,15 +186,15 @@ def test_evaluate_accuracies_by_level(tmp_path):
   predicted = [0, 1, 0, 3, 1]  # right, right, wrong (middle); right, wrong (high)
   logits = np.full((5, 4), -1.0, np.float32)
   logits[np.arange(5), predicted] = 2.0
-  data = common.Dataset({"labels": labels}, meta={
+  data = arrays.Dataset({"labels": labels}, meta={
       "ids": ["a-0", "a-1", "b-0", "c-0", "c-1"],
       "levels": ["middle", "middle", "middle", "high", "high"]})
-  metrics = race.evaluate_task({"logits": logits}, data, race.default_config(), tmp_path / "out")
+  metrics = race.evaluate_task({"logits": logits}, data, race.data_config(), tmp_path / "out")
   assert metrics == pytest.approx({"accuracy": 3 / 5, "middle_accuracy": 2 / 3,
                                    "high_accuracy": 1 / 2})
   written = json.loads((tmp_path / "out" / "predictions.json").read_text())
   assert written == {"a-0": "A", "a-1": "B", "b-0": "A", "c-0": "D", "c-1": "B"}
-  middle = common.Dataset({"labels": labels[:3]}, meta={"ids": ["a-0", "a-1", "b-0"],
+  middle = arrays.Dataset({"labels": labels[:3]}, meta={"ids": ["a-0", "a-1", "b-0"],
                                                         "levels": ["middle"] * 3})
   assert race.evaluate_task({"logits": logits[:3]}, middle, None, None) == pytest.approx(
       {"accuracy": 2 / 3, "middle_accuracy": 2 / 3})
@@ -206,25 +207,24 @@ def test_loss_sums_and_normalise():
   row0 = math.log(sum(math.exp(x) for x in (1, 2, 3, 4))) - 4
   row1 = math.log(3 + math.exp(5)) - 0
   assert float(sums["loss"]) == pytest.approx(row0 + row1, rel=1e-5)
-  assert float(sums["weight"]) == 2.0
+  assert float(race.counts(batch)["weight"]) == 2.0
   assert float(sums["correct"]) == 1.0  # row 0 right, row 1 wrong, row 2 weightless
-  norm = race.normalise(sums)
+  norm = race.normalise(sums, race.counts(batch))
   assert float(norm["loss"]) == pytest.approx((row0 + row1) / 2, rel=1e-5)
   assert float(norm["accuracy"]) == 0.5
-  out = race.prediction_arrays(types.SimpleNamespace(logits=logits), batch)
+  out = race.predictions(types.SimpleNamespace(logits=logits), batch)
   assert np.asarray(out["logits"]).tolist() == logits.tolist()
 
 
-def test_default_config_and_hyperparameters():
-  assert race.default_config("").levels == ("middle", "high")
-  assert race.default_config("all").levels == ("middle", "high")
-  assert race.default_config("middle").levels == ("middle",)
-  cfg = race.default_config("high")
-  assert (cfg.name, cfg.levels, cfg.source, cfg.train_split, cfg.eval_split, cfg.max_seq_length,
-          cfg.max_qa_length, cfg.max_examples) == ("race", ("high",), "files", "train", "dev",
-                                                   512, 128, 0)
+def test_data_config_and_hyperparameters():
+  assert race.data_config("").levels == ("middle", "high")
+  assert race.data_config("all").levels == ("middle", "high")
+  assert race.data_config("middle").levels == ("middle",)
+  cfg = race.data_config("high")
+  assert (cfg.levels, cfg.source, cfg.train_split, cfg.eval_split, cfg.max_seq_length,
+          cfg.max_qa_length, cfg.max_examples) == (("high",), "files", "train", "dev", 512, 128, 0)
   with pytest.raises(ValueError):
-    race.default_config("college")
+    race.data_config("college")
   assert race.num_labels(cfg) == 2
   assert (race.HEAD, race.METRIC) == ("multiple_choice", "accuracy")
   hp = race.HYPERPARAMETERS  # run_race.py's flag defaults

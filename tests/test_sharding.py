@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from albert_jax import model as M
 from albert_jax import optimizer, sharding, train
+from albert_jax.tasks import pretraining
 from helpers import random_params
 
 CFG = M.AlbertConfig(vocab_size=96, embedding_size=16, hidden_size=32, num_hidden_layers=3,
@@ -117,8 +118,8 @@ def _batch(seed, batch=8, length=16, predictions=4):
   positions = np.sort(rs.choice(np.arange(1, 11), (batch, predictions)), axis=1)
   return {
       "input_ids": rs.randint(5, CFG.vocab_size, (batch, length)).astype(np.int32),
-      "input_mask": mask,
-      "segment_ids": (np.arange(length) >= length // 2).astype(np.int32)[None].repeat(batch, 0),
+      "attention_mask": mask,
+      "token_type_ids": (np.arange(length) >= length // 2).astype(np.int32)[None].repeat(batch, 0),
       "masked_lm_positions": positions.astype(np.int32),
       "masked_lm_ids": rs.randint(5, CFG.vocab_size, (batch, predictions)).astype(np.int32),
       "masked_lm_weights": (rs.rand(batch, predictions) > 0.2).astype(np.float32),
@@ -134,19 +135,15 @@ def _run_steps(mesh, rule_name, params, batches, accum_steps=1):
   optim.lr = 0.01
   tx = optimizer.make_optimizer(optim, 10)
   rules = sharding.rules(rule_name)
-  param_shardings = sharding.logical_shardings(M.abstract_params(module), mesh, rules)
   replicated = NamedSharding(mesh, P())
+  layout = train.state_layout(module, tx, mesh, rules)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
-  state_shardings = train.TrainState(
-      step=replicated, params=param_shardings,
-      opt_state=sharding.match_param_shardings(state.opt_state, params, param_shardings, mesh),
-      nonfinite_step=replicated)
-  state = jax.device_put(state, state_shardings)
-  step = jax.jit(functools.partial(train.train_step, module=module, tx=tx,
+  state = jax.device_put(state, layout.shardings)
+  step = jax.jit(functools.partial(train.train_step, module=module, task=pretraining, tx=tx,
                                    schedule=optimizer.learning_rate_schedule(optim, 10),
                                    accum_steps=accum_steps, seed=0),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+                 out_shardings=(layout.shardings, replicated), donate_argnums=0)
   out = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for b in batches:
@@ -193,3 +190,30 @@ def test_gradient_accumulation_equals_the_full_batch(single_device_reference):
     np.testing.assert_allclose(ours["grad_norm"], ref["grad_norm"], rtol=1e-5)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), final,
                          ref_params)
+
+
+@pytest.mark.parametrize("name", ["lamb", "adamw_optax"])
+def test_optimizer_state_carries_its_parameters_shardings(name):
+  """The state is built from boxed parameters: each moment is sharded as its parameter (no path
+  matching), counters are replicated."""
+  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  rules = sharding.rules("fsdp_tensor")
+  optim = optimizer.default_optim_config()
+  optim.name = name
+  module = M.AlbertForPreTraining(CFG)
+  layout = train.state_layout(module, optimizer.make_optimizer(optim, 10), mesh, rules)
+  params = {jax.tree_util.keystr(k): v.spec for k, v in
+            jax.tree_util.tree_leaves_with_path(layout.shardings.params)}
+  moments = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(layout.shardings.opt_state):
+    key = jax.tree_util.keystr(path)
+    owner = next((p for p in params if key.endswith(p)), None)
+    if owner is None:
+      assert leaf.spec == P(), key  # a step count
+    else:
+      assert leaf.spec == params[owner], key
+      moments += 1
+  assert moments == 2 * len(params)
+  assert params["['albert']['encoder']['albert_layer_groups_0']['albert_layers_0']['ffn']['kernel']"] \
+      == P("fsdp", "tensor")
+

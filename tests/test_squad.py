@@ -18,7 +18,8 @@ from albert_jax import model as M
 from albert_jax.data import corpus
 from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
-from albert_jax.tasks import common, squad
+from albert_jax.data import arrays
+from albert_jax.tasks import squad
 
 
 def dataset_json(*qas, v2=False):
@@ -482,19 +483,19 @@ def test_read_tfds_random_mock_data(name):
 
 def test_config_and_num_labels():
   for arg, version, tag in (("v1", 1, "1.1"), ("v2", 2, "2.0")):
-    cfg = squad.default_config(arg)
-    assert (cfg.name, cfg.version, cfg.tfds_name) == ("squad", version, f"squad/v{tag}")
+    cfg = squad.data_config(arg)
+    assert (cfg.version, cfg.tfds_name) == (version, f"squad/v{tag}")
     assert (cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length, cfg.n_best_size,
             cfg.max_answer_length, cfg.max_examples) == (384, 128, 64, 20, 30, 0)
     assert cfg.source in ("files", "tfds") and squad.num_labels(cfg) == 2
   assert (squad.HEAD, squad.METRIC) == ("question_answering", "f1")
   assert "question_answering" in M.HEADS
   with pytest.raises(ValueError):
-    squad.default_config("v3")
+    squad.data_config("v3")
 
 
 def small_config(arg, **changes):
-  cfg = squad.default_config(arg)
+  cfg = squad.data_config(arg)
   cfg.update(dict(max_seq_length=MAX_SEQ, doc_stride=STRIDE, max_query_length=MAX_QUERY, **changes))
   return cfg
 
@@ -508,7 +509,7 @@ def test_load_from_files_and_tfds(tmp_path, tokenizer, qa_set):
   assert train.meta is None and evals.meta.examples == examples[:30]
   expected = squad.convert_examples(examples[:30], tokenizer, MAX_SEQ, STRIDE, MAX_QUERY)
   # The span head's rows: the features its example_spec names (the original head adds three).
-  assert set(train.features) == set(evals.features) == set(squad.example_spec(cfg)) == {
+  assert set(train.features) == set(evals.features) == set(squad.example_spec(cfg)) - {"weight"} == {
       "input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"}
   for k, v in train.features.items():
     np.testing.assert_array_equal(v, expected.features[k])
@@ -538,15 +539,15 @@ def test_loss_sums_and_normalise():
   rows = [(ce(start[i], batch["start_positions"][i]) + ce(end[i], batch["end_positions"][i])) / 2
           for i in range(2)]
   assert float(sums["loss"]) == pytest.approx(sum(rows), rel=1e-5)
-  assert float(sums["weight"]) == 2.0
+  assert float(squad.counts(batch)["weight"]) == 2.0
   assert float(sums["start_correct"]) == sum(np.argmax(start[i]) == batch["start_positions"][i]
                                              for i in range(2))
-  means = squad.normalise(sums)
+  means = squad.normalise(sums, squad.counts(batch))
   assert float(means["loss"]) == pytest.approx(sum(rows) / 2, rel=1e-5)
   assert float(means["end_accuracy"]) == float(sums["end_correct"]) / 2
   assert float(means["accuracy"]) == pytest.approx(
       (float(sums["start_correct"]) + float(sums["end_correct"])) / 4)
-  arrays = squad.prediction_arrays({"start_logits": start, "end_logits": end}, batch)
+  arrays = squad.predictions({"start_logits": start, "end_logits": end}, batch)
   np.testing.assert_array_equal(arrays["start_logits"], start)
 
 
@@ -557,7 +558,7 @@ def test_task_evaluate_writes_predictions(tmp_path, features, qa_set, kept, arg)
   keep = [e for e in kept if arg == "v2" or not examples[e].is_impossible]
   rows = np.flatnonzero(np.isin(features.meta.example_index, keep))
   meta = features.meta
-  data = common.Dataset(
+  data = arrays.Dataset(
       {k: v[rows] for k, v in features.features.items()},
       squad.Meta([examples[e] for e in keep],
                  np.searchsorted(keep, meta.example_index[rows]).astype(np.int32),

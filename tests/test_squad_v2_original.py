@@ -16,9 +16,10 @@ import torch
 import transformers
 from transformers.models.xlm.modeling_xlm import XLMSQuADHead
 
-from albert_jax import checkpointing, hf_convert, jobs
+from albert_jax import checkpointing, hf_convert
 from albert_jax import model as M
-from albert_jax.tasks import common, squad
+from albert_jax.data.arrays import Dataset
+from albert_jax.tasks import squad
 from albert_jax.tasks import squad_v2_original as original
 from helpers import random_params
 
@@ -118,8 +119,8 @@ def test_training_outputs_and_loss_match_transformers(copied):
   np.testing.assert_allclose(ours.start_logits, start.numpy(), atol=2e-6, rtol=0)
   np.testing.assert_allclose(ours.end_logits, end.numpy(), atol=2e-6, rtol=0)
   np.testing.assert_allclose(ours.cls_logits, cls.numpy(), atol=2e-6, rtol=0)
-  sums = original.loss_sums(ours, jax.tree_util.tree_map(jnp.asarray, batch))
-  ours_loss = float(sums["loss"] / sums["weight"])
+  rows = jax.tree_util.tree_map(jnp.asarray, batch)
+  ours_loss = float(squad.normalise(original.loss_sums(ours, rows), squad.counts(rows))["loss"])
   assert ours_loss == pytest.approx(float(loss), abs=2e-6)
   # HF's own total reads the answer class at the gold start: a different quantity.
   assert float(hf_full) == pytest.approx(float(span_loss + 0.5 * (
@@ -167,14 +168,16 @@ def test_answer_class_dropout_only_when_training(copied):
 
 
 def test_the_loop_feeds_the_head_its_features(copied):
-  """jobs' apply passes p_mask and cls_index (and the gold start in training) from the batch."""
+  """apply_to_batch passes p_mask and cls_index (and the gold start in training) from the
+  batch."""
   module, params, batch, _, _ = copied
   module = module.clone(config=CFG.replace(classifier_dropout_prob=0.0))
   rows = jax.tree_util.tree_map(jnp.asarray, batch)
-  sums = jobs.finetuning_loss(squad).sums(module, params, rows, jax.random.key(0))
+  outputs = M.apply_to_batch(module, params, rows, jax.random.key(0))
+  sums = squad.loss_sums(outputs, rows)
   expected = original.loss_sums(_ours(module, params, batch, training=True), rows)
   assert float(sums["loss"]) == pytest.approx(float(expected["loss"]), rel=1e-6)
-  preds = squad.prediction_arrays(jobs._apply(module, params, rows, None), rows)
+  preds = squad.predictions(M.apply_to_batch(module, params, rows), rows)
   ours = _ours(module, params, batch, training=False)
   for key, value in preds.items():
     np.testing.assert_array_equal(value, getattr(ours, key))
@@ -218,7 +221,7 @@ def _two_windows(cls_logits=(0.5, -1.5)):
   beam(1, 1, 3 + 2, -0.4, [(3 + 5, -0.01), (11, -0.01)])
   # [CLS] (0) is not context either: the null answer is the answer class's business.
   beam(1, 2, 0, -0.02, [(0, -0.02), (3 + 2, -0.1)])
-  return common.Dataset({"input_ids": np.zeros((2, 12), np.int32)}, meta), arrays
+  return Dataset({"input_ids": np.zeros((2, 12), np.int32)}, meta), arrays
 
 
 def test_decoding_rules_on_hand_built_windows():
@@ -359,13 +362,13 @@ def test_threshold_is_the_best_f1_one_and_metrics_are_the_official(tmp_path):
               for i, (c, g) in enumerate(zip(contexts, golds))]
   meta = squad.Meta(examples, np.arange(4, dtype=np.int32), np.full(4, 3, np.int32),
                     [np.arange(4) for _ in range(4)], [np.ones(4, bool) for _ in range(4)])
-  data = common.Dataset({"input_ids": np.zeros((4, 8), np.int32)}, meta)
+  data = Dataset({"input_ids": np.zeros((4, 8), np.int32)}, meta)
   arrays = {"start_top_index": np.asarray([[3 + s] for s, _ in spans], np.int32),
             "start_top_log_probs": np.full((4, 1), -0.1, np.float32),
             "end_top_index": np.asarray([[[3 + e]] for _, e in spans], np.int32),
             "end_top_log_probs": np.full((4, 1, 1), -0.2, np.float32),
             "cls_logits": np.asarray(cls, np.float32)}
-  cfg = squad.default_config("v2")
+  cfg = squad.data_config("v2")
   cfg.head = "original"
   assert cfg.null_score_diff_threshold == 0.0  # would null q2: not what this head uses
   out = squad.evaluate_task(arrays, data, cfg, tmp_path)  # through the task's entry point
@@ -402,18 +405,18 @@ def _config(arg="v2,head=original"):
 
 def test_config_selects_the_head_and_its_features(tokenizer, windows):
   cfg = _config()
-  assert (cfg.task.head, squad.head(cfg.task)) == ("original", "squad_v2_original")
-  assert squad.head(_config("v2").task) == "question_answering"
+  assert (cfg.data.head, squad.head(cfg.data)) == ("original", "squad_v2_original")
+  assert squad.head(_config("v2").data) == "question_answering"
   with pytest.raises(ValueError, match="version 2"):
     _config("v1,head=original")
-  with pytest.raises(ValueError, match="task.head"):
+  with pytest.raises(ValueError, match="data.head"):
     _config("v2,head=xlnet")
-  spec = squad.example_spec(cfg.task)
+  spec = squad.example_spec(cfg.data)
   assert set(spec) == {"input_ids", "attention_mask", "token_type_ids", "start_positions",
-                       "end_positions", "p_mask", "cls_index", "is_impossible"}
-  assert spec["p_mask"].shape == (cfg.task.max_seq_length,) and spec["cls_index"].shape == ()
+                       "end_positions", "p_mask", "cls_index", "is_impossible", "weight"}
+  assert spec["p_mask"].shape == (cfg.data.max_seq_length,) and spec["cls_index"].shape == ()
   # The span head's batches are as before.
-  assert set(squad.example_spec(_config("v2").task)) == set(spec) - set(original.FEATURES)
+  assert set(squad.example_spec(_config("v2").data)) == set(spec) - set(original.FEATURES)
   # The window builder's p_mask: 0 exactly on [CLS] and the window's context tokens.
   f, meta = windows.features, windows.meta
   for row in range(len(windows)):
@@ -425,18 +428,18 @@ def test_config_selects_the_head_and_its_features(tokenizer, windows):
   np.testing.assert_array_equal(f["is_impossible"], f["start_positions"] == 0)
 
 
-def test_step_spec_builds_the_train_step_from_the_config_alone():
+def test_the_train_step_builds_from_the_config_alone():
   """What aot compiles for a TPU slice: the step lowers from the config, no data or checkpoint."""
   from albert_jax import aot
   config = _config("v2,head=original,model=base")
   config.model.update(vocab_size=100, embedding_size=8, hidden_size=16, num_hidden_layers=2,
                       num_attention_heads=2, intermediate_size=32)
-  config.task.max_seq_length = 32
+  config.data.max_seq_length = 32
   config.update(batch_size=8, dtype="float32")
-  spec = jobs.step_spec(config)
+  spec = aot.step_of(config)
   assert spec.head == "squad_v2_original"
   assert spec.example["p_mask"].shape == (32,)
-  lowered, _, _ = aot._lower(config, spec, jax.devices())
+  lowered, _, _ = aot.lower(config, spec, jax.devices())
   assert "p_mask" in str(lowered.args_info)
 
 
@@ -450,7 +453,7 @@ def test_loss_sums_by_hand():
   sums = squad.loss_sums(outputs, batch)  # the task dispatches on the head's outputs
   expected = 0.5 * (-math.log(0.5) - math.log(0.8)) + 0.5 * math.log1p(math.exp(-2.0))
   assert float(sums["loss"]) == pytest.approx(expected, rel=1e-6)  # row 2 has weight 0
-  metrics = squad.normalise(sums)
+  metrics = squad.normalise(sums, squad.counts(batch))
   assert (float(metrics["cls_accuracy"]), float(metrics["accuracy"])) == (1.0, 1.0)
 
 
@@ -475,7 +478,7 @@ def test_hf_export_is_refused_and_orbax_keeps_it(tmp_path, capsys):
 def test_loading_a_pretraining_checkpoint_keeps_the_backbone(tmp_path, caplog):
   source = random_params(CFG, "pretraining", 2)
   hf_convert.save(CFG, source, tmp_path / "hf", head="pretraining")
-  with caplog.at_level("WARNING", logger="albert_jax.hf_convert"):
+  with caplog.at_level("WARNING", logger="albert_jax.init_from"):
     config, params, head = hf_convert.load_any(tmp_path / "hf", head="squad_v2_original")
   assert head == "squad_v2_original"
   new = next(r.args[1] for r in caplog.records if r.msg.startswith("Newly initialised"))

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `experiments` is not an installed package
 
+from albert_jax import files  # noqa: E402
 from experiments import summarize, sweep  # noqa: E402
 
 TPU_DIR = ROOT / "experiments" / "tpu"
@@ -210,7 +211,7 @@ def test_summarize_shows_unfinished_and_not_started_runs(config_file, fake_main,
       sweep.execute(run, config_file, echo=False)
     else:
       Path(run.workdir).mkdir(parents=True)
-      sweep.write_json(Path(run.workdir) / sweep.OVERRIDES_FILE, {"overrides": run.overrides})
+      files.write_json(Path(run.workdir) / sweep.OVERRIDES_FILE, {"overrides": run.overrides})
   assert summarize.main([str(out), "--metric=accuracy", f"--config={config_file}"]) == 0
   text = capsys.readouterr().out
   assert "9 runs, 2 ok, 1 unfinished, 6 not started" in text

@@ -17,7 +17,8 @@ import torch
 import transformers
 
 import albert_jax
-from albert_jax import checkpointing, hf_convert, jobs, tf1_release
+from albert_jax import checkpointing, hf_convert, tf1_release
+from albert_jax.tasks import common
 from albert_jax import model as M
 from albert_jax import tf1_checkpoint as T
 from albert_jax.tf1_checkpoint import Checkpoint, masked_crc32c
@@ -143,7 +144,8 @@ def test_tf_to_orbax_and_init_from_read_the_same_params(tmp_path, release):
                      strict=True):
     assert np.array_equal(a, b) and np.array_equal(a, c)
   # Fine-tuning from a release finds its vocabulary.
-  tok = jobs.finetuning_tokenizer(ml_collections.ConfigDict({"init_from": str(RELEASE)}))
+  tok = common.find_vocabulary(ml_collections.ConfigDict({"spm_model": "",
+                                                          "init_from": str(RELEASE)}))
   assert tok.vocab_size == 100
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import transformers
 
-from albert_jax import checkpointing, hf_convert, metrics, optimizer, sharding, train
+from albert_jax import checkpointing, hf_convert, init_from, metrics, optimizer, sharding, tasks
+from albert_jax import train
 from albert_jax import model as M
 
 import pretrain  # configs/, put on sys.path by conftest
@@ -32,7 +33,7 @@ def run_main(workdir, spm_model, *extra, wait=True, env=None, **changes):
   """`python -m albert_jax.main` with the tiny test config, as a user would run it."""
   args = [sys.executable, "-m", "albert_jax.main", "--config=configs/pretrain.py:tiny",
           f"--workdir={workdir}",
-          *cli_args({**OVERRIDES, "data.spm_model": spm_model, **changes}), *extra]
+          *cli_args({**OVERRIDES, "spm_model": spm_model, **changes}), *extra]
   proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env={**os.environ, **(env or {})})
   if wait:
@@ -165,9 +166,8 @@ def _abstract_state(workdir, step, mesh, rule_name):
   optim = pretrain.get_config("tiny").optim
   optim.update(config["optim"])
   tx = optimizer.make_optimizer(optim, config["total_steps"])
-  _, abstract, _ = train.state_layout(M.AlbertForPreTraining(cfg), tx, mesh,
-                                      sharding.rules(rule_name))
-  return train.checkpoint_parts(abstract)
+  layout = train.state_layout(M.AlbertForPreTraining(cfg), tx, mesh, sharding.rules(rule_name))
+  return train.checkpoint_parts(layout.abstract)
 
 
 def test_restore_onto_a_different_mesh(reference):
@@ -225,14 +225,15 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, spm
 
 
 def test_init_from_hf_and_from_an_orbax_run(tmp_path, spm_model, reference):
-  cfg = train.model_config(tiny_config(spm_model), 500)
+  config = tiny_config(spm_model)
+  cfg = init_from.model_config(config, tasks.get(config.task), 500)
   source = M.init_params(M.AlbertForPreTraining(cfg), 7)
   hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=spm_model)
-  for name, init_from, expected in (
+  for name, source_dir, expected in (
       ("from_hf", tmp_path / "hf_in", source),
       ("from_orbax", reference[0], checkpointing.load_model_dir(reference[0])[1])):
     # One step at learning rate 0 (the first warmup step): the export is the initial weights.
-    config = tiny_config(spm_model, total_steps=1, init_from=str(init_from))
+    config = tiny_config(spm_model, total_steps=1, init_from=str(source_dir))
     train.train_and_evaluate(config, str(tmp_path / name))
     _, exported, _ = hf_convert.load(tmp_path / name / "hf")
     for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(exported)):

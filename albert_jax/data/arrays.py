@@ -8,13 +8,30 @@ or one on another number of hosts, sees the same global batches.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import numpy as np
 
-from albert_jax.data.pipeline import _examples_at
-from albert_jax.tasks.common import Dataset
+from albert_jax.data import order
 
 WEIGHT = "weight"  # 1 for real rows, 0 for the padding that completes the last eval batch
+
+
+@dataclasses.dataclass
+class Dataset:
+  """Model inputs, one row per feature, and what post-processing needs to read them back."""
+  features: dict[str, np.ndarray]
+  meta: Any = None
+
+  def __post_init__(self):
+    sizes = {k: len(v) for k, v in self.features.items()}
+    if len(set(sizes.values())) > 1:
+      raise ValueError(f"features have different numbers of rows: {sizes}")
+
+  def __len__(self) -> int:
+    return len(next(iter(self.features.values()))) if self.features else 0
 
 
 def _rows(global_batch_size: int, process_index: int | None, process_count: int | None):
@@ -44,7 +61,7 @@ class ArrayIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     start = self._next * self._batch
     positions = range(start + self._rows[0], start + self._rows[1])
-    index = _examples_at(positions, self._n, self._seed)
+    index = order.examples_at(positions, self._n, self._seed)
     self._next += 1
     batch = {k: v[index] for k, v in self._features.items()}
     batch[WEIGHT] = np.ones(len(index), np.float32)

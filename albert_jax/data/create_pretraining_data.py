@@ -1,5 +1,5 @@
 """Statically masked pretraining examples written to disk, as google-research/albert's
-`create_pretraining_data.py` wrote them (training masks dynamically by default; see pretraining.py).
+`create_pretraining_data.py` wrote them (training masks dynamically by default; see examples.py).
 
   python -m albert_jax.data.create_pretraining_data --input='corpus/*.txt.gz' \
       --spm_model=vocab/spiece.model --output=data/train.array_record --max_seq_length=128 \
@@ -10,7 +10,7 @@ example, and OUTPUT.stats.json (corpus and pair counts, config) that `report.py`
 is files (the original format), "tfds:NAME" or "embedded" (see corpus.read_documents). Like the
 original, it holds the tokenized corpus and all examples (compactly encoded) in memory.
 
-Record formats (`read_examples` reads both; features are those of `pretraining.mask_examples`):
+Record formats (`read_examples` reads both; features are those of `examples.mask_examples`):
   .jsonl         one JSON object per line: the seven features, padded, as lists
   array_record   `encode_example`: little-endian int32 [version=1, max_seq_length, max_predictions,
                  length, n_masked, segment_a_length, sentence_order_label] followed by
@@ -31,7 +31,8 @@ import numpy as np
 from absl import app, flags
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
-from albert_jax.data import corpus, pretraining
+from albert_jax import files
+from albert_jax.data import corpus, examples as examples_lib
 from albert_jax.data.tokenizer import AlbertTokenizer
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ MASK_BATCH = 256
 
 def encode_example(features: dict[str, np.ndarray]) -> bytes:
   """One example's features as the compact ArrayRecord record described in the module doc."""
-  length = int(features["input_mask"].sum())
+  length = int(features["attention_mask"].sum())
   n_masked = int(features["masked_lm_weights"].sum())
-  segment_a = length - int(features["segment_ids"].sum())  # [CLS] A [SEP]
+  segment_a = length - int(features["token_type_ids"].sum())  # [CLS] A [SEP]
   header = [FORMAT_VERSION, len(features["input_ids"]), len(features["masked_lm_ids"]), length,
             n_masked, segment_a, int(features["sentence_order_label"])]
   return np.concatenate([
@@ -70,11 +71,11 @@ def decode_example(record: bytes) -> dict[str, np.ndarray]:
   start = _HEADER + length
   out["masked_lm_positions"][:n_masked] = values[start:start + n_masked]
   out["masked_lm_ids"][:n_masked] = values[start + n_masked:start + 2 * n_masked]
-  out["input_mask"] = (index < length).astype(np.int32)
-  out["segment_ids"] = ((index >= segment_a) & (index < length)).astype(np.int32)
+  out["attention_mask"] = (index < length).astype(np.int32)
+  out["token_type_ids"] = ((index >= segment_a) & (index < length)).astype(np.int32)
   out["masked_lm_weights"] = (slots < n_masked).astype(np.float32)
   out["sentence_order_label"] = np.asarray(label, np.int32)
-  return {k: out[k] for k in pretraining.FEATURE_NAMES}
+  return {k: out[k] for k in examples_lib.FEATURE_NAMES}
 
 
 def _is_jsonl(path: str, fmt: str | None = None) -> bool:
@@ -89,7 +90,7 @@ def read_examples(path: str | os.PathLike) -> Iterator[dict[str, np.ndarray]]:
       for line in f:
         row = json.loads(line)
         yield {k: np.asarray(row[k], np.float32 if k == "masked_lm_weights" else np.int32)
-               for k in pretraining.FEATURE_NAMES}
+               for k in examples_lib.FEATURE_NAMES}
     return
   reader = ArrayRecordReader(path)
   try:
@@ -104,30 +105,23 @@ def write_examples(records: Iterable[bytes | dict], path: str | os.PathLike,
                    fmt: str | None = None) -> int:
   """Writes records (`encode_example` bytes, or feature dicts for JSON lines) under a temporary
   name, then renames it to `path`; returns how many."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
   count = 0
-  try:
-    if _is_jsonl(path, fmt):
+  with files.atomic_path(path) as tmp:
+    if _is_jsonl(os.fspath(path), fmt):
       with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
           r = decode_example(r) if isinstance(r, bytes) else r
-          f.write(json.dumps({k: np.asarray(r[k]).tolist() for k in pretraining.FEATURE_NAMES},
+          f.write(json.dumps({k: np.asarray(r[k]).tolist() for k in examples_lib.FEATURE_NAMES},
                              separators=(",", ":")) + "\n")
           count += 1
     else:
-      writer = ArrayRecordWriter(tmp, "group_size:1")  # one record per chunk: random access
+      writer = ArrayRecordWriter(str(tmp), "group_size:1")  # one record per chunk: random access
       try:
         for r in records:
           writer.write(r if isinstance(r, bytes) else encode_example(r))
           count += 1
       finally:
         writer.close()
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return count
 
 
@@ -151,21 +145,21 @@ class Progress:
     log.info("%s: %d%s (%.0f/s%s)", self.what, done, of, rate, eta)
 
 
-def create_examples(documents: list[list[np.ndarray]], tables: pretraining.VocabTables,
-                    config: pretraining.ExampleConfig, seed: int, dupe_factor: int,
-                    pair_stats: pretraining.PairStats | None = None) -> list[bytes]:
+def create_examples(documents: list[list[np.ndarray]], tables: examples_lib.VocabTables,
+                    config: examples_lib.ExampleConfig, seed: int, dupe_factor: int,
+                    pair_stats: examples_lib.PairStats | None = None) -> list[bytes]:
   """`dupe_factor` copies of the corpus, each cut (seed [seed, 0, copy]) and masked (generator
   [seed, 1, copy]) anew, encoded and shuffled (generator [seed, 2])."""
   records: list[bytes] = []
   progress = None
   for copy in range(dupe_factor):
-    pairs = pretraining.make_segment_pairs(documents, [seed, 0, copy], config,
+    pairs = examples_lib.make_segment_pairs(documents, [seed, 0, copy], config,
                                            word_start=tables.word_start, stats=pair_stats)
     if progress is None:
       progress = Progress("Examples", total=len(pairs) * dupe_factor)
     rng = np.random.default_rng([seed, 1, copy])
     for start in range(0, len(pairs), MASK_BATCH):
-      batch = pretraining.mask_examples(pairs[start:start + MASK_BATCH], rng, tables, config)
+      batch = examples_lib.mask_examples(pairs[start:start + MASK_BATCH], rng, tables, config)
       records.extend(encode_example({k: v[i] for k, v in batch.items()})
                      for i in range(len(batch["input_ids"])))
       progress.update(len(records))
@@ -176,21 +170,21 @@ def create_examples(documents: list[list[np.ndarray]], tables: pretraining.Vocab
   return [records[i] for i in order]
 
 
-def run(input_spec: str, spm_model: str, output: str, *, config: pretraining.ExampleConfig,
+def run(input_spec: str, spm_model: str, output: str, *, config: examples_lib.ExampleConfig,
         seed: int = 12345, dupe_factor: int = 10, fmt: str | None = None, split: str = "train",
         do_lower_case: bool = True, max_sentence_chars: int = corpus.MAX_SENTENCE_CHARS,
         tfds_feature: str = "text", tfds_data_dir: str | None = None) -> dict:
   """The whole job: read, tokenize, cut, mask, write; returns (and writes) OUTPUT.stats.json."""
   tokenizer = AlbertTokenizer(spm_model, do_lower_case=do_lower_case)
-  tables = pretraining.tokenizer_tables(tokenizer)
-  corpus_stats, pair_stats = corpus.CorpusStats(), pretraining.PairStats()
+  tables = examples_lib.tokenizer_tables(tokenizer)
+  corpus_stats, pair_stats = corpus.CorpusStats(), examples_lib.PairStats()
   documents = corpus.read_documents(input_spec, split=split, stats=corpus_stats,
                                     max_sentence_chars=max_sentence_chars,
                                     tfds_feature=tfds_feature, tfds_data_dir=tfds_data_dir)
   progress = Progress("Documents tokenized")
   tokenized = []
   for doc in documents:
-    tokenized.extend(pretraining.tokenize_documents([doc], tokenizer, corpus_stats))
+    tokenized.extend(examples_lib.tokenize_documents([doc], tokenizer, corpus_stats))
     progress.update(corpus_stats.documents)
   progress.update(corpus_stats.documents, force=True)
   if not tokenized:
@@ -201,10 +195,7 @@ def run(input_spec: str, spm_model: str, output: str, *, config: pretraining.Exa
   summary = {"examples": count, "input": input_spec, "spm_model": spm_model, "seed": seed,
              "dupe_factor": dupe_factor, "config": dataclasses.asdict(config),
              "corpus": corpus_stats.as_dict(), "pairs": dataclasses.asdict(pair_stats)}
-  tmp = f"{output}.stats.json.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, f"{output}.stats.json")
+  files.write_json(f"{output}.stats.json", summary)
   return summary
 
 
@@ -212,7 +203,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  config = pretraining.ExampleConfig(
+  config = examples_lib.ExampleConfig(
       max_seq_length=f.max_seq_length, short_seq_prob=f.short_seq_prob,
       random_next_sentence=f.random_next_sentence, masked_lm_prob=f.masked_lm_prob,
       max_predictions_per_seq=f.max_predictions_per_seq or None, ngram=f.ngram,
@@ -237,7 +228,7 @@ def define_flags():
   flags.DEFINE_enum("format", None, ["array_record", "jsonl"], "Default: from --output's name.")
   flags.DEFINE_integer("seed", 12345, "Seed of the cuts, the masks and the shuffle.")
   flags.DEFINE_integer("dupe_factor", 10, "Copies with different masks (the original: 40).")
-  flags.DEFINE_enum("mode", "fixed", list(pretraining.MODES), "See pretraining.py's docstring.")
+  flags.DEFINE_enum("mode", "fixed", list(examples_lib.MODES), "See examples_lib.py's docstring.")
   flags.DEFINE_integer("max_seq_length", 128, "Tokens per example.")
   flags.DEFINE_integer("max_predictions_per_seq", 0, "0: ceil(max_seq_length * masked_lm_prob).")
   flags.DEFINE_float("masked_lm_prob", 0.15, "Share of tokens to predict.")

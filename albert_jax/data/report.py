@@ -20,13 +20,13 @@ from typing import Iterable
 import numpy as np
 from absl import app, flags
 
-from albert_jax.data import corpus, create_pretraining_data, pretraining
+from albert_jax.data import corpus, create_pretraining_data, examples as examples_lib
 from albert_jax.data.tokenizer import AlbertTokenizer
 
 
 @dataclasses.dataclass
 class MaskingSummary:
-  """Counts over examples (features of `pretraining.mask_examples`, one example or a batch)."""
+  """Counts over examples (features of `examples.mask_examples`, one example or a batch)."""
 
   examples: int = 0
   label_1: int = 0
@@ -44,7 +44,7 @@ class MaskingSummary:
 
 
 def summarize(examples: Iterable[dict[str, np.ndarray]],
-              tables: pretraining.VocabTables | None = None,
+              tables: examples_lib.VocabTables | None = None,
               summary: MaskingSummary | None = None) -> MaskingSummary:
   """Adds `examples` to `summary`. Masked spans are runs of consecutive masked positions (adjacent
   n-grams merge into one), counted in words (pieces starting with "▁") when `tables` is given."""
@@ -54,7 +54,7 @@ def summarize(examples: Iterable[dict[str, np.ndarray]],
   s.span_unit = "words" if tables else "tokens"
   for ex in examples:
     ids = np.atleast_2d(ex["input_ids"])
-    length = np.atleast_2d(ex["input_mask"]).sum(axis=1)
+    length = np.atleast_2d(ex["attention_mask"]).sum(axis=1)
     weights = np.atleast_2d(ex["masked_lm_weights"]) > 0
     positions = np.atleast_2d(ex["masked_lm_positions"])
     labels = np.atleast_2d(ex["masked_lm_ids"])
@@ -133,7 +133,7 @@ def format_report(s: MaskingSummary, max_seq_length: int, corpus_stats: dict | N
   return "\n".join(out)
 
 
-def report_examples_file(path: str, tables: pretraining.VocabTables | None = None) -> str:
+def report_examples_file(path: str, tables: examples_lib.VocabTables | None = None) -> str:
   """The report of a file from create_pretraining_data.py (and its .stats.json, if there)."""
   stats = {}
   if os.path.exists(f"{path}.stats.json"):
@@ -146,19 +146,19 @@ def report_examples_file(path: str, tables: pretraining.VocabTables | None = Non
   return format_report(summary, seq_len, stats.get("corpus"), stats.get("pairs"))
 
 
-def report_corpus(input_spec: str, tokenizer, config: pretraining.ExampleConfig, seed: int = 0,
+def report_corpus(input_spec: str, tokenizer, config: examples_lib.ExampleConfig, seed: int = 0,
                   split: str = "train", max_examples: int | None = None) -> str:
   """The report of a corpus cut into pairs and masked once each (as dynamic masking would)."""
-  corpus_stats, pair_stats = corpus.CorpusStats(), pretraining.PairStats()
-  tables = pretraining.tokenizer_tables(tokenizer)
-  docs = pretraining.tokenize_documents(
+  corpus_stats, pair_stats = corpus.CorpusStats(), examples_lib.PairStats()
+  tables = examples_lib.tokenizer_tables(tokenizer)
+  docs = examples_lib.tokenize_documents(
       corpus.read_documents(input_spec, split=split, stats=corpus_stats), tokenizer, corpus_stats)
-  pairs = pretraining.make_segment_pairs(docs, seed, config, word_start=tables.word_start,
+  pairs = examples_lib.make_segment_pairs(docs, seed, config, word_start=tables.word_start,
                                          stats=pair_stats)[:max_examples]
   rng = np.random.default_rng([seed, 1])
   summary = MaskingSummary()
   for start in range(0, len(pairs), 256):
-    summarize([pretraining.mask_examples(pairs[start:start + 256], rng, tables, config)], tables,
+    summarize([examples_lib.mask_examples(pairs[start:start + 256], rng, tables, config)], tables,
               summary)
   return format_report(summary, config.max_seq_length, corpus_stats.as_dict(),
                        dataclasses.asdict(pair_stats))
@@ -174,11 +174,11 @@ def main(argv):
   if f.spm_model:
     tokenizer = AlbertTokenizer(f.spm_model, do_lower_case=f.do_lower_case)
   if f.examples:
-    print(report_examples_file(f.examples, tokenizer and pretraining.tokenizer_tables(tokenizer)))
+    print(report_examples_file(f.examples, tokenizer and examples_lib.tokenizer_tables(tokenizer)))
     return
   if tokenizer is None:
     raise app.UsageError("--input needs --spm_model")
-  config = pretraining.ExampleConfig(
+  config = examples_lib.ExampleConfig(
       max_seq_length=f.max_seq_length, masked_lm_prob=f.masked_lm_prob,
       max_predictions_per_seq=f.max_predictions_per_seq or None,
       random_next_sentence=f.random_next_sentence, mode=f.mode)
@@ -195,7 +195,7 @@ def define_flags():
   flags.DEFINE_integer("max_predictions_per_seq", 0, "0: ceil(max_seq_length * masked_lm_prob).")
   flags.DEFINE_float("masked_lm_prob", 0.15, "Share of tokens to predict.")
   flags.DEFINE_boolean("random_next_sentence", False, "NSP instead of SOP.")
-  flags.DEFINE_enum("mode", "fixed", list(pretraining.MODES), "See pretraining.py's docstring.")
+  flags.DEFINE_enum("mode", "fixed", list(examples_lib.MODES), "See data/examples.py's docstring.")
   flags.DEFINE_integer("seed", 0, "Seed of the cuts and masks (--input).")
   flags.DEFINE_integer("max_examples", 0, "Report on at most this many pairs (0: all).")
 

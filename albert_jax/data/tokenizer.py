@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from albert_jax import files
 
 SPIECE_UNDERLINE = "▁"
 VOCAB_FILE = "spiece.model"
@@ -63,18 +64,6 @@ def _as_ids(ids: Any) -> int | list[int]:
   if isinstance(ids, (list, tuple)):
     return [int(i) for i in ids]
   return np.asarray(ids).tolist()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-  try:
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 class AlbertTokenizer:
@@ -358,11 +347,11 @@ class AlbertTokenizer:
               "remove_space": self.remove_space, "keep_accents": self.keep_accents}
     if self.model_max_length is not None:
       config["model_max_length"] = self.model_max_length
-    files = (out / CONFIG_FILE, out / SPECIAL_TOKENS_MAP_FILE, out / VOCAB_FILE)
-    for path, obj in zip(files, (config, special)):
-      _write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-    _write_atomic(files[2], self.sp_model.serialized_model_proto())
-    return tuple(map(str, files))
+    paths = (out / CONFIG_FILE, out / SPECIAL_TOKENS_MAP_FILE, out / VOCAB_FILE)
+    for path, obj in zip(paths, (config, special)):
+      files.write_json(path, obj)
+    files.write_bytes(paths[2], self.sp_model.serialized_model_proto())
+    return tuple(map(str, paths))
 
   @classmethod
   def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "AlbertTokenizer":

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Sequence
 import sentencepiece as spm
 from absl import app, flags
 
+from albert_jax import files
 from albert_jax.data import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def train_spm(inputs: str | os.PathLike | Sequence[os.PathLike] | Iterable[str],
       raise RuntimeError(f"Trained model has special ids {ids}, expected {EXPECTED_IDS}")
     sp = tok.sp_model
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(len(sp)))
-    tokenizer_lib._write_atomic(out / "spiece.vocab", vocab.encode("utf-8"))
+    files.write_text(out / "spiece.vocab", vocab)
     tok.save_pretrained(out)
   path = out / tokenizer_lib.VOCAB_FILE
   log.info("Wrote %s (%d pieces)", path, len(tok))

@@ -1,35 +1,42 @@
-"""What each task contributes to the one training loop (`albert_jax.train`).
+"""Every job the one training loop (`albert_jax.train`) runs is a task: pretraining and each
+fine-tuning task are plain modules with the same names, picked from `TASKS` by `config.task`.
 
-`pretraining` is the MLM + SOP task. Every fine-tuning task module (`glue`, `squad`, `race`,
-`ner`) is a plain module with these names, nothing to subclass or register:
-
-  HEAD: str                  the `model.HEADS` key of its model ("sequence_classification", ...)
-  head(task_cfg) -> str      optional: the `model.HEADS` key when the config picks the head
-                             (SQuAD's `task.head`: "span" or "original"); else HEAD
-  METRIC: str                the `evaluate_task` key picking the best checkpoint (higher is better)
-  default_config(arg) -> ml_collections.ConfigDict
-                             `config.task`: `name` (the module's name), the data source and
-                             paths, lengths; `arg` picks a preset (e.g. "sst2", "v2")
-  num_labels(task_cfg) -> int
+  METRIC: str | None         the eval metric that picks the best checkpoint (higher is better);
+                             None keeps no best (pretraining)
+  CONSOLE: tuple[str, ...]   the training metrics on the progress line
+  data_config(arg="")        `config.data` for this task: its data and lengths ("sst2", "v2", ...)
+  head(data_cfg) -> str      the `model.HEADS` key of its model
+  num_labels(data_cfg) -> int
                              the model config's num_labels (2 where the head ignores it)
-  load(task_cfg, tokenizer, split) -> common.Dataset
-                             split "train" or "eval": model inputs as numpy arrays with one row
-                             per feature (`input_ids`, `attention_mask`, `token_type_ids`, and the
-                             labels the loss needs), plus `meta` for post-processing
-  loss_sums(outputs, batch) -> dict[str, jax.Array]
-                             summed over rows weighted by batch["weight"] (0 for padding rows):
-                             "loss" (summed per-row loss), "weight" (sum of weights), and any
-                             sums `normalise` turns into training metrics
-  normalise(sums) -> dict[str, jax.Array]
-                             per-row means: "loss" and e.g. "accuracy"
-  prediction_arrays(outputs, batch) -> dict[str, jax.Array]
-                             per-row arrays gathered on the host for `evaluate_task` (e.g. "logits")
-  evaluate_task(predictions, dataset, task_cfg, output_dir) -> dict[str, float]
-                             the task's metrics from the eval set's gathered predictions (numpy,
-                             padding rows removed, in `dataset` order); writes its prediction
-                             files into output_dir
+  example_spec(data_cfg)     one training row's features (no batch axis) as ShapeDtypeStructs:
+                             what the step is compiled for, known without data (`albert_jax.aot`)
+  tokenizer(config, workdir) the vocabulary: config.spm_model, else config.init_from's, else (for
+                             pretraining) one trained on the corpus into WORKDIR
+  data(config, tokenizer) -> (train iterator, [EvalSet])
+                             this host's rows of every global batch (next(), get_state(),
+                             set_state(): the position is saved with checkpoints) and the eval sets
+  loss_sums(outputs, batch)  sums over the batch's rows: the loss terms and metric numerators
+  counts(batch)              their denominators, from a whole global batch (before it is split
+                             into micro-batches, so accumulation gives the whole batch's gradient)
+  normalise(sums, counts)    "loss" (the objective) and the logged metrics; linear in `sums`
+  predictions(outputs, batch)
+                             what one eval batch sends back to the host
+  score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]
+                             an eval set's metrics from its batches' predictions (in order);
+                             writes the task's prediction files into out_dir
 
-`outputs` is what the HEAD's module returns for batch["input_ids"], batch["attention_mask"],
-batch["token_type_ids"] and the batch features its `batch_inputs(training)` names (`logits`, or
-`start_logits` / `end_logits`, or the original SQuAD 2.0 head's `SquadV2Output`).
+`outputs` is what the head's module returns for the batch (`model.apply_to_batch`). Features are
+named as Hugging Face names them (`input_ids`, `attention_mask`, `token_type_ids`, `labels`, ...)
+from the example builders to the model.
 """
+
+from albert_jax.tasks import glue, ner, pretraining, race, squad
+
+TASKS = {"pretraining": pretraining, "glue": glue, "squad": squad, "race": race, "ner": ner}
+
+
+def get(name: str):
+  """The task module `config.task` names."""
+  if name not in TASKS:
+    raise ValueError(f"config.task={name!r}: choose one of {sorted(TASKS)}")
+  return TASKS[name]

@@ -1,31 +1,32 @@
-"""Pieces fine-tuning tasks share: the dataset container and the classification loss."""
+"""What the fine-tuning tasks share: the eval-set container, where the vocabulary comes from,
+training and eval batches of tokenised arrays, and the classification loss."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
+
+from albert_jax import checkpointing, files
+from albert_jax.data import arrays
+from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 
 IGNORE = -100  # label of positions without a loss (as Hugging Face)
+WEIGHT = arrays.WEIGHT
 
 
 @dataclasses.dataclass
-class Dataset:
-  """Model inputs, one row per feature, and what post-processing needs to read them back."""
-  features: dict[str, np.ndarray]
-  meta: Any = None
-
-  def __post_init__(self):
-    sizes = {k: len(v) for k, v in self.features.items()}
-    if len(set(sizes.values())) > 1:
-      raise ValueError(f"features have different numbers of rows: {sizes}")
-
-  def __len__(self) -> int:
-    return len(next(iter(self.features.values()))) if self.features else 0
+class EvalSet:
+  """One eval set: this host's part of each global batch, and what `evaluate` needs besides."""
+  name: str  # its metrics are logged as NAME/metric, its prediction files go to .../NAME
+  batches: list[dict[str, np.ndarray]]
+  data: Any = None  # the task's own: the dataset whose rows the batches hold, for fine-tuning
 
 
 def input_spec(*shape: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -34,83 +35,106 @@ def input_spec(*shape: int) -> dict[str, jax.ShapeDtypeStruct]:
           for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+def with_weight(spec: dict[str, jax.ShapeDtypeStruct]) -> dict[str, jax.ShapeDtypeStruct]:
+  """A row's features plus its `weight` (0 for the padding rows of eval batches)."""
+  return {**spec, WEIGHT: jax.ShapeDtypeStruct((), jnp.float32)}
+
+
+# ----------------------------------------------------------------------------- vocabulary, data
+
+def tokenizer(config, workdir) -> AlbertTokenizer:
+  """config.spm_model (a spiece.model or a directory holding one), else config.init_from's; a
+  copy goes into WORKDIR, so a run is self-contained."""
+  found = find_vocabulary(config)
+  if found is None:
+    raise FileNotFoundError(
+        "No vocabulary: set --config.spm_model=PATH/spiece.model, or --config.init_from to a "
+        "model directory (HF, albert-jax or an original TF1 release) that has its SentencePiece "
+        "model")
+  return keep_copy(found, workdir)
+
+
+def find_vocabulary(config) -> AlbertTokenizer | None:
+  """The tokenizer of config.spm_model or of config.init_from, or None when neither has one."""
+  from albert_jax import tf1_release
+  if config.spm_model and not Path(config.spm_model).exists():
+    raise FileNotFoundError(f"config.spm_model={config.spm_model!r} does not exist")
+  for source in (config.spm_model, config.init_from):
+    if not source:
+      continue
+    path = Path(source)
+    if path.is_dir() and (path / VOCAB_FILE).is_file():
+      return AlbertTokenizer.from_pretrained(path)  # with its tokenizer_config.json
+    found = (str(path) if path.is_file()
+             else checkpointing.spm_model_in(path) or tf1_release.spm_model_of(path))
+    if found:
+      return AlbertTokenizer(found)
+  return None
+
+
+def keep_copy(tok: AlbertTokenizer, workdir) -> AlbertTokenizer:
+  if jax.process_index() == 0:
+    files.copy(tok.vocab_file, Path(workdir) / VOCAB_FILE)
+  return tok
+
+
+def data(load: Callable, config, tok) -> tuple[arrays.ArrayIterator, list[EvalSet]]:
+  """A fine-tuning task's batches from its `load(data_cfg, tokenizer, split) -> Dataset` (each
+  split tokenised once into arrays): shuffled training epochs, and every eval split, each its
+  own eval set."""
+  data_cfg = config.data
+  train_set = load(data_cfg, tok, "train")
+  logging.info("%s: %d training rows", config.task, len(train_set))
+  train = arrays.ArrayIterator(train_set, global_batch_size=config.batch_size, seed=config.seed)
+  size = config.eval_batch_size or config.batch_size
+
+  def eval_set(name, split):
+    dataset = load(data_cfg, tok, split)
+    return EvalSet(name, arrays.eval_batches(dataset, global_batch_size=size), dataset)
+
+  evals = [eval_set("eval", "eval")]
+  evals += [eval_set(f"eval_{s}", s) for s in data_cfg.get("extra_eval_splits", ()) or ()]
+  if data_cfg.get("predict_split"):  # unlabelled (e.g. GLUE test): prediction files only
+    evals.append(eval_set("predict", "predict"))
+  return train, evals
+
+
+def gathered(predictions: list[dict[str, np.ndarray]], eval_set: EvalSet) -> dict[str, np.ndarray]:
+  """Per-row prediction arrays of an eval set's batches, in dataset order, padding rows dropped."""
+  n = len(eval_set.data)
+  return {k: np.concatenate([p[k] for p in predictions])[:n] for k in predictions[0]}
+
+
+def evaluate_rows(evaluate_task: Callable, predictions, eval_set: EvalSet, data_cfg,
+                  out_dir: Path) -> dict[str, float]:
+  """`evaluate_task(rows, dataset, data_cfg, out_dir)`'s scalar metrics."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  metrics = evaluate_task(gathered(predictions, eval_set), eval_set.data, data_cfg, out_dir)
+  return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+# ----------------------------------------------------------------------------- classification
+
+def weight_counts(batch) -> dict[str, jax.Array]:
+  """The rows that count (weight 1; eval padding rows weigh 0)."""
+  return {"weight": jnp.sum(batch[WEIGHT].astype(jnp.float32))}
+
+
 def classification_sums(logits, labels, weight) -> dict[str, jax.Array]:
   """Summed cross-entropy (num_labels > 1) or squared error (one logit: regression)."""
   weight = weight.astype(jnp.float32)
   if logits.shape[-1] == 1:
     error = logits[..., 0] - labels.astype(jnp.float32)
-    return {"loss": jnp.sum(jnp.square(error) * weight), "weight": jnp.sum(weight)}
+    return {"loss": jnp.sum(jnp.square(error) * weight)}
   xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  return {"loss": jnp.sum(xent * weight), "weight": jnp.sum(weight),
-          "correct": jnp.sum(correct * weight)}
+  return {"loss": jnp.sum(xent * weight), "correct": jnp.sum(correct * weight)}
 
 
-def classification_normalise(sums) -> dict[str, jax.Array]:
-  out = {"loss": sums["loss"] / jnp.maximum(sums["weight"], 1e-9)}
+def classification_normalise(sums, denominators) -> dict[str, jax.Array]:
+  """Per-row means: "loss", and "accuracy" where there are classes."""
+  weight = jnp.maximum(denominators["weight"], 1e-9)
+  out = {"loss": sums["loss"] / weight}
   if "correct" in sums:
-    out["accuracy"] = sums["correct"] / jnp.maximum(sums["weight"], 1e-9)
+    out["accuracy"] = sums["correct"] / weight
   return out
-
-
-# ----------------------------------------------------------------------------- configs
-
-def parse_arg(arg: str, **defaults) -> dict[str, str]:
-  """"task=sst2,model=large" -> {"task": "sst2", "model": "large"}; a bare word sets the first
-  default's key ("sst2" -> task=sst2). Unknown keys are an error."""
-  out = dict(defaults)
-  for i, part in enumerate(p for p in (arg or "").split(",") if p):
-    key, eq, value = part.partition("=")
-    if not eq:
-      key, value = (next(iter(defaults)) if i == 0 and defaults else None), part
-    if key not in defaults:
-      raise ValueError(f"config argument {part!r}: expected KEY=VALUE with KEY in "
-                       f"{sorted(defaults)}")
-    out[key] = value
-  return out
-
-
-def finetune_config(model: str, task_cfg, *, lr: float, total_steps: int, warmup_steps: int,
-                    batch_size: int):
-  """The fields every fine-tuning config shares (the pretraining config's, for one train loop).
-
-  `model` is a preset name ("large", "base-v1", ...) used when config.init_from is empty; with
-  init_from the architecture is the checkpoint's and only the dropout comes from config.model.
-  The optimizer is the original run_classifier/run_squad's: AdamW without bias correction,
-  linear warmup then linear decay, weight decay 0.01, clipping 1.0.
-  """
-  import ml_collections
-
-  from albert_jax import model as M
-  from albert_jax import optimizer
-
-  size, _, version = model.partition("-")
-  preset = M.preset(f"{size}-{version or 'v2'}")
-  config = ml_collections.ConfigDict()
-  config.task = task_cfg
-  fields = {f: v for f, v in vars(preset).items()}
-  fields["id2label"] = ()
-  config.model = ml_collections.ConfigDict(fields)
-  config.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
-  config.remat_policy = "dots_with_no_batch_dims"  # the model's default (configs/pretrain.py)
-  # Attention core: xla | splash | cudnn | auto (splash on TPU, cudnn on GPU in bf16, else xla;
-  # albert_jax/attention.py).
-  config.attention = "auto"
-  config.init_from = ""  # an HF or albert-jax model directory (or a pretraining run's checkpoint)
-  config.spm_model = ""  # "": the init_from directory's spiece.model
-  config.optim = optimizer.default_optim_config()
-  config.optim.update(name="adamw", lr=lr, warmup_steps=warmup_steps)
-  config.batch_size = batch_size
-  config.eval_batch_size = 0  # 0: batch_size
-  config.grad_accum_steps = 1
-  config.total_steps = total_steps
-  config.seed = 0
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  config.sharding = "fsdp_tensor"
-  config.peak_tflops_per_device = 0.0
-  config.log_every_steps = 100
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 1000
-  config.keep_checkpoints = 2
-  config.export_hf = True  # WORKDIR/hf: the last step; WORKDIR/best: the best eval
-  return config

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -20,10 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from albert_jax import files
+from albert_jax.data import arrays
 from albert_jax.tasks import common
 
 HEAD = "sequence_classification"
 METRIC = "score"  # `evaluate_task`'s GLUE score of the task: checkpoints are picked on it
+CONSOLE = ("loss", "accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,7 +320,7 @@ def _label_value(spec: TaskSpec, label) -> tuple[float | int, bool]:
 
 
 def convert_examples(examples: Sequence[Example], tokenizer, task: str, max_seq_length: int, *,
-                     split: str = "") -> common.Dataset:
+                     split: str = "") -> arrays.Dataset:
   """`[CLS] a [SEP] (b [SEP])` ids, masks and types [N, max_seq_length] int32 (longest-first
   truncation), `labels` [N] (int32, float32 for STS-B), and `meta` (guids, split, labelled)."""
   task = canonical_task(task)
@@ -339,33 +341,19 @@ def convert_examples(examples: Sequence[Example], tokenizer, task: str, max_seq_
   meta = {"task": task, "guid": np.asarray([e.guid for e in examples], object).reshape(n),
           "split": np.full(n, split, object),
           "labelled": np.asarray([ok for _, ok in values], bool).reshape(n)}
-  return common.Dataset(features, meta)
+  return arrays.Dataset(features, meta)
 
 
-def concatenate(datasets: Sequence[common.Dataset]) -> common.Dataset:
+def concatenate(datasets: Sequence[arrays.Dataset]) -> arrays.Dataset:
   """One dataset of several (e.g. MNLI matched + mismatched), rows in order."""
   features = {k: np.concatenate([d.features[k] for d in datasets]) for k in datasets[0].features}
   meta = {"task": datasets[0].meta["task"]}
   meta.update({k: np.concatenate([d.meta[k] for d in datasets])
                for k in ("guid", "split", "labelled")})
-  return common.Dataset(features, meta)
+  return arrays.Dataset(features, meta)
 
 
 # ----------------------------------------------------------------------------- output files
-
-def _write_atomic(path: Path, text: str) -> None:
-  """Writes a temporary file beside `path`, then renames it: readers never see half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
 
 def predicted_values(task: str, predictions) -> np.ndarray:
   """Class ids (argmax of [N, labels] logits) or STS-B scores; 1-D predictions pass through."""
@@ -392,7 +380,7 @@ def submission_name(task: str, split: str = "test") -> str:
   return "MNLI-mm.tsv" if mismatched else "MNLI-m.tsv"
 
 
-def write_submission(task: str, predictions, dataset: common.Dataset,
+def write_submission(task: str, predictions, dataset: arrays.Dataset,
                      path: str | os.PathLike) -> Path:
   """`index\\tprediction` rows (label strings; STS-B scores) for GLUE's server; returns the file.
 
@@ -407,22 +395,22 @@ def write_submission(task: str, predictions, dataset: common.Dataset,
   if path.suffix != ".tsv":
     path = path / submission_name(task, splits[0] if splits else "test")
   rows = zip(dataset.meta["guid"], _label_strings(task, values))
-  _write_atomic(path, "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in rows))
+  files.write_text(path, "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in rows))
   return path
 
 
-def _write_predictions(task: str, values, dataset: common.Dataset, path: Path) -> None:
+def _write_predictions(task: str, values, dataset: arrays.Dataset, path: Path) -> None:
   """`index\\tprediction\\tlabel` for reading the errors."""
   rows = zip(dataset.meta["guid"], _label_strings(task, values),
              _label_strings(task, dataset.features["labels"]))
   text = "".join(f"{i}\t{p}\t{g}\n" for i, p, g in rows)
-  _write_atomic(path, "index\tprediction\tlabel\n" + text)
+  files.write_text(path, "index\tprediction\tlabel\n" + text)
 
 
 # ----------------------------------------------------------------------------- the task interface
 
-def default_config(arg: str = "") -> ml_collections.ConfigDict:
-  """`config.task` for "sst2" or "task=sst2" (also "mnli-mm": mismatched dev set first)."""
+def data_config(arg: str = "") -> ml_collections.ConfigDict:
+  """`config.data` for "sst2" or "task=sst2" (also "mnli-mm": mismatched dev set first)."""
   name = arg.split("=", 1)[1] if arg.startswith("task=") else arg
   if not name:
     raise ValueError(f"name a GLUE task, e.g. 'task=sst2': one of {sorted(TASKS)}")
@@ -433,7 +421,7 @@ def default_config(arg: str = "") -> ml_collections.ConfigDict:
     eval_split = "dev_mismatched" if mismatched else "dev_matched"
     extra = ("dev_matched",) if mismatched else ("dev_mismatched",)
   return ml_collections.ConfigDict(dict(
-      name="glue", task=task, label_names=TASKS[task].labels or (),  # the model's id2label
+      task=task, label_names=TASKS[task].labels or (),  # the model's id2label
       source="files",  # "files": GLUE's TSVs in data_dir; "tfds": glue/<task> (needs [tf])
       data_dir=f"glue_data/{TASKS[task].dir_name}", tfds_data_dir="",
       train_split="train", eval_split=eval_split,
@@ -442,6 +430,11 @@ def default_config(arg: str = "") -> ml_collections.ConfigDict:
       max_seq_length=HYPERPARAMETERS[task]["max_seq_length"],
       max_examples=0,  # 0: all; else the first N of each split (smoke tests)
   ))
+
+
+def head(task_cfg) -> str:
+  del task_cfg
+  return HEAD
 
 
 def num_labels(task_cfg) -> int:
@@ -453,8 +446,9 @@ def num_labels(task_cfg) -> int:
 def example_spec(task_cfg) -> dict[str, jax.ShapeDtypeStruct]:
   """One row of `load`'s features: the inputs and `labels` (float32 for STS-B)."""
   regression = TASKS[canonical_task(task_cfg.task)].labels is None
-  return {**common.input_spec(task_cfg.max_seq_length),
-          "labels": jax.ShapeDtypeStruct((), jnp.float32 if regression else jnp.int32)}
+  return common.with_weight({
+      **common.input_spec(task_cfg.max_seq_length),
+      "labels": jax.ShapeDtypeStruct((), jnp.float32 if regression else jnp.int32)})
 
 
 def _splits(task_cfg, split: str) -> list[str]:
@@ -466,7 +460,7 @@ def _splits(task_cfg, split: str) -> list[str]:
     names = [task_cfg.eval_split]  # extra_eval_splits are loaded by name, one eval set each
   elif split == "predict":
     if not task_cfg.predict_split:
-      raise ValueError("task.predict_split is empty: set it (e.g. 'test') to write submissions")
+      raise ValueError("data.predict_split is empty: set it (e.g. 'test') to write submissions")
     names = [s.strip() for s in task_cfg.predict_split.split(",") if s.strip()]
   else:
     names = [split]
@@ -481,10 +475,10 @@ def read_examples(task_cfg, split: str) -> list[Example]:
   if task_cfg.source == "tfds":
     return read_tfds(task_cfg.task, split, task_cfg.tfds_data_dir or None,
                      max_examples=task_cfg.max_examples)
-  raise ValueError(f"task.source={task_cfg.source!r}: use 'files' or 'tfds'")
+  raise ValueError(f"data.source={task_cfg.source!r}: use 'files' or 'tfds'")
 
 
-def load(task_cfg, tokenizer, split: str) -> common.Dataset:
+def load(task_cfg, tokenizer, split: str) -> arrays.Dataset:
   """Features of "train", "eval", "predict" (comma list: one dataset) or a file split by name."""
   return concatenate([convert_examples(read_examples(task_cfg, s), tokenizer, task_cfg.task,
                                        task_cfg.max_seq_length, split=s)
@@ -496,10 +490,11 @@ def loss_sums(outputs, batch) -> dict[str, jax.Array]:
   return common.classification_sums(outputs.logits, batch["labels"], batch["weight"])
 
 
+counts = common.weight_counts
 normalise = common.classification_normalise
 
 
-def prediction_arrays(outputs, batch) -> dict[str, jax.Array]:
+def predictions(outputs, batch) -> dict[str, jax.Array]:
   """What `evaluate_task` reads: the logits [b, num_labels]."""
   return {"logits": outputs.logits}
 
@@ -509,13 +504,13 @@ def split_prefix(split: str) -> str:
   return {"dev_mismatched": "mnli_mm/", "dev_matched": "mnli_m/"}.get(split, f"{split}/")
 
 
-def _subset(dataset: common.Dataset, rows: np.ndarray) -> common.Dataset:
+def _subset(dataset: arrays.Dataset, rows: np.ndarray) -> arrays.Dataset:
   """The rows `rows` of a dataset, features and meta alike."""
   meta = {k: v if k == "task" else v[rows] for k, v in dataset.meta.items()}
-  return common.Dataset({k: v[rows] for k, v in dataset.features.items()}, meta)
+  return arrays.Dataset({k: v[rows] for k, v in dataset.features.items()}, meta)
 
 
-def evaluate_task(predictions, dataset: common.Dataset, task_cfg, output_dir) -> dict[str, float]:
+def evaluate_task(predictions, dataset: arrays.Dataset, task_cfg, output_dir) -> dict[str, float]:
   """Metrics and "score" per labelled split (the first unprefixed, the others `split_prefix`ed);
   writes output_dir/predictions_<split>.tsv, or the submission file of an unlabelled split."""
   task, output_dir = canonical_task(task_cfg.task), Path(output_dir)
@@ -535,3 +530,15 @@ def evaluate_task(predictions, dataset: common.Dataset, task_cfg, output_dir) ->
     first = False
     _write_predictions(task, values[rows], part, output_dir / f"predictions_{split}.tsv")
   return results
+
+
+def tokenizer(config, workdir):
+  return common.tokenizer(config, workdir)
+
+
+def data(config, tok):
+  return common.data(load, config, tok)
+
+
+def score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]:
+  return common.evaluate_rows(evaluate_task, predictions, eval_set, data_cfg, out_dir)

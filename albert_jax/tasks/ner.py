@@ -15,10 +15,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from albert_jax import files
+from albert_jax.data import arrays
 from albert_jax.tasks import common
 
 HEAD = "token_classification"
 METRIC = "f1"
+CONSOLE = ("loss", "accuracy")
 DOCSTART = "-DOCSTART-"
 
 
@@ -176,12 +179,11 @@ def entity_scores(gold: Sequence[Sequence[str]],
 
 # ----------------------------------------------------------------------------- task interface
 
-def default_config(arg: str = "") -> ml_collections.ConfigDict:
-  """`config.task` for NER on CoNLL-style files (arg: no presets, "")."""
+def data_config(arg: str = "") -> ml_collections.ConfigDict:
+  """`config.data` for NER on CoNLL-style files (arg: no presets, "")."""
   if arg:
-    raise ValueError(f"ner has no preset {arg!r}; set task.train_file and task.eval_file")
+    raise ValueError(f"ner has no preset {arg!r}; set data.train_file and data.eval_file")
   return ml_collections.ConfigDict(dict(
-      name="ner",
       train_file="",  # CoNLL-style: word first, tag last, blank lines between sentences
       eval_file="",
       labels=(),  # empty: the train file's tags, sorted with "O" first
@@ -195,8 +197,13 @@ def labels_of(task_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   if task_cfg.labels:
     return tuple(task_cfg.labels)
   if not task_cfg.train_file:
-    raise ValueError("ner needs task.labels or task.train_file to know its labels")
+    raise ValueError("ner needs data.labels or data.train_file to know its labels")
   return label_list(read_conll(task_cfg.train_file))
+
+
+def head(task_cfg) -> str:
+  del task_cfg
+  return HEAD
 
 
 def num_labels(task_cfg: ml_collections.ConfigDict) -> int:
@@ -205,51 +212,58 @@ def num_labels(task_cfg: ml_collections.ConfigDict) -> int:
 
 def example_spec(task_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
   """One sentence of `load`'s features: the inputs and a label per token."""
-  return {**common.input_spec(task_cfg.max_seq_length),
-          "labels": jax.ShapeDtypeStruct((task_cfg.max_seq_length,), jnp.int32)}
+  return common.with_weight({
+      **common.input_spec(task_cfg.max_seq_length),
+      "labels": jax.ShapeDtypeStruct((task_cfg.max_seq_length,), jnp.int32)})
 
 
-def load(task_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> common.Dataset:
+def load(task_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> arrays.Dataset:
   """One row per sentence; meta: `sentences`, each row's first-piece `positions`, `labels`."""
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r}: use 'train' or 'eval'")
   path = task_cfg.train_file if split == "train" else task_cfg.eval_file
   if not path:
-    raise ValueError(f"ner needs task.{split}_file")
+    raise ValueError(f"ner needs data.{split}_file")
   sentences = read_conll(path)
   if task_cfg.max_examples:
     sentences = sentences[:task_cfg.max_examples]
   labels = labels_of(task_cfg)
   features, positions = convert_sentences(sentences, labels, tokenizer, task_cfg.max_seq_length)
-  return common.Dataset(features, meta={"sentences": sentences, "positions": positions,
+  return arrays.Dataset(features, meta={"sentences": sentences, "positions": positions,
                                         "labels": labels})
 
 
+def _labelled(batch) -> jax.Array:
+  """[b, L]: 1 where a token has a label (its word's first piece), times the row's weight."""
+  weight = batch[common.WEIGHT].astype(jnp.float32)[:, None]
+  return (batch["labels"] != common.IGNORE).astype(jnp.float32) * weight
+
+
 def loss_sums(outputs, batch) -> dict[str, jax.Array]:
-  """Cross-entropy summed over labelled tokens (labels != IGNORE), each row scaled by its weight;
-  "weight" counts the labelled tokens (weighted), so `normalise` gives a per-token mean."""
+  """Cross-entropy and correct predictions summed over the labelled tokens."""
   logits, labels = outputs.logits, batch["labels"]  # [b, L, num_labels], [b, L]
-  weight = batch["weight"].astype(jnp.float32)[:, None]
-  mask = (labels != common.IGNORE).astype(jnp.float32) * weight
+  mask = _labelled(batch)
   safe = jnp.where(labels == common.IGNORE, 0, labels).astype(jnp.int32)
   xent = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
   correct = (jnp.argmax(logits, -1) == safe).astype(jnp.float32)
-  return {"loss": jnp.sum(xent * mask), "weight": jnp.sum(mask),
-          "correct": jnp.sum(correct * mask)}
+  return {"loss": jnp.sum(xent * mask), "correct": jnp.sum(correct * mask)}
 
 
-def normalise(sums) -> dict[str, jax.Array]:
-  """Loss per labelled token and token accuracy."""
-  return common.classification_normalise(sums)
+def counts(batch) -> dict[str, jax.Array]:
+  """The labelled tokens: the loss and the accuracy are per token."""
+  return {"weight": jnp.sum(_labelled(batch))}
 
 
-def prediction_arrays(outputs, batch) -> dict[str, jax.Array]:
+normalise = common.classification_normalise
+
+
+def predictions(outputs, batch) -> dict[str, jax.Array]:
   """Argmax label ids [b, L], not logits: num_labels times less to gather."""
   del batch
   return {"predictions": jnp.argmax(outputs.logits, -1).astype(jnp.int32)}
 
 
-def word_tags(predicted: np.ndarray, dataset: common.Dataset) -> list[list[str]]:
+def word_tags(predicted: np.ndarray, dataset: arrays.Dataset) -> list[list[str]]:
   """Each sentence's predicted tag per word, read at its first piece; words cut off get "O"."""
   labels = dataset.meta["labels"]
   out = []
@@ -260,7 +274,7 @@ def word_tags(predicted: np.ndarray, dataset: common.Dataset) -> list[list[str]]
   return out
 
 
-def evaluate_task(predictions: dict[str, np.ndarray], dataset: common.Dataset,
+def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
              task_cfg: ml_collections.ConfigDict, output_dir: str | os.PathLike | None
              ) -> dict[str, float]:
   """Entity precision / recall / F1, per-type F1, token accuracy; writes output_dir/predictions.txt
@@ -281,6 +295,17 @@ def evaluate_task(predictions: dict[str, np.ndarray], dataset: common.Dataset,
     for sentence, tags in zip(sentences, pred_tags):
       lines.extend(f"{w} {g} {p}" for w, g, p in zip(sentence.words, sentence.tags, tags))
       lines.append("")
-    (Path(output_dir) / "predictions.txt").write_text("\n".join(lines) + "\n" if lines else "",
-                                                      encoding="utf-8")
+    files.write_text(Path(output_dir) / "predictions.txt", "\n".join(lines) + "\n" if lines else "")
   return metrics
+
+
+def tokenizer(config, workdir):
+  return common.tokenizer(config, workdir)
+
+
+def data(config, tok):
+  return common.data(load, config, tok)
+
+
+def score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]:
+  return common.evaluate_rows(evaluate_task, predictions, eval_set, data_cfg, out_dir)

@@ -1,41 +1,77 @@
-"""The pretraining task: MLM over masked positions + sentence-order prediction, as the original.
+"""The pretraining task: MLM over the masked positions + sentence-order prediction, as the
+original, on the Grain input pipeline (`data/input_pipeline.py`).
 
-Losses are returned as sums with their denominators, so gradient accumulation over micro-batches
-gives exactly the full batch's gradient (the MLM loss is normalised by the whole batch's
-`masked_lm_weights`, not per micro-batch).
+The MLM loss is summed over the masked positions and divided by the whole batch's number of them
+(`counts`), not per micro-batch, so gradient accumulation gives exactly the full batch's gradient.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
 
-# The features a batch carries (the original's names).
-FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
-            "masked_lm_weights", "sentence_order_label")
+from albert_jax.data import input_pipeline
+from albert_jax.tasks import common
+
+METRIC = None  # no best checkpoint: the last one is the model
+CONSOLE = ("loss", "mlm_accuracy", "sop_accuracy")
 
 
-def example_spec(seq_len: int, max_predictions: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes and dtypes of one example (no batch axis), as the input pipeline makes them."""
+def data_config(arg: str = "") -> ml_collections.ConfigDict:
+  del arg
+  return input_pipeline.default_data_config()
+
+
+def head(data_cfg) -> str:
+  del data_cfg
+  return "pretraining"
+
+
+def num_labels(data_cfg) -> int:
+  del data_cfg
+  return 2  # sentence order: in order / swapped
+
+
+def example_spec(data_cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  """One example as the input pipeline makes it (no batch axis)."""
+  length = data_cfg.max_seq_length
+  predictions = input_pipeline.example_config(data_cfg).max_predictions
   ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-  return {"input_ids": ints(seq_len), "input_mask": ints(seq_len), "segment_ids": ints(seq_len),
-          "masked_lm_positions": ints(max_predictions), "masked_lm_ids": ints(max_predictions),
-          "masked_lm_weights": jax.ShapeDtypeStruct((max_predictions,), jnp.float32),
+  return {**common.input_spec(length), "masked_lm_positions": ints(predictions),
+          "masked_lm_ids": ints(predictions),
+          "masked_lm_weights": jax.ShapeDtypeStruct((predictions,), jnp.float32),
           "sentence_order_label": ints()}
 
 
-def forward(module, params, batch, *, deterministic: bool, rng=None):
-  """(MLM logits at the masked positions [b, P, V], SOP logits [b, 2])."""
-  rngs = None if deterministic else {"dropout": rng}
-  out = module.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
-                     token_type_ids=batch["segment_ids"], deterministic=deterministic,
-                     masked_lm_positions=batch["masked_lm_positions"], rngs=rngs)
-  return out.prediction_logits, out.sop_logits
+def tokenizer(config, workdir):
+  """config.spm_model, else config.init_from's, else WORKDIR/spiece.model: trained on the
+  training corpus the first time (then reused, so a rerun resumes with the same vocabulary)."""
+  found = common.find_vocabulary(config)
+  if found is not None:
+    return common.keep_copy(found, workdir)
+  return input_pipeline.build_tokenizer(config.data, Path(workdir))
 
 
-def loss_sums(mlm_logits, sop_logits, batch) -> dict[str, jax.Array]:
-  """Summed losses and counts; `normalise` turns them into the original's losses."""
+def data(config, tok):
+  train = input_pipeline.train_iterator(config.data, tok, global_batch_size=config.batch_size,
+                                        seed=config.seed)
+  batches = input_pipeline.eval_batches(config.data, tok,
+                                        global_batch_size=config.eval_batch_size or config.batch_size,
+                                        seed=config.seed + 1)
+  return train, ([common.EvalSet("eval", batches)] if batches else [])
+
+
+# ----------------------------------------------------------------------------- loss and metrics
+
+def loss_sums(outputs, batch) -> dict[str, jax.Array]:
+  """MLM cross-entropy at the masked positions (weighted by `masked_lm_weights`), SOP
+  cross-entropy, and the correct predictions of each, summed over the batch."""
+  mlm_logits, sop_logits = outputs.prediction_logits, outputs.sop_logits  # [b, P, V], [b, 2]
   weights = batch["masked_lm_weights"].astype(jnp.float32)
   mlm_xent = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["masked_lm_ids"])
   sop_labels = batch["sentence_order_label"].reshape(-1)
@@ -43,29 +79,31 @@ def loss_sums(mlm_logits, sop_logits, batch) -> dict[str, jax.Array]:
   return {
       "mlm_loss": jnp.sum(mlm_xent * weights),
       "mlm_correct": jnp.sum((jnp.argmax(mlm_logits, -1) == batch["masked_lm_ids"]) * weights),
-      "mlm_weight": jnp.sum(weights),
       "sop_loss": jnp.sum(sop_xent),
       "sop_correct": jnp.sum(jnp.argmax(sop_logits, -1) == sop_labels).astype(jnp.float32),
-      "examples": jnp.asarray(sop_labels.shape[0], jnp.float32),
-      "tokens": jnp.sum(batch["input_mask"]).astype(jnp.float32),
   }
 
 
-def denominators(batch) -> tuple[jax.Array, jax.Array]:
-  """The original's: sum(masked_lm_weights) + 1e-5 for MLM, the batch size for SOP."""
-  return (jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)) + 1e-5,
-          jnp.asarray(batch["sentence_order_label"].shape[0], jnp.float32))
+def counts(batch) -> dict[str, jax.Array]:
+  """The original's denominators: the masked positions (`masked_lm_weights`) and the examples."""
+  return {"masked": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)),
+          "examples": jnp.asarray(batch["sentence_order_label"].shape[0], jnp.float32)}
 
 
-def objective(sums, mlm_denominator, sop_denominator) -> jax.Array:
-  """Total loss = MLM mean over masked positions + SOP mean over examples."""
-  return sums["mlm_loss"] / mlm_denominator + sums["sop_loss"] / sop_denominator
-
-
-def normalise(sums) -> dict[str, jax.Array]:
-  """Means from sums (over one batch or accumulated over many): the logged metrics."""
-  mlm_loss = sums["mlm_loss"] / (sums["mlm_weight"] + 1e-5)
-  sop_loss = sums["sop_loss"] / sums["examples"]
+def normalise(sums, denominators) -> dict[str, jax.Array]:
+  """The original's loss, MLM mean over masked positions (+1e-5) + SOP mean over examples."""
+  masked, examples = denominators["masked"] + 1e-5, denominators["examples"]
+  mlm_loss, sop_loss = sums["mlm_loss"] / masked, sums["sop_loss"] / examples
   return {"loss": mlm_loss + sop_loss, "mlm_loss": mlm_loss, "sop_loss": sop_loss,
-          "mlm_accuracy": sums["mlm_correct"] / (sums["mlm_weight"] + 1e-5),
-          "sop_accuracy": sums["sop_correct"] / sums["examples"]}
+          "mlm_accuracy": sums["mlm_correct"] / masked, "sop_accuracy": sums["sop_correct"] / examples}
+
+
+def predictions(outputs, batch):
+  """An eval batch's sums and counts: the eval set's metrics are their totals, normalised."""
+  return {"sums": loss_sums(outputs, batch), "counts": counts(batch)}
+
+
+def score(predictions_, eval_set, data_cfg, out_dir) -> dict[str, float]:
+  del eval_set, data_cfg, out_dir
+  total = jax.tree_util.tree_map(lambda *x: np.sum(x, axis=0), *predictions_)
+  return {k: float(v) for k, v in normalise(total["sums"], total["counts"]).items()}

@@ -15,10 +15,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from albert_jax import files
+from albert_jax.data import arrays
 from albert_jax.tasks import common
 
 HEAD = "multiple_choice"
 METRIC = "accuracy"
+CONSOLE = ("loss", "accuracy")
 LEVELS = ("middle", "high")
 LETTERS = "ABCD"
 NUM_CHOICES = len(LETTERS)
@@ -189,13 +192,12 @@ def convert_examples(examples: Sequence[Example], tokenizer, max_seq_length: int
 
 # ----------------------------------------------------------------------------- task interface
 
-def default_config(arg: str = "") -> ml_collections.ConfigDict:
-  """`config.task` for RACE; arg "" or "all" (both levels), "middle" or "high"."""
+def data_config(arg: str = "") -> ml_collections.ConfigDict:
+  """`config.data` for RACE; arg "" or "all" (both levels), "middle" or "high"."""
   levels = {"": LEVELS, "all": LEVELS, "middle": ("middle",), "high": ("high",)}
   if arg not in levels:
     raise ValueError(f"race preset {arg!r}: use '', 'all', 'middle' or 'high'")
   return ml_collections.ConfigDict(dict(
-      name="race",
       levels=levels[arg],
       source="files",  # "files": DATA_DIR/RACE/{split}/{level}/*.txt | "tfds": race/{level}
       data_dir="",  # files: the directory holding RACE/; tfds: its data_dir ("" = TFDS's default)
@@ -207,6 +209,11 @@ def default_config(arg: str = "") -> ml_collections.ConfigDict:
   ))
 
 
+def head(task_cfg) -> str:
+  del task_cfg
+  return HEAD
+
+
 def num_labels(task_cfg: ml_collections.ConfigDict) -> int:
   del task_cfg
   return 2  # the multiple-choice head has one logit per choice and ignores num_labels
@@ -214,8 +221,8 @@ def num_labels(task_cfg: ml_collections.ConfigDict) -> int:
 
 def example_spec(task_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
   """One question of `load`'s features: inputs [choices, length] and the answer's index."""
-  return {**common.input_spec(NUM_CHOICES, task_cfg.max_seq_length),
-          "labels": jax.ShapeDtypeStruct((), jnp.int32)}
+  return common.with_weight({**common.input_spec(NUM_CHOICES, task_cfg.max_seq_length),
+                             "labels": jax.ShapeDtypeStruct((), jnp.int32)})
 
 
 def read_examples(task_cfg: ml_collections.ConfigDict, split: str) -> list[Example]:
@@ -223,7 +230,7 @@ def read_examples(task_cfg: ml_collections.ConfigDict, split: str) -> list[Examp
   levels = _check_levels(task_cfg.levels)
   if task_cfg.source == "files":
     if not task_cfg.data_dir:
-      raise ValueError("race with source='files' needs task.data_dir (the directory with RACE/)")
+      raise ValueError("race with source='files' needs data.data_dir (the directory with RACE/)")
     examples = read_race(task_cfg.data_dir, split, levels)
   elif task_cfg.source == "tfds":
     examples = [ex for level in levels
@@ -233,7 +240,7 @@ def read_examples(task_cfg: ml_collections.ConfigDict, split: str) -> list[Examp
   return examples[:task_cfg.max_examples] if task_cfg.max_examples else examples
 
 
-def load(task_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> common.Dataset:
+def load(task_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> arrays.Dataset:
   """The "train" or "eval" split's features; meta holds each row's question id and level."""
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r}: use 'train' or 'eval'")
@@ -241,7 +248,7 @@ def load(task_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> common.D
                            else task_cfg.eval_split)
   features = convert_examples(examples, tokenizer, task_cfg.max_seq_length,
                               task_cfg.max_qa_length)
-  return common.Dataset(features, meta={"ids": [ex.id for ex in examples],
+  return arrays.Dataset(features, meta={"ids": [ex.id for ex in examples],
                                         "levels": [ex.level for ex in examples]})
 
 
@@ -250,11 +257,11 @@ def loss_sums(outputs, batch) -> dict[str, jax.Array]:
   return common.classification_sums(outputs.logits, batch["labels"], batch["weight"])
 
 
-def normalise(sums) -> dict[str, jax.Array]:
-  return common.classification_normalise(sums)
+counts = common.weight_counts
+normalise = common.classification_normalise
 
 
-def prediction_arrays(outputs, batch) -> dict[str, jax.Array]:
+def predictions(outputs, batch) -> dict[str, jax.Array]:
   del batch
   return {"logits": outputs.logits}
 
@@ -271,7 +278,7 @@ def accuracies(predicted: np.ndarray, labels: np.ndarray,
   return out
 
 
-def evaluate_task(predictions: dict[str, np.ndarray], dataset: common.Dataset,
+def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
              task_cfg: ml_collections.ConfigDict, output_dir: str | os.PathLike | None
              ) -> dict[str, float]:
   """Accuracies; writes output_dir/predictions.json (question id -> predicted letter)."""
@@ -283,6 +290,17 @@ def evaluate_task(predictions: dict[str, np.ndarray], dataset: common.Dataset,
   if output_dir:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     letters = {qid: LETTERS[p] for qid, p in zip(dataset.meta["ids"], predicted.tolist())}
-    (Path(output_dir) / "predictions.json").write_text(json.dumps(letters, indent=1) + "\n",
-                                                       encoding="utf-8")
+    files.write_text(Path(output_dir) / "predictions.json", json.dumps(letters, indent=1) + "\n")
   return metrics
+
+
+def tokenizer(config, workdir):
+  return common.tokenizer(config, workdir)
+
+
+def data(config, tok):
+  return common.data(load, config, tok)
+
+
+def score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]:
+  return common.evaluate_rows(evaluate_task, predictions, eval_set, data_cfg, out_dir)

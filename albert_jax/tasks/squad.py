@@ -25,12 +25,15 @@ import numpy as np
 import optax
 
 from albert_jax import model as M
+from albert_jax import files
+from albert_jax.data import arrays
 from albert_jax.tasks import common
 
 log = logging.getLogger(__name__)
 
-HEAD = "question_answering"
+HEAD = "question_answering"  # the span head; data.head="original" picks squad_v2_original
 METRIC = "f1"
+CONSOLE = ("loss", "accuracy")
 
 # ----------------------------------------------------------------------------- official metrics
 # evaluate-v1.1.py and evaluate-v2.0.py, operation for operation, so the floats match theirs.
@@ -330,7 +333,7 @@ class _Pieces:
 
 def convert_examples(examples: Sequence[Example], tokenizer, max_seq_length: int = 384,
                      doc_stride: int = 128, max_query_length: int = 64,
-                     is_training: bool = True) -> common.Dataset:
+                     is_training: bool = True) -> arrays.Dataset:
   """The original's `convert_examples_to_features`: `[CLS] query [SEP] window [SEP]` per window.
 
   Start/end positions are the first answer's tokens in the window, 0 ([CLS]) when the question is
@@ -373,7 +376,7 @@ def convert_examples(examples: Sequence[Example], tokenizer, max_seq_length: int
   return _as_dataset(rows, metas, kept, max_seq_length)
 
 
-def _as_dataset(rows, metas, examples, max_seq_length: int) -> common.Dataset:
+def _as_dataset(rows, metas, examples, max_seq_length: int) -> arrays.Dataset:
   """Stacks the rows (ids, length, context offset, positions) into the features arrays."""
   n = len(rows)
   lengths = np.asarray([r[1] for r in rows], np.int32).reshape(n)
@@ -397,7 +400,7 @@ def _as_dataset(rows, metas, examples, max_seq_length: int) -> common.Dataset:
               example_index=np.asarray([m[0] for m in metas], np.int32).reshape(n),
               context_offset=offsets, token_to_word=[m[1] for m in metas],
               max_context=[m[2] for m in metas])
-  return common.Dataset(features, meta)
+  return arrays.Dataset(features, meta)
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -407,7 +410,8 @@ def _best_indexes(logits: np.ndarray, n: int) -> list[int]:
   return np.argsort(-np.asarray(logits, np.float64), kind="stable")[:n].tolist()
 
 
-def _softmax(scores: list[float]) -> list[float]:
+def softmax(scores: list[float]) -> list[float]:
+  """The n-best entries' probabilities, as the original's `_compute_softmax`."""
   if not scores:
     return []
   top = max(scores)
@@ -461,7 +465,7 @@ def _nbest(meta: Meta, feats: list[int], start_logits, end_logits, n_best_size: 
     entries.append(("", null[2], null[3]))
   if not entries:
     entries.append(("empty", 0.0, 0.0))  # the original's nonce for no valid span
-  probs = _softmax([s + e for _, s, e in entries])
+  probs = softmax([s + e for _, s, e in entries])
   return [{"text": t, "probability": p, "start_logit": s, "end_logit": e}
           for (t, s, e), p in zip(entries, probs)], null[0]
 
@@ -476,7 +480,7 @@ def threshold_predictions(nbest: Mapping[str, list[dict]], null_odds: Mapping[st
   return out
 
 
-def postprocess(dataset: common.Dataset, start_logits, end_logits, n_best_size: int = 20,
+def postprocess(dataset: arrays.Dataset, start_logits, end_logits, n_best_size: int = 20,
                 max_answer_length: int = 30, version_2: bool = False,
                 null_score_diff_threshold: float = 0.0):
   """The original's `write_predictions`: (predictions qid -> text, null_odds qid -> null score
@@ -506,13 +510,13 @@ def postprocess(dataset: common.Dataset, start_logits, end_logits, n_best_size: 
 
 # ----------------------------------------------------------------------------- the task
 
-def default_config(arg: str = "v1") -> ml_collections.ConfigDict:
-  """`config.task` for SQuAD "v1" (1.1) or "v2" (2.0), with the original run_squad's settings."""
+def data_config(arg: str = "v1") -> ml_collections.ConfigDict:
+  """`config.data` for SQuAD "v1" (1.1) or "v2" (2.0), with the original run_squad's settings."""
   if arg not in ("v1", "v2"):
     raise ValueError(f"squad config {arg!r}: use 'v1' or 'v2'")
   tag = "1.1" if arg == "v1" else "2.0"
   return ml_collections.ConfigDict(dict(
-      name="squad", version=int(arg[1]),
+      version=int(arg[1]),
       source="files",  # "files": the official JSON files below | "tfds": tfds_name
       train_file=f"train-v{tag}.json", eval_file=f"dev-v{tag}.json",
       tfds_name=f"squad/v{tag}", tfds_data_dir="",
@@ -534,9 +538,9 @@ def head(task_cfg) -> str:
   """The `model.HEADS` key `task_cfg.head` selects."""
   name = task_cfg.get("head", "span")
   if name not in HEADS_BY_NAME:
-    raise ValueError(f"task.head={name!r}: use one of {sorted(HEADS_BY_NAME)}")
+    raise ValueError(f"data.head={name!r}: use one of {sorted(HEADS_BY_NAME)}")
   if name == "original" and task_cfg.version != 2:
-    raise ValueError("task.head='original' is the SQuAD 2.0 head (its answer class predicts "
+    raise ValueError("data.head='original' is the SQuAD 2.0 head (its answer class predicts "
                      "unanswerable questions): use it with version 2 (finetune_squad.py:v2)")
   return HEADS_BY_NAME[name]
 
@@ -559,7 +563,7 @@ def example_spec(task_cfg) -> dict[str, jax.ShapeDtypeStruct]:
   if _original(task_cfg):
     spec.update(p_mask=jax.ShapeDtypeStruct((task_cfg.max_seq_length,), jnp.int32),
                 cls_index=scalar, is_impossible=scalar)
-  return spec
+  return common.with_weight(spec)
 
 
 def read_examples(task_cfg, split: str) -> list[Example]:
@@ -572,17 +576,17 @@ def read_examples(task_cfg, split: str) -> list[Example]:
     examples = read_tfds(task_cfg.tfds_name, "train" if split == "train" else "validation",
                          task_cfg.tfds_data_dir or None)
   else:
-    raise ValueError(f"task.source={task_cfg.source!r}: use 'files' or 'tfds'")
+    raise ValueError(f"data.source={task_cfg.source!r}: use 'files' or 'tfds'")
   return examples[:task_cfg.max_examples] if task_cfg.max_examples else examples
 
 
-def load(task_cfg, tokenizer, split: str) -> common.Dataset:
+def load(task_cfg, tokenizer, split: str) -> arrays.Dataset:
   """Features of the split; "eval" keeps the meta post-processing needs, "train" drops it."""
   data = convert_examples(read_examples(task_cfg, split), tokenizer, task_cfg.max_seq_length,
                           task_cfg.doc_stride, task_cfg.max_query_length,
                           is_training=split == "train")
   features = {k: v for k, v in data.features.items() if k in example_spec(task_cfg)}
-  return common.Dataset(features, data.meta if split == "eval" else None)
+  return arrays.Dataset(features, data.meta if split == "eval" else None)
 
 
 def _field(outputs, name: str):
@@ -595,8 +599,8 @@ def loss_sums(outputs, batch) -> dict[str, jax.Array]:
   if isinstance(outputs, M.SquadV2Output):
     from albert_jax.tasks import squad_v2_original
     return squad_v2_original.loss_sums(outputs, batch)
-  weight = batch["weight"].astype(jnp.float32)
-  sums = {"loss": 0.0, "weight": jnp.sum(weight)}
+  weight = batch[common.WEIGHT].astype(jnp.float32)
+  sums = {"loss": 0.0}
   for side in ("start", "end"):
     logits, labels = _field(outputs, f"{side}_logits"), batch[f"{side}_positions"].astype(jnp.int32)
     xent = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
@@ -605,9 +609,12 @@ def loss_sums(outputs, batch) -> dict[str, jax.Array]:
   return sums
 
 
-def normalise(sums) -> dict[str, jax.Array]:
+counts = common.weight_counts
+
+
+def normalise(sums, denominators) -> dict[str, jax.Array]:
   """Per-row means; `accuracy` is the mean of the start and end position accuracies."""
-  denominator = jnp.maximum(sums["weight"], 1e-9)
+  denominator = jnp.maximum(denominators["weight"], 1e-9)
   start, end = sums["start_correct"] / denominator, sums["end_correct"] / denominator
   out = {"loss": sums["loss"] / denominator, "accuracy": (start + end) / 2,
          "start_accuracy": start, "end_accuracy": end}
@@ -616,20 +623,21 @@ def normalise(sums) -> dict[str, jax.Array]:
   return out
 
 
-def prediction_arrays(outputs, batch) -> dict[str, jax.Array]:
+def predictions(outputs, batch) -> dict[str, jax.Array]:
   if isinstance(outputs, M.SquadV2Output):
     from albert_jax.tasks import squad_v2_original
-    return squad_v2_original.prediction_arrays(outputs, batch)
+    return squad_v2_original.predictions(outputs, batch)
   del batch
   return {"start_logits": _field(outputs, "start_logits").astype(jnp.float32),
           "end_logits": _field(outputs, "end_logits").astype(jnp.float32)}
 
 
-def _write_json(path: Path, obj) -> None:
-  path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def write_json(path: Path, obj) -> None:
+  """JSON as the official evaluation scripts read it (UTF-8, not escaped), written atomically."""
+  files.write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def evaluate_task(predictions, dataset: common.Dataset, task_cfg, output_dir) -> dict[str, float]:
+def evaluate_task(predictions, dataset: arrays.Dataset, task_cfg, output_dir) -> dict[str, float]:
   """The task interface's `evaluate`: post-processes the eval set's logits, writes
   predictions.json and nbest_predictions.json (v2: null_odds.json) and scores them. v2 adds the
   scores at the official best_f1_thresh used as null_score_diff_threshold (`*_at_best_thresh`).
@@ -643,13 +651,25 @@ def evaluate_task(predictions, dataset: common.Dataset, task_cfg, output_dir) ->
       task_cfg.max_answer_length, version_2, task_cfg.null_score_diff_threshold)
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
-  _write_json(out / "predictions.json", preds)
-  _write_json(out / "nbest_predictions.json", nbest)
+  write_json(out / "predictions.json", preds)
+  write_json(out / "nbest_predictions.json", nbest)
   gold = to_squad_json(dataset.meta.examples, version_2)
   if not version_2:
     return {k: float(v) for k, v in evaluate(gold, preds).items()}
-  _write_json(out / "null_odds.json", null_odds)
+  write_json(out / "null_odds.json", null_odds)
   metrics = evaluate(gold, preds, na_probs=null_odds)
   at_best = evaluate(gold, threshold_predictions(nbest, null_odds, metrics["best_f1_thresh"]))
   metrics.update({f"{k}_at_best_thresh": at_best[k] for k in ("exact", "f1")})
   return {k: float(v) for k, v in metrics.items()}
+
+
+def tokenizer(config, workdir):
+  return common.tokenizer(config, workdir)
+
+
+def data(config, tok):
+  return common.data(load, config, tok)
+
+
+def score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]:
+  return common.evaluate_rows(evaluate_task, predictions, eval_set, data_cfg, out_dir)

@@ -2,7 +2,7 @@
 the predictions it gives the loop, and the decoding and threshold search of the original
 `squad_utils.accumulate_predictions_v2` / `write_predictions_v2` / `evaluate_v2`.
 
-Selected by `config.task.head = "original"` (`configs/finetune_squad.py:v2,head=original`);
+Selected by `config.data.head = "original"` (`configs/finetune_squad.py:v2,head=original`);
 `squad.py` hands its loss, predictions and evaluation to this module for that head.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from albert_jax import model as M
+from albert_jax.data.arrays import Dataset
 from albert_jax.tasks import common, squad
 
 # What this head reads from `squad.convert_examples`' features beyond the span head's.
@@ -28,8 +29,8 @@ NO_SPAN = -1e6  # the log-probabilities of the original's nonce answer when no s
 def loss_sums(outputs: M.SquadV2Output, batch) -> dict[str, jax.Array]:
   """Summed 0.5 * (CE(start) + CE(end at the gold start)) + 0.5 * sigmoid_xent(cls,
   is_impossible) per row, as the original's model_fn, with correct-prediction counts."""
-  weight = batch["weight"].astype(jnp.float32)
-  sums = {"weight": jnp.sum(weight)}
+  weight = batch[common.WEIGHT].astype(jnp.float32)
+  sums = {}
   per_row = 0.0
   for side in ("start", "end"):
     logits = getattr(outputs, f"{side}_logits")
@@ -43,7 +44,7 @@ def loss_sums(outputs: M.SquadV2Output, batch) -> dict[str, jax.Array]:
   return sums
 
 
-def prediction_arrays(outputs: M.SquadV2Output, batch) -> dict[str, jax.Array]:
+def predictions(outputs: M.SquadV2Output, batch) -> dict[str, jax.Array]:
   """The beam and the answer-class logit of each window (inference outputs)."""
   del batch
   return {"start_top_log_probs": outputs.start_top_log_probs,
@@ -79,7 +80,7 @@ def _text(meta: squad.Meta, f: int, s: int, e: int, context: str, words, starts)
   return context[starts[first]:starts[last] + len(words[last])]
 
 
-def decode(dataset: common.Dataset, arrays: Mapping[str, np.ndarray], n_best_size: int = 20,
+def decode(dataset: Dataset, arrays: Mapping[str, np.ndarray], n_best_size: int = 20,
            max_answer_length: int = 30) -> tuple[dict[str, list[dict]], dict[str, float]]:
   """(nbest qid -> entries, null_odds qid -> null score) from the windows' beams.
 
@@ -109,14 +110,14 @@ def decode(dataset: common.Dataset, arrays: Mapping[str, np.ndarray], n_best_siz
         seen.add(text)
         entries.append((text, s_lp, e_lp))
     entries = entries or [("", NO_SPAN, NO_SPAN)]
-    probs = squad._softmax([s + e for _, s, e in entries])
+    probs = squad.softmax([s + e for _, s, e in entries])
     nbest[ex.qid] = [{"text": t, "probability": p, "start_log_prob": s, "end_log_prob": e}
                      for (t, s, e), p in zip(entries, probs)]
     null_odds[ex.qid] = min(float(arrays["cls_logits"][f]) for f in feats)
   return nbest, null_odds
 
 
-def evaluate_task(predictions, dataset: common.Dataset, task_cfg, output_dir) -> dict[str, float]:
+def evaluate_task(predictions, dataset: Dataset, task_cfg, output_dir) -> dict[str, float]:
   """run_squad_v2.py's evaluation: decode, find the null threshold that maximises F1 on this
   eval set (the official `find_best_thresh` over the null scores, every question answered),
   predict "" where the null score is above it, and score those predictions officially.
@@ -136,9 +137,9 @@ def evaluate_task(predictions, dataset: common.Dataset, task_cfg, output_dir) ->
   final = {qid: "" if null_odds[qid] > threshold else text for qid, text in answered.items()}
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
-  squad._write_json(out / "predictions.json", final)
-  squad._write_json(out / "null_odds.json", null_odds)
-  squad._write_json(out / "nbest_predictions.json", nbest)
+  squad.write_json(out / "predictions.json", final)
+  squad.write_json(out / "null_odds.json", null_odds)
+  squad.write_json(out / "nbest_predictions.json", nbest)
   metrics = squad.evaluate(gold, final)
   metrics.update({k: search[k] for k in ("best_exact", "best_exact_thresh", "best_f1",
                                           "best_f1_thresh")})

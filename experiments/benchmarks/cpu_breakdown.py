@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from albert_jax import hf_convert, jobs
+from albert_jax import hf_convert
+from albert_jax.tasks import pretraining
 from albert_jax import model as M
 from experiments.benchmarks.train_step import Ours, Torch, abstract_step, make_batch
 
@@ -96,10 +97,11 @@ def compile_split(cfg: M.AlbertConfig, batch: int, seq: int) -> None:
   module = M.AlbertForPreTraining(cfg)
   step, state = abstract_step(module, "adamw_optax")
   data = make_batch(cfg, batch, seq)
-  loss = jobs.PRETRAINING_LOSS  # what train_step differentiates
-
-  def grads(params, b):
-    return jax.grad(lambda p: loss.objective(loss.sums(module, p, b, None), b))(params)
+  def grads(params, b):  # what train_step differentiates
+    def objective(p):
+      sums = pretraining.loss_sums(M.apply_to_batch(module, p, b), b)
+      return pretraining.normalise(sums, pretraining.counts(b))["loss"]
+    return jax.grad(objective)(params)
 
   print(f"\n| compile, {cfg.num_hidden_layers} layers, seq {seq} x batch {batch} | trace s | "
         f"lower s | XLA compile s | total s |")

@@ -30,6 +30,7 @@ import numpy as np
 
 from albert_jax import model as M
 from albert_jax import optimizer, train
+from albert_jax.tasks import pretraining
 from experiments.benchmarks.train_step import make_batch, max_predictions
 
 GIB = 2**30
@@ -43,7 +44,7 @@ def padded_batch(cfg: M.AlbertConfig, batch: int, seq: int) -> dict[str, jax.Arr
   host = make_batch(cfg, batch, seq)
   lengths = np.random.RandomState(1).randint(seq // 2, seq, batch // 4)
   for row, length in enumerate(lengths):
-    host["input_mask"][row, length:] = 0
+    host["attention_mask"][row, length:] = 0
   return {k: jnp.asarray(v) for k, v in host.items()}
 
 
@@ -63,7 +64,8 @@ class Peer:
                                   opt_state=tx.init(params),
                                   nonfinite_step=jnp.full((), -1, jnp.int32))
     self.batch = batch
-    step = functools.partial(train.train_step, module=module, tx=tx, accum_steps=1, seed=0,
+    step = functools.partial(train.train_step, module=module, task=pretraining, tx=tx,
+                             accum_steps=1, seed=0,
                              schedule=optimizer.learning_rate_schedule(optim_cfg, 10_000))
     start = time.perf_counter()
     self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, batch).compile()

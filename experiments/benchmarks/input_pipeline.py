@@ -2,7 +2,7 @@
 
     python -m experiments.benchmarks.input_pipeline [--seconds=20] [--vocab_size=8000]
 
-Prints examples/s of `pipeline.train_iterator` (dynamic masking, embedded corpus, global batch 256)
+Prints examples/s of `input_pipeline.train_iterator` (dynamic masking, embedded corpus, global batch 256)
 at sequence length 128 and 512 with `num_workers` 0 (batches made by one prefetch thread of this
 process) and 2 (two Grain worker processes), and beside it the examples/s that a jitted
 forward+backward of `AlbertForPreTraining(preset("large"))` (MLM at the masked positions + SOP
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from albert_jax import model as M
-from albert_jax.data import pipeline
+from albert_jax.data import input_pipeline
 
 BATCH = 256
 V4_CHIP_FLOPS = 275e12  # bf16 peak per chip
@@ -43,7 +43,7 @@ MFU = (0.40, 0.50)
 def pipeline_rate(data_cfg, tokenizer, seconds: float) -> tuple[float, float, dict]:
   """(seconds to build the iterator and yield its first batch, examples/s after that, batch)."""
   start = time.perf_counter()
-  it = pipeline.train_iterator(data_cfg, tokenizer, global_batch_size=BATCH, seed=0,
+  it = input_pipeline.train_iterator(data_cfg, tokenizer, global_batch_size=BATCH, seed=0,
                                process_index=0, process_count=1)
   batch = {k: np.array(v) for k, v in next(it).items()}
   first = time.perf_counter() - start
@@ -64,7 +64,7 @@ def train_step_rate(batch: dict, size: int, repeats: int = 3) -> float:
   batch = {k: jnp.asarray(v[:size]) for k, v in batch.items()}
 
   def loss(params, b):
-    out = module.apply({"params": params}, b["input_ids"], b["input_mask"], b["segment_ids"],
+    out = module.apply({"params": params}, b["input_ids"], b["attention_mask"], b["token_type_ids"],
                        masked_lm_positions=b["masked_lm_positions"])
     mlm = -jnp.take_along_axis(jax.nn.log_softmax(out.prediction_logits),
                                b["masked_lm_ids"][..., None], -1)[..., 0]
@@ -90,9 +90,9 @@ def main():
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "albert_bench"))
   parser.add_argument("--train_rows", default="128:2,512:1", help="seq:batch of the train step.")
   args = parser.parse_args()
-  data_cfg = pipeline.default_data_config()
+  data_cfg = input_pipeline.default_data_config()
   data_cfg.vocab_size = args.vocab_size
-  tokenizer = pipeline.build_tokenizer(data_cfg, os.path.join(args.workdir, str(args.vocab_size)))
+  tokenizer = input_pipeline.build_tokenizer(data_cfg, os.path.join(args.workdir, str(args.vocab_size)))
   train_rows = dict(map(int, item.split(":")) for item in args.train_rows.split(","))
   print(f"{os.cpu_count()} CPUs, JAX on {jax.devices()[0].platform}, global batch {BATCH}, "
         f"{args.seconds:.0f} s per pipeline run")
@@ -101,7 +101,7 @@ def main():
   for seq in (128, 512):
     data_cfg.max_seq_length = seq
     step_rate = None
-    config = pipeline.example_config(data_cfg)
+    config = input_pipeline.example_config(data_cfg)
     need = [V4_CHIPS_PER_HOST * V4_CHIP_FLOPS * mfu
             / (3 * M.pretraining_flops_per_example(M.preset("large"), seq, config.max_predictions))
             for mfu in MFU]

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from albert_jax import hf_convert, optimizer, train
+from albert_jax.tasks import pretraining
 from albert_jax import model as M
 from experiments.benchmarks.train_step import JittedPeer, Torch, dense_labels, make_batch
 
@@ -80,7 +81,7 @@ class Step(JittedPeer):
                                   nonfinite_step=jnp.full((), -1, jnp.int32))
     self.batch = jax.tree_util.tree_map(jnp.asarray, batch)
     self.compile(functools.partial(
-        train.train_step, module=module, tx=tx, accum_steps=1, seed=0,
+        train.train_step, module=module, task=pretraining, tx=tx, accum_steps=1, seed=0,
         schedule=optimizer.learning_rate_schedule(optim_cfg, total_steps=10_000)))
 
   def step_with_cpu(self):
@@ -125,8 +126,8 @@ class FullVocabGrad(JittedPeer):
     labels = jnp.asarray(dense_labels(batch).astype(np.int32))
 
     def loss(p, b):
-      out = module.apply({"params": p}, b["input_ids"], attention_mask=b["input_mask"],
-                         token_type_ids=b["segment_ids"], deterministic=True)
+      out = module.apply({"params": p}, b["input_ids"], attention_mask=b["attention_mask"],
+                         token_type_ids=b["token_type_ids"], deterministic=True)
       mask = (labels >= 0).astype(jnp.float32)
       mlm = optax.softmax_cross_entropy_with_integer_labels(out.prediction_logits,
                                                             jnp.maximum(labels, 0))
@@ -156,8 +157,8 @@ def _torch_grad_worker(conn, hf_config, state_dict, batch, threads):
                         strict=False)
   model.train()
   inputs = dict(input_ids=torch.from_numpy(batch["input_ids"]).long(),
-                attention_mask=torch.from_numpy(batch["input_mask"]).long(),
-                token_type_ids=torch.from_numpy(batch["segment_ids"]).long(),
+                attention_mask=torch.from_numpy(batch["attention_mask"]).long(),
+                token_type_ids=torch.from_numpy(batch["token_type_ids"]).long(),
                 labels=torch.from_numpy(dense_labels(batch)),
                 sentence_order_label=torch.from_numpy(batch["sentence_order_label"]).long())
   conn.send(("ready", model.config._attn_implementation, threads))

@@ -44,6 +44,7 @@ import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from albert_jax import hf_convert, optimizer, train
+from albert_jax.tasks import pretraining
 from albert_jax import model as M
 
 LR = 1e-4
@@ -63,10 +64,10 @@ def make_batch(cfg: M.AlbertConfig, batch: int, seq: int, seed: int = 0) -> dict
   preds = max_predictions(seq)
   positions = np.sort(np.stack([rs.choice(np.arange(1, seq), preds, replace=False)
                                 for _ in range(batch)]), axis=1)
-  segment_ids = (np.arange(seq)[None] >= seq // 2).astype(np.int32).repeat(batch, 0)
+  token_type_ids = (np.arange(seq)[None] >= seq // 2).astype(np.int32).repeat(batch, 0)
   return dict(
       input_ids=rs.randint(5, cfg.vocab_size, (batch, seq)).astype(np.int32),
-      input_mask=np.ones((batch, seq), np.int32), segment_ids=segment_ids,
+      attention_mask=np.ones((batch, seq), np.int32), token_type_ids=token_type_ids,
       masked_lm_positions=positions.astype(np.int32),
       masked_lm_ids=rs.randint(5, cfg.vocab_size, (batch, preds)).astype(np.int32),
       masked_lm_weights=np.ones((batch, preds), np.float32),
@@ -134,8 +135,8 @@ class Ours(JittedPeer):
                                   opt_state=tx.init(params),
                                   nonfinite_step=jnp.full((), -1, jnp.int32))
     self.batch = jax.tree_util.tree_map(jnp.asarray, batch)
-    self.compile(functools.partial(train.train_step, module=module, tx=tx, schedule=schedule,
-                                   accum_steps=1, seed=0))
+    self.compile(functools.partial(train.train_step, module=module, task=pretraining, tx=tx,
+                                   schedule=schedule, accum_steps=1, seed=0))
 
 
 def hf_flax_params(abstract, state_dict: dict[str, np.ndarray]):
@@ -163,7 +164,7 @@ class HFFlax(JittedPeer):
                      optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01))
 
     def loss_fn(p, b):
-      out = model(b["input_ids"], b["input_mask"], b["segment_ids"], params=p, train=False)
+      out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], params=p, train=False)
       # As HF's run_mlm_flax: CE at every position, weighted by the MLM label mask.
       labels = b["labels"]
       mask = (labels >= 0).astype(jnp.float32)
@@ -180,7 +181,7 @@ class HFFlax(JittedPeer):
       return (optax.apply_updates(p, updates), opt_state), {"loss": loss}
 
     self.state = (params, tx.init(params))
-    self.batch = {k: jnp.asarray(batch[k]) for k in ("input_ids", "input_mask", "segment_ids",
+    self.batch = {k: jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids",
                                                      "sentence_order_label")}
     self.batch["labels"] = jnp.asarray(dense_labels(batch).astype(np.int32))
     self.compile(step)
@@ -205,8 +206,8 @@ def _torch_worker(conn, hf_config: dict, state_dict, batch, threads: int):
   opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-6,
                           weight_decay=0.01)
   inputs = dict(input_ids=torch.from_numpy(batch["input_ids"]).long(),
-                attention_mask=torch.from_numpy(batch["input_mask"]).long(),
-                token_type_ids=torch.from_numpy(batch["segment_ids"]).long(),
+                attention_mask=torch.from_numpy(batch["attention_mask"]).long(),
+                token_type_ids=torch.from_numpy(batch["token_type_ids"]).long(),
                 labels=torch.from_numpy(dense_labels(batch)),
                 sentence_order_label=torch.from_numpy(batch["sentence_order_label"]).long())
   moments_mb = 2 * sum(p.numel() * 4 for p in model.parameters()) / MB
@@ -318,7 +319,8 @@ def abstract_step(module, optim: str):
   state = jax.eval_shape(lambda p: train.TrainState(
       step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
       nonfinite_step=jnp.zeros((), jnp.int32)), abstract)
-  step = functools.partial(train.train_step, module=module, tx=tx, accum_steps=1, seed=0,
+  step = functools.partial(train.train_step, module=module, task=pretraining, tx=tx,
+                           accum_steps=1, seed=0,
                            schedule=optimizer.learning_rate_schedule(optim_cfg, 10_000))
   return step, state
 

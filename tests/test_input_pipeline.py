@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from albert_jax.data import corpus, pipeline as PL, pretraining as P
+from albert_jax.data import corpus, examples, input_pipeline
+from albert_jax.tasks import pretraining
 from albert_jax.data import create_pretraining_data as cpd
 from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
@@ -32,12 +33,12 @@ def tiny(tmp_path_factory):
 def _cfg(tiny, **overrides):
   root, model = tiny
   return ml_collections.ConfigDict({
-      **PL.default_data_config().to_dict(), "source": "files", "files": f"{root}/text/*.txt",
+      **input_pipeline.default_data_config().to_dict(), "source": "files", "files": f"{root}/text/*.txt",
       "spm_model": model, "max_seq_length": SEQ, "prefetch": 0, "eval_batches": 3, **overrides})
 
 
 def _iter(cfg, batch, seed=0, p=0, n=1):
-  return PL.train_iterator(cfg, AlbertTokenizer(cfg.spm_model), global_batch_size=batch,
+  return input_pipeline.train_iterator(cfg, AlbertTokenizer(cfg.spm_model), global_batch_size=batch,
                            seed=seed, process_index=p, process_count=n)
 
 
@@ -67,7 +68,7 @@ def test_batches_shapes_and_seeds(tiny):
   cfg = _cfg(tiny)
   first = _take(_iter(cfg, 8), 3)
   assert {k: (v.shape, v.dtype) for k, v in first[0].items()} == {
-      **{k: ((8, SEQ), np.int32) for k in ("input_ids", "input_mask", "segment_ids")},
+      **{k: ((8, SEQ), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")},
       **{k: ((8, 10), np.int32) for k in ("masked_lm_positions", "masked_lm_ids")},
       "masked_lm_weights": ((8, 10), np.float32), "sentence_order_label": ((8,), np.int32)}
   tok = AlbertTokenizer(cfg.spm_model)
@@ -127,7 +128,7 @@ def test_processes_split_the_global_batch(tiny, masking, batch, count):
   parts = [_take(_iter(cfg, batch, p=p, n=count), 3) for p in range(count)]
   for g in range(3):
     assert all(len(part[g]["input_ids"]) == batch // count for part in parts)
-    joined = {k: np.concatenate([part[g][k] for part in parts]) for k in P.FEATURE_NAMES}
+    joined = {k: np.concatenate([part[g][k] for part in parts]) for k in examples.FEATURE_NAMES}
     assert _same([joined], [whole[g]])
   keys = [{_original(r) for r in _rows(part)} for part in parts]
   assert all(not keys[i] & keys[j] for i in range(count) for j in range(i))
@@ -150,21 +151,21 @@ def test_dynamic_masks_change_each_epoch_static_do_not(tiny):
 def test_eval_batches_fixed_and_held_out(tiny):
   cfg = _cfg(tiny)
   tok = AlbertTokenizer(cfg.spm_model)
-  make = lambda p=0, n=1: PL.eval_batches(cfg, tok, global_batch_size=8, seed=0, process_index=p,
+  make = lambda p=0, n=1: input_pipeline.eval_batches(cfg, tok, global_batch_size=8, seed=0, process_index=p,
                                            process_count=n)
   evals = make()
   assert len(evals) == 3 and _same(evals, make())
   assert _same([{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(make(0, 2),
                                                                            make(1, 2))], evals)
-  train_docs = list(PL.read_documents(cfg, "train"))
-  eval_docs = list(PL.read_documents(cfg, "eval"))
+  train_docs = list(input_pipeline.read_documents(cfg, "train"))
+  eval_docs = list(input_pipeline.read_documents(cfg, "eval"))
   all_docs = list(corpus.text_file_documents(cfg.files))
   assert 0 < len(eval_docs) < 0.15 * len(all_docs)
   assert len(train_docs) + len(eval_docs) == len(all_docs)
   assert not {tuple(d) for d in train_docs} & {tuple(d) for d in eval_docs}
   # Segment A of every eval row (before masking) is text of an eval document; hardly any is also
   # in a train one (the corpus repeats some docstrings).
-  text = lambda docs: "," + ",".join(",".join(map(str, s)) for d in P.tokenize_documents(docs, tok)
+  text = lambda docs: "," + ",".join(",".join(map(str, s)) for d in examples.tokenize_documents(docs, tok)
                                      for s in d) + ","
   eval_text, train_text = text(eval_docs), text(train_docs)
   in_train = []
@@ -177,35 +178,35 @@ def test_eval_batches_fixed_and_held_out(tiny):
       in_train.append(needle in train_text)
   assert len(in_train) >= 10 and np.mean(in_train) < 0.2
   embedded = _cfg(tiny, source="embedded")
-  assert list(PL.read_documents(embedded, "eval")) == list(corpus.embedded_documents("eval"))
+  assert list(input_pipeline.read_documents(embedded, "eval")) == list(corpus.embedded_documents("eval"))
   # Named eval files instead of a hash hold-out.
   named = _cfg(tiny, files=f"{tiny[0]}/text/a.txt", eval_files=f"{tiny[0]}/text/b.txt")
-  assert len(list(PL.read_documents(named, "eval"))) == len(all_docs) - 120
+  assert len(list(input_pipeline.read_documents(named, "eval"))) == len(all_docs) - 120
 
 
 def test_vocabulary_trained_once_and_cached(tiny, tmp_path):
   cfg = _cfg(tiny, spm_model="", vocab_size=300)
-  tok = PL.build_tokenizer(cfg, tmp_path, process_index=0)
+  tok = input_pipeline.build_tokenizer(cfg, tmp_path, process_index=0)
   path = tmp_path / "spiece.model"
   assert tok.vocab_size == 300 and path.is_file()
   mtime = path.stat().st_mtime_ns
-  again = PL.build_tokenizer(cfg, tmp_path, process_index=0)
+  again = input_pipeline.build_tokenizer(cfg, tmp_path, process_index=0)
   assert path.stat().st_mtime_ns == mtime and again.vocab_size == 300
-  assert PL.build_tokenizer(cfg, tmp_path, process_index=1).vocab_size == 300  # file there: no wait
+  assert input_pipeline.build_tokenizer(cfg, tmp_path, process_index=1).vocab_size == 300  # file there: no wait
   with pytest.raises(TimeoutError, match="process 0"):
-    PL.build_tokenizer(cfg, tmp_path / "empty", process_index=1, timeout_s=0.3)
+    input_pipeline.build_tokenizer(cfg, tmp_path / "empty", process_index=1, timeout_s=0.3)
 
 
 @pytest.mark.parametrize("name", ["train.array_record", "train.jsonl"])
 def test_static_examples_file(tiny, tmp_path, name):
   cfg = _cfg(tiny)
   out = str(tmp_path / name)
-  cpd.run(cfg.files, cfg.spm_model, out, config=PL.example_config(cfg), seed=3, dupe_factor=2)
+  cpd.run(cfg.files, cfg.spm_model, out, config=input_pipeline.example_config(cfg), seed=3, dupe_factor=2)
   records = list(cpd.read_examples(out))
   it = _iter(_cfg(tiny, static_examples=out), 16)
   assert it.stats["examples_per_epoch"] == len(records) and it.stats["pairs"]["pairs"] > 0
   epoch = _rows(_take(it, -(-len(records) // 16)))[:len(records)]
-  key = lambda r: b"".join(r[k].tobytes() for k in P.FEATURE_NAMES)
+  key = lambda r: b"".join(r[k].tobytes() for k in examples.FEATURE_NAMES)
   assert collections.Counter(map(key, epoch)) == collections.Counter(map(key, records))
   with pytest.raises(ValueError, match="max_seq_length"):
     _iter(_cfg(tiny, static_examples=out, max_seq_length=128), 16)
@@ -245,6 +246,7 @@ def test_config_errors(tiny, tmp_path):
   with pytest.raises(ValueError, match="seed"):
     _iter(_cfg(tiny), 8, seed=-1)
   with pytest.raises(FileNotFoundError, match="spm_model"):
-    PL.build_tokenizer(_cfg(tiny, spm_model=str(tmp_path / "no.model")), tmp_path)
-  with pytest.raises(ValueError, match="needs data.spm_model"):
-    PL.build_tokenizer(_cfg(tiny, spm_model="", static_examples="x.array_record"), tmp_path)
+    pretraining.tokenizer(ml_collections.ConfigDict(dict(
+        spm_model=str(tmp_path / "no.model"), init_from="", data=_cfg(tiny))), tmp_path)
+  with pytest.raises(ValueError, match="needs config.spm_model"):
+    input_pipeline.build_tokenizer(_cfg(tiny, spm_model="", static_examples="x.array_record"), tmp_path)

@@ -35,8 +35,9 @@ import grain
 import ml_collections
 import numpy as np
 
-from albert_jax.data import corpus, pretraining as P
+from albert_jax.data import corpus, examples as examples_lib
 from albert_jax.data import create_pretraining_data as cpd
+from albert_jax.data import order
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ def default_data_config() -> ml_collections.ConfigDict:
       tfds_feature="text",
       tfds_data_dir="",
       tfds_eval_split="",  # "": hold out documents of the "train" split
-      spm_model="",  # "": train one on the training corpus, cached as WORKDIR/spiece.model
       vocab_size=30000,
       max_seq_length=512,
       max_predictions_per_seq=ml_collections.config_dict.placeholder(int),  # None: 0.15 * length
@@ -73,7 +73,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       ngram=3,
       favor_shorter_ngram=True,
       random_next_sentence=False,
-      mode="fixed",  # "fixed" | "faithful" (pretraining.py)
+      mode="fixed",  # "fixed" | "faithful" (data/examples.py)
       masking="dynamic",  # "dynamic": fresh masks each epoch | "static": dupe_factor copies
       dupe_factor=10,  # masking "static" on a corpus: copies masked once, held in memory
       static_examples="",  # create_pretraining_data.py output: train on it (needs spm_model)
@@ -83,9 +83,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   ))
 
 
-def example_config(data_cfg: ml_collections.ConfigDict) -> P.ExampleConfig:
+def example_config(data_cfg: ml_collections.ConfigDict) -> examples_lib.ExampleConfig:
   """The pair-cutting and masking settings of `data_cfg`."""
-  return P.ExampleConfig(
+  return examples_lib.ExampleConfig(
       max_seq_length=data_cfg.max_seq_length, short_seq_prob=data_cfg.short_seq_prob,
       random_next_sentence=data_cfg.random_next_sentence, masked_lm_prob=data_cfg.masked_lm_prob,
       max_predictions_per_seq=data_cfg.max_predictions_per_seq or None, ngram=data_cfg.ngram,
@@ -132,14 +132,10 @@ def read_documents(data_cfg: ml_collections.ConfigDict, split: str,
 def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                     process_index: int | None = None,
                     timeout_s: float = SPM_WAIT_SECONDS) -> AlbertTokenizer:
-  """The tokenizer of `data_cfg.spm_model`, or of WORKDIR/spiece.model, which process 0 trains on
-  the training corpus's sentences when it is missing while the other processes wait for it."""
-  if data_cfg.spm_model:
-    if not os.path.isfile(data_cfg.spm_model):
-      raise FileNotFoundError(f"data.spm_model={data_cfg.spm_model!r} is not a file")
-    return AlbertTokenizer(data_cfg.spm_model)
+  """The tokenizer of WORKDIR/spiece.model, which process 0 trains on the training corpus's
+  sentences (`data_cfg.vocab_size` pieces) when it is missing, while the other processes wait."""
   if data_cfg.static_examples:
-    raise ValueError("data.static_examples needs data.spm_model: the vocabulary they were made "
+    raise ValueError("data.static_examples needs config.spm_model: the vocabulary they were made "
                      "with")
   path = Path(workdir) / VOCAB_FILE
   if not path.is_file():
@@ -175,7 +171,7 @@ class PairTable:
   labels: np.ndarray  # [pairs] int32: sentence_order_label
 
   @classmethod
-  def pack(cls, pairs: Sequence[P.SegmentPair]) -> "PairTable":
+  def pack(cls, pairs: Sequence[examples_lib.SegmentPair]) -> "PairTable":
     lengths = [len(p.tokens_a) + len(p.tokens_b) for p in pairs]
     return cls(np.concatenate([t for p in pairs for t in p[:2]] or [[]]).astype(np.int32),
                np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]),
@@ -185,12 +181,12 @@ class PairTable:
   def __len__(self) -> int:
     return len(self.labels)
 
-  def __getitem__(self, i: int) -> P.SegmentPair:
+  def __getitem__(self, i: int) -> examples_lib.SegmentPair:
     start, a_end, end = self.starts[i], self.starts[i] + self.len_a[i], self.starts[i + 1]
-    return P.SegmentPair(self.tokens[start:a_end], self.tokens[a_end:end], int(self.labels[i]))
+    return examples_lib.SegmentPair(self.tokens[start:a_end], self.tokens[a_end:end], int(self.labels[i]))
 
 
-def _static_records(path: str, config: P.ExampleConfig) -> Sequence[bytes]:
+def _static_records(path: str, config: examples_lib.ExampleConfig) -> Sequence[bytes]:
   """Records of a create_pretraining_data.py file, random access, checked against `config`."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"data.static_examples={path!r} is not a file")
@@ -220,18 +216,18 @@ def _examples(data_cfg, tokenizer, split: str, seed: int):
         stats = json.load(f)
     return records, None, {"corpus": stats.get("corpus"), "pairs": stats.get("pairs"),
                            "examples_per_epoch": len(records)}
-  corpus_stats, pair_stats = corpus.CorpusStats(), P.PairStats()
-  docs = P.tokenize_documents(read_documents(data_cfg, split, corpus_stats), tokenizer,
+  corpus_stats, pair_stats = corpus.CorpusStats(), examples_lib.PairStats()
+  docs = examples_lib.tokenize_documents(read_documents(data_cfg, split, corpus_stats), tokenizer,
                               corpus_stats)
   if not docs:
     raise ValueError(f"The {split} split of data.source={data_cfg.source!r} has no document with "
                      "text")
-  tables = P.tokenizer_tables(tokenizer)
+  tables = examples_lib.tokenizer_tables(tokenizer)
   if split == "train" and data_cfg.masking == "static":
     examples = cpd.create_examples(docs, tables, config, seed, data_cfg.dupe_factor, pair_stats)
     tables = None
   else:
-    examples = PairTable.pack(P.make_segment_pairs(docs, [seed, 0], config,
+    examples = PairTable.pack(examples_lib.make_segment_pairs(docs, [seed, 0], config,
                                                    word_start=tables.word_start, stats=pair_stats))
   if not len(examples):
     raise ValueError(f"The {split} split of data.source={data_cfg.source!r} gave no example")
@@ -240,43 +236,24 @@ def _examples(data_cfg, tokenizer, split: str, seed: int):
                             "examples_per_epoch": len(examples)}
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-  """[n]: the example at each place of `epoch`, a permutation drawn from (seed, epoch)."""
-  # One NumPy permutation per epoch costs ~0.03 us per example; grain's per-element index shuffle
-  # (MapDataset.shuffle) costs 20-70 us, as much as masking the example.
-  return np.random.default_rng([seed, 2, epoch]).permutation(
-      np.arange(n, dtype=np.int32 if n < 2**31 else np.int64))
-
-
-def _examples_at(positions: range, n: int, seed: int) -> np.ndarray:
-  """Indices of the examples at stream `positions`: place k % n of epoch k // n."""
-  epochs, places = np.divmod(np.arange(positions.start, positions.stop), n)
-  out = np.empty_like(places)
-  for epoch in np.unique(epochs):
-    here = epochs == epoch
-    out[here] = _epoch_order(seed, int(epoch), n)[places[here]]
-  return out
-
-
 def _host_batch(g: int, *, examples: Sequence, batch_size: int, rows: tuple[int, int], seed: int,
-                tables: P.VocabTables | None, config: P.ExampleConfig) -> Batch:
+                tables: examples_lib.VocabTables | None, config: examples_lib.ExampleConfig) -> Batch:
   """Rows [lo, hi) of global batch g: decoded records, or pairs masked in MASK_CHUNK-row chunks."""
   lo, hi = rows
   first, n = g * batch_size, len(examples)
   if tables is None:
     records = [cpd.decode_example(examples[i])
-               for i in _examples_at(range(first + lo, first + hi), n, seed)]
-    return {k: np.stack([r[k] for r in records]) for k in P.FEATURE_NAMES}
+               for i in order.examples_at(range(first + lo, first + hi), n, seed)]
+    return {k: np.stack([r[k] for r in records]) for k in examples_lib.FEATURE_NAMES}
   parts = []
   for j in range(lo // MASK_CHUNK, -(-hi // MASK_CHUNK)):
     start, stop = first + j * MASK_CHUNK, first + min((j + 1) * MASK_CHUNK, batch_size)
-    pairs = [examples[i] for i in _examples_at(range(start, stop), n, seed)]
+    pairs = [examples[i] for i in order.examples_at(range(start, stop), n, seed)]
     rng = np.random.default_rng([seed, 1, start // n, g, j])
-    parts.append(P.mask_examples(pairs, rng, tables, config))
+    parts.append(examples_lib.mask_examples(pairs, rng, tables, config))
   offset = lo - lo // MASK_CHUNK * MASK_CHUNK
   return {k: np.concatenate([p[k] for p in parts])[offset:offset + hi - lo]
-          for k in P.FEATURE_NAMES}
+          for k in examples_lib.FEATURE_NAMES}
 
 
 def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index, process_count):

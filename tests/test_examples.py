@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_jax.data import corpus, pretraining as P
+from albert_jax.data import corpus, examples
 from albert_jax.data import create_pretraining_data as cpd
 from albert_jax.data import report
 from albert_jax.data.tokenizer import AlbertTokenizer
@@ -27,7 +27,7 @@ def _tables(n_pieces, word_start_share=1.0, seed=0):
   """A vocabulary of n_pieces after the specials; word_start_share of them start with "▁"."""
   rng = np.random.default_rng(seed)
   starts = rng.random(n_pieces) < word_start_share
-  return P.vocab_tables(SPECIALS + [("▁" if s else "") + f"p{i}" for i, s in enumerate(starts)])
+  return examples.vocab_tables(SPECIALS + [("▁" if s else "") + f"p{i}" for i, s in enumerate(starts)])
 
 
 def _documents(rng, n_docs, vocab_size, max_sentences=30):
@@ -47,13 +47,13 @@ def _unmasked(pair, seq_len):
 @pytest.mark.parametrize("mode", ["fixed", "faithful"])
 def test_masking_statistics(mode):
   tables = _tables(3000, word_start_share=0.6)
-  config = P.ExampleConfig(max_seq_length=128, mode=mode)
+  config = examples.ExampleConfig(max_seq_length=128, mode=mode)
   docs = _documents(np.random.default_rng(1), 800, tables.vocab_size)
-  pairs = P.make_segment_pairs(docs, 0, config, word_start=tables.word_start)
+  pairs = examples.make_segment_pairs(docs, 0, config, word_start=tables.word_start)
   assert len(pairs) > 2000
-  f = P.mask_examples(pairs, 1, tables, config)
+  f = examples.mask_examples(pairs, 1, tables, config)
   assert {k: (v.shape, v.dtype) for k, v in f.items()} == {
-      **{k: ((len(pairs), 128), np.int32) for k in ("input_ids", "input_mask", "segment_ids")},
+      **{k: ((len(pairs), 128), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")},
       **{k: ((len(pairs), 20), np.int32) for k in ("masked_lm_positions", "masked_lm_ids")},
       "masked_lm_weights": ((len(pairs), 20), np.float32),
       "sentence_order_label": ((len(pairs),), np.int32)}
@@ -73,8 +73,8 @@ def test_masking_statistics(mode):
     unmasked = np.setdiff1d(np.arange(128), pos)
     assert (ids[unmasked] == original[unmasked]).all()  # padding (0) included
     assert (ids[:length] > 0).all() and (ids[:length] < tables.vocab_size).all()
-    assert (f["input_mask"][i] == (np.arange(128) < length)).all()
-    assert (f["segment_ids"][i] == ((np.arange(128) >= len(pair.tokens_a) + 2)
+    assert (f["attention_mask"][i] == (np.arange(128) < length)).all()
+    assert (f["token_type_ids"][i] == ((np.arange(128) >= len(pair.tokens_a) + 2)
                                     & (np.arange(128) < length))).all()
     assert f["sentence_order_label"][i] == pair.sentence_order_label
     counts["tokens"] += length - 3
@@ -110,12 +110,12 @@ def test_ngram_lengths_follow_the_formula(mode, favor_shorter, p):
   #   n1 = 1 (p1), then n2 = 2 or 3 (cut to 2) -> {1, 2}; n2 = 1 -> a third 1-gram -> {1, 1, 1}
   # (adjacent spans would merge, but that has probability ~1%).
   tables = _tables(5000)
-  config = P.ExampleConfig(max_seq_length=512, max_predictions_per_seq=3, mode=mode,
+  config = examples.ExampleConfig(max_seq_length=512, max_predictions_per_seq=3, mode=mode,
                            favor_shorter_ngram=favor_shorter)
   rng = np.random.default_rng(0)
-  pairs = [P.SegmentPair(rng.integers(5, 5005, 254), rng.integers(5, 5005, 255), 0)
+  pairs = [examples.SegmentPair(rng.integers(5, 5005, 254), rng.integers(5, 5005, 255), 0)
            for _ in range(4000)]
-  runs = collections.Counter(_run_lengths(P.mask_examples(pairs, 1, tables, config)))
+  runs = collections.Counter(_run_lengths(examples.mask_examples(pairs, 1, tables, config)))
   p1, p2, p3 = p
   expected = {(3,): p3, (1, 2): p2 + p1 * (p2 + p3), (1, 1, 1): p1 * p1}
   observed = {k: runs[k] / len(pairs) for k in expected}
@@ -126,11 +126,11 @@ def test_ngram_lengths_in_long_sequences():
   # With a budget far below the sequence, spans rarely overlap or hit the budget: the realised
   # lengths stay within a few points of p(n) prop. to 1/n (overlaps reject longer ones a bit more).
   tables = _tables(5000)
-  config = P.ExampleConfig(max_seq_length=4096, max_predictions_per_seq=60)
+  config = examples.ExampleConfig(max_seq_length=4096, max_predictions_per_seq=60)
   rng = np.random.default_rng(2)
-  pairs = [P.SegmentPair(rng.integers(5, 5005, 2046), rng.integers(5, 5005, 2047), 0)
+  pairs = [examples.SegmentPair(rng.integers(5, 5005, 2046), rng.integers(5, 5005, 2047), 0)
            for _ in range(200)]
-  lengths = collections.Counter(n for runs in _run_lengths(P.mask_examples(pairs, 3, tables,
+  lengths = collections.Counter(n for runs in _run_lengths(examples.mask_examples(pairs, 3, tables,
                                                                            config)) for n in runs)
   total = sum(lengths.values())
   for n, p in zip((1, 2, 3), (6 / 11, 3 / 11, 2 / 11)):
@@ -139,10 +139,10 @@ def test_ngram_lengths_in_long_sequences():
 
 def test_whole_words_are_masked_together_within_a_segment():
   tables = _tables(3000, word_start_share=0.4)
-  config = P.ExampleConfig(max_seq_length=128)
+  config = examples.ExampleConfig(max_seq_length=128)
   docs = _documents(np.random.default_rng(4), 100, tables.vocab_size)
-  pairs = P.make_segment_pairs(docs, 0, config, word_start=tables.word_start)
-  f = P.mask_examples(pairs, 5, tables, config)
+  pairs = examples.make_segment_pairs(docs, 0, config, word_start=tables.word_start)
+  f = examples.mask_examples(pairs, 5, tables, config)
   for i, pair in enumerate(pairs):
     original, length = _unmasked(pair, 128)
     masked = np.zeros(128, bool)
@@ -158,11 +158,11 @@ def test_whole_words_are_masked_together_within_a_segment():
 def test_a_word_never_crosses_the_middle_sep_in_fixed_mode():
   # B starts with a continuation piece (as front truncation can leave it). The original joins it to
   # A's last word, a 2-piece word that a budget of 1 never takes; fixed makes it a word of its own.
-  tables = P.vocab_tables(SPECIALS + ["▁x", "y"])
-  pair = P.SegmentPair(np.full(10, 5), np.array([6] + [5] * 9), 0)
-  config = P.ExampleConfig(max_seq_length=32, max_predictions_per_seq=1)
+  tables = examples.vocab_tables(SPECIALS + ["▁x", "y"])
+  pair = examples.SegmentPair(np.full(10, 5), np.array([6] + [5] * 9), 0)
+  config = examples.ExampleConfig(max_seq_length=32, max_predictions_per_seq=1)
   for mode, can_mask in (("fixed", True), ("faithful", False)):
-    f = P.mask_examples([pair] * 500, 0, tables, dataclasses.replace(config, mode=mode))
+    f = examples.mask_examples([pair] * 500, 0, tables, dataclasses.replace(config, mode=mode))
     masked = set(f["masked_lm_positions"][:, 0].tolist())
     assert f["masked_lm_weights"].sum() == 500
     assert (10 in masked and 12 in masked) == can_mask  # A's last token, B's first
@@ -171,23 +171,23 @@ def test_a_word_never_crosses_the_middle_sep_in_fixed_mode():
 
 def test_mask_budget_counts_as_each_mode_says():
   tables = _tables(5000)
-  pair = P.SegmentPair(np.arange(5, 20), np.arange(20, 35), 0)  # 30 one-piece words
+  pair = examples.SegmentPair(np.arange(5, 20), np.arange(20, 35), 0)  # 30 one-piece words
   for mode, expected in (("fixed", 4), ("faithful", 5)):  # round(30 * .15), round(33 * .15)
-    f = P.mask_example(pair, 0, tables, P.ExampleConfig(max_seq_length=64, mode=mode))
+    f = examples.mask_example(pair, 0, tables, examples.ExampleConfig(max_seq_length=64, mode=mode))
     assert f["masked_lm_weights"].sum() == expected
-  config = P.ExampleConfig(max_seq_length=64, masked_lm_prob=0.5, max_predictions_per_seq=7)
-  assert P.mask_example(pair, 0, tables, config)["masked_lm_weights"].sum() == 7
-  assert P.ExampleConfig(max_seq_length=128).max_predictions == 20
-  assert P.ExampleConfig(max_seq_length=512).max_predictions == 77
+  config = examples.ExampleConfig(max_seq_length=64, masked_lm_prob=0.5, max_predictions_per_seq=7)
+  assert examples.mask_example(pair, 0, tables, config)["masked_lm_weights"].sum() == 7
+  assert examples.ExampleConfig(max_seq_length=128).max_predictions == 20
+  assert examples.ExampleConfig(max_seq_length=512).max_predictions == 77
 
 
 def test_random_replacements_never_special_in_fixed_mode():
   tables = _tables(15)  # 20 ids: a quarter of random draws would be special in the original
   rng = np.random.default_rng(5)
-  pairs = [P.SegmentPair(rng.integers(5, 20, 60), rng.integers(5, 20, 60), 0) for _ in range(300)]
+  pairs = [examples.SegmentPair(rng.integers(5, 20, 60), rng.integers(5, 20, 60), 0) for _ in range(300)]
   drawn = {}
   for mode in ("fixed", "faithful"):
-    f = P.mask_examples(pairs, 6, tables, P.ExampleConfig(max_seq_length=128, mode=mode))
+    f = examples.mask_examples(pairs, 6, tables, examples.ExampleConfig(max_seq_length=128, mode=mode))
     rows, cols = np.nonzero(f["masked_lm_weights"])
     now = f["input_ids"][rows, f["masked_lm_positions"][rows, cols]]
     drawn[mode] = now[(now != MASK) & (now != f["masked_lm_ids"][rows, cols])]
@@ -197,7 +197,7 @@ def test_random_replacements_never_special_in_fixed_mode():
 
 def test_word_start_rules():
   pieces = ["▁the", "ing", ".", "..", "95", "ïve", "<unk>", "'", "s", "▁", "A"]
-  tables = P.vocab_tables(SPECIALS + pieces)
+  tables = examples.vocab_tables(SPECIALS + pieces)
   assert tables.word_start[5:].tolist() == [True] + [False] * 8 + [True, False]
   # google-research/albert `_is_start_piece_sp`, worked by hand for each piece.
   assert tables.word_start_original[5:].tolist() == [
@@ -226,11 +226,11 @@ def test_hand_checked_document():
     return {(tuple(a), tuple(b), 0), (tuple(b), tuple(a), 1)}
   expected_doc1 = [both(s1, s2), both(s3, s4[1:]) | both(s3, s4[:-1]), both([27], [28])]
   expected_doc2 = [both(t1, t2 + t3) | both(t1 + t2, t3)]
-  config = P.ExampleConfig(max_seq_length=11, short_seq_prob=0.0)
+  config = examples.ExampleConfig(max_seq_length=11, short_seq_prob=0.0)
   tables = _tables(50)
   seen = [set() for _ in range(4)]
   for seed in range(40):
-    pairs = P.make_segment_pairs([doc1, doc2], seed, config, word_start=tables.word_start)
+    pairs = examples.make_segment_pairs([doc1, doc2], seed, config, word_start=tables.word_start)
     assert len(pairs) == 4
     for k, (pair, allowed) in enumerate(zip(pairs, expected_doc1 + expected_doc2)):
       got = (tuple(pair.tokens_a.tolist()), tuple(pair.tokens_b.tolist()),
@@ -241,19 +241,19 @@ def test_hand_checked_document():
   assert [len(s) for s in seen] == [2, 4, 2, 4]
 
   # faithful: the lone s5 gets B from doc2, from a random sentence to the end of the target.
-  stats = P.PairStats()
-  faithful = P.ExampleConfig(max_seq_length=11, short_seq_prob=0.0, mode="faithful")
+  stats = examples.PairStats()
+  faithful = examples.ExampleConfig(max_seq_length=11, short_seq_prob=0.0, mode="faithful")
   for seed in range(10):
-    third = P.make_segment_pairs([doc1, doc2], seed, faithful, stats=stats)[2]
+    third = examples.make_segment_pairs([doc1, doc2], seed, faithful, stats=stats)[2]
     assert third.tokens_a.tolist() == s5 and third.sentence_order_label == 1
     assert third.tokens_b.tolist() in ([40, 41, 42, 43, 44, 45], [41, 42, 43, 44, 45, 46], t3)
   assert stats.random_document_b == 10
 
   # A one-word sentence cannot be split (fixed: dropped); the original pairs it with doc1.
   word = [np.array([50, 51], np.int32)]
-  tables = P.vocab_tables(SPECIALS + ["▁x"] * 46 + ["x"] * 10)  # 51 is a continuation piece
-  stats = P.PairStats()
-  assert P.make_segment_pairs([doc1, word], 0, config, word_start=tables.word_start,
+  tables = examples.vocab_tables(SPECIALS + ["▁x"] * 46 + ["x"] * 10)  # 51 is a continuation piece
+  stats = examples.PairStats()
+  assert examples.make_segment_pairs([doc1, word], 0, config, word_start=tables.word_start,
                               stats=stats)[3:] == []
   assert stats.chunks_dropped == 1
 
@@ -269,10 +269,10 @@ def test_sop_pairs_are_in_document_order_and_balanced():
     doc_of += [d] * int(lengths.sum())
     start += int(lengths.sum())
   doc_of = np.array([-1] * 5 + doc_of)
-  tables = P.vocab_tables(SPECIALS + ["▁x"] * (start - 5))
+  tables = examples.vocab_tables(SPECIALS + ["▁x"] * (start - 5))
   for nsp in (False, True):
-    config = P.ExampleConfig(max_seq_length=128, random_next_sentence=nsp)
-    pairs = P.make_segment_pairs(docs, 8, config, word_start=tables.word_start)
+    config = examples.ExampleConfig(max_seq_length=128, random_next_sentence=nsp)
+    pairs = examples.make_segment_pairs(docs, 8, config, word_start=tables.word_start)
     labels = np.array([p.sentence_order_label for p in pairs])
     assert len(pairs) > 2500 and abs(labels.mean() - 0.5) < 0.03
     for p in pairs:
@@ -303,45 +303,45 @@ def test_truncation_matches_the_original_loop():
     la, lb, limit = rng.integers(1, 60), rng.integers(1, 60), rng.integers(2, 80)
     a, b = np.arange(la), np.arange(100, 100 + lb)
     seed = int(rng.integers(1 << 30))
-    got = P.truncate_seq_pair(a, b, limit, np.random.default_rng(seed))
+    got = examples.truncate_seq_pair(a, b, limit, np.random.default_rng(seed))
     coins = np.random.default_rng(seed).random(max(0, la + lb - limit))
     assert [x.tolist() for x in got] == list(original(a, b, limit, coins))
 
 
 def test_same_seed_same_examples_other_seed_differs():
   tables = _tables(3000, word_start_share=0.6)
-  config = P.ExampleConfig(max_seq_length=128)
+  config = examples.ExampleConfig(max_seq_length=128)
   docs = _documents(np.random.default_rng(10), 60, tables.vocab_size)
 
-  def examples(pair_seed, mask_seed, documents=docs):
-    pairs = P.make_segment_pairs(documents, pair_seed, config, word_start=tables.word_start)
-    return pairs, P.mask_examples(pairs, mask_seed, tables, config)
+  def make(pair_seed, mask_seed, documents=docs):
+    pairs = examples.make_segment_pairs(documents, pair_seed, config, word_start=tables.word_start)
+    return pairs, examples.mask_examples(pairs, mask_seed, tables, config)
 
-  pairs, f = examples(1, 2)
-  pairs2, f2 = examples(1, 2)
+  pairs, f = make(1, 2)
+  pairs2, f2 = make(1, 2)
   assert all((f[k] == f2[k]).all() for k in f)
   assert all((p.tokens_a == q.tokens_a).all() and (p.tokens_b == q.tokens_b).all()
              for p, q in zip(pairs, pairs2))
-  _, f3 = examples(1, 3)  # the same pairs, other masks
+  _, f3 = make(1, 3)  # the same pairs, other masks
   assert (f["masked_lm_positions"] != f3["masked_lm_positions"]).any()
-  assert all((f[k] == f3[k]).all() for k in ("input_mask", "segment_ids", "sentence_order_label"))
-  pairs4, _ = examples(4, 2)
+  assert all((f[k] == f3[k]).all() for k in ("attention_mask", "token_type_ids", "sentence_order_label"))
+  pairs4, _ = make(4, 2)
   assert [len(p.tokens_a) for p in pairs4] != [len(p.tokens_a) for p in pairs]
   # A document's pairs depend on its own seed (seed, index), not on the documents around it.
-  more, _ = examples(1, 2, docs + _documents(np.random.default_rng(11), 5, tables.vocab_size))
+  more, _ = make(1, 2, docs + _documents(np.random.default_rng(11), 5, tables.vocab_size))
   assert [p.tokens_a.tolist() for p in more[:len(pairs)]] == [p.tokens_a.tolist() for p in pairs]
   # One pair masked alone with a seed is reproducible too.
-  one = P.mask_example(pairs[0], 5, tables, config)
-  assert all((one[k] == P.mask_example(pairs[0], 5, tables, config)[k]).all() for k in one)
+  one = examples.mask_example(pairs[0], 5, tables, config)
+  assert all((one[k] == examples.mask_example(pairs[0], 5, tables, config)[k]).all() for k in one)
 
 
 # ----------------------------------------------------------------------------- records and CLIs
 
 def test_records_round_trip(tmp_path):
   tables = _tables(3000, word_start_share=0.6)
-  config = P.ExampleConfig(max_seq_length=64)
+  config = examples.ExampleConfig(max_seq_length=64)
   docs = _documents(np.random.default_rng(12), 20, tables.vocab_size)
-  f = P.mask_examples(P.make_segment_pairs(docs, 0, config), 0, tables, config)
+  f = examples.mask_examples(examples.make_segment_pairs(docs, 0, config), 0, tables, config)
   rows = [{k: v[i] for k, v in f.items()} for i in range(len(f["input_ids"]))]
   for row in rows:
     back = cpd.decode_example(cpd.encode_example(row))
@@ -388,7 +388,7 @@ def test_create_pretraining_data_cli(tiny_corpus, tmp_path):
   records = list(cpd.read_examples(tmp_path / "out" / "b.array_record"))
   # Same seed, same examples, whichever the format.
   assert len(jsonl) == len(records) > 50
-  assert all((x[k] == y[k]).all() for x, y in zip(jsonl, records) for k in P.FEATURE_NAMES)
+  assert all((x[k] == y[k]).all() for x, y in zip(jsonl, records) for k in examples.FEATURE_NAMES)
   assert records[0]["input_ids"].shape == (64,) and records[0]["masked_lm_ids"].shape == (10,)
   stats = json.loads((tmp_path / "a.jsonl.stats.json").read_text())
   assert stats["examples"] == len(jsonl) and stats["corpus"]["files"] == 2
@@ -405,7 +405,7 @@ def test_create_pretraining_data_cli(tiny_corpus, tmp_path):
 
 def test_report_on_a_corpus(tiny_corpus):
   root, model = tiny_corpus
-  text = report.report_corpus(str(root), AlbertTokenizer(model), P.ExampleConfig(128), seed=1)
+  text = report.report_corpus(str(root), AlbertTokenizer(model), examples.ExampleConfig(128), seed=1)
   masked = float(text.split("masked: ")[1].split("%")[0])
   assert 14 < masked < 16 and "Corpus: " in text and "sequence lengths" in text
   assert "checks: 0 special tokens masked, 0 positions outside the sequence, 0 examples" in text

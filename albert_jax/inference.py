@@ -1,8 +1,8 @@
 """Inference pipelines with the inputs and outputs of `transformers.pipeline`: fill-mask and
 feature extraction, batched with padded length buckets and one jitted forward per batch.
 
-    python -m albert_jax.pipelines fill-mask --model DIR "Hello I'm a [MASK] model." [--top_k 5]
-    python -m albert_jax.pipelines feature-extraction --model DIR "Hello world." [--pooled]
+    python -m albert_jax.inference fill-mask --model DIR "Hello I'm a [MASK] model." [--top_k 5]
+    python -m albert_jax.inference feature-extraction --model DIR "Hello world." [--pooled]
 
 DIR is a Hugging Face directory or an albert-jax (Orbax) model directory with its spiece.model.
 In Python: `albert_jax.pipeline("fill-mask", model=DIR)(text, top_k=5, targets=None)` and
@@ -252,7 +252,7 @@ def _print_fill(text: str, result: list) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m albert_jax.pipelines", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m albert_jax.inference", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="task", required=True)
   for task in TASKS:

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 import albert_jax
-from albert_jax import checkpointing, hf_convert, pipelines
+from albert_jax import checkpointing, hf_convert, inference
 from albert_jax import model as M
 from helpers import random_params
 
@@ -74,7 +74,7 @@ def hf_fill(dirs):
 
 @pytest.fixture(scope="module")
 def fill(dirs):
-  return pipelines.pipeline("fill-mask", model=dirs.hf, batch_size=2)
+  return inference.pipeline("fill-mask", model=dirs.hf, batch_size=2)
 
 
 def _assert_same(ours, theirs, path="result"):
@@ -108,16 +108,16 @@ def test_fill_mask_single_texts_match_transformers(fill, hf_fill):
 
 
 def test_fill_mask_batch_matches_transformers(fill, hf_fill):
-  compiled = pipelines._mlm_probs._cache_size()
+  compiled = inference._mlm_probs._cache_size()
   _assert_same(fill(BATCH, top_k=3), hf_fill(BATCH, top_k=3))
   # A list of one comes back unwrapped, as transformers does it.
   _assert_same(fill([TEXTS[1]]), hf_fill([TEXTS[1]]))
   assert isinstance(fill([TEXTS[1]])[0], dict)
   # Shapes are bucketed: a few compiles for all of the above, none when run again.
-  assert pipelines._mlm_probs._cache_size() - compiled <= 4
-  compiled = pipelines._mlm_probs._cache_size()
+  assert inference._mlm_probs._cache_size() - compiled <= 4
+  compiled = inference._mlm_probs._cache_size()
   fill(BATCH, top_k=2)
-  assert pipelines._mlm_probs._cache_size() == compiled
+  assert inference._mlm_probs._cache_size() == compiled
 
 
 def test_fill_mask_two_masks_matches_transformers(fill, hf_fill):
@@ -137,7 +137,7 @@ def test_fill_mask_targets_match_transformers(fill, hf_fill):
 def test_fill_mask_pretraining_checkpoint(dirs):
   # transformers loads AlbertForMaskedLM from it (dropping SOP and the pooler); we keep its head.
   texts = [TEXTS[0], TWO_MASKS]
-  _assert_same(pipelines.pipeline("fill-mask", model=dirs.hf_pre)(texts),
+  _assert_same(inference.pipeline("fill-mask", model=dirs.hf_pre)(texts),
                _hf_pipeline("fill-mask", dirs.hf_pre)(texts))
 
 
@@ -147,29 +147,29 @@ def test_fill_mask_errors(fill, dirs, tmp_path):
   with pytest.raises(ValueError, match="max_position_embeddings=40"):
     fill("the cat sat " * 20 + "[MASK]")
   with pytest.raises(ValueError, match="Unknown task 'summarization'"):
-    pipelines.pipeline("summarization", model=dirs.hf)
+    inference.pipeline("summarization", model=dirs.hf)
   base = tmp_path / "base"
   hf_convert.save(dirs.cfg, random_params(dirs.cfg, "base", 0), base, tokenizer=dirs.spm)
   with pytest.raises(ValueError, match="base checkpoint, which has no masked-LM head"):
-    pipelines.pipeline("fill-mask", model=base)
+    inference.pipeline("fill-mask", model=base)
 
 
 # ----------------------------------------------------------------------------- Orbax directories
 
 def test_orbax_dir_matches_transformers(dirs, hf_fill):
-  ours = pipelines.pipeline("fill-mask", model=dirs.orbax, batch_size=2)
+  ours = inference.pipeline("fill-mask", model=dirs.orbax, batch_size=2)
   _assert_same(ours(BATCH, top_k=5), hf_fill(BATCH, top_k=5))
 
 
 def test_missing_spiece_model_is_a_clear_error(dirs):
   with pytest.raises(FileNotFoundError, match=f"{dirs.orbax_no_spm} has no spiece.model"):
-    pipelines.pipeline("fill-mask", model=dirs.orbax_no_spm)
+    inference.pipeline("fill-mask", model=dirs.orbax_no_spm)
   with pytest.raises(FileNotFoundError, match="orbax_no_spm has no spiece.model"):
-    pipelines.pipeline("feature-extraction", model=dirs.orbax_no_spm)
+    inference.pipeline("feature-extraction", model=dirs.orbax_no_spm)
   # tokenizer= supplies one: a spiece.model file, a directory, or an AlbertTokenizer.
-  reference = pipelines.pipeline("fill-mask", model=dirs.hf)(TEXTS[1])
+  reference = inference.pipeline("fill-mask", model=dirs.hf)(TEXTS[1])
   for tok in (dirs.spm, dirs.hf, albert_jax.AlbertTokenizer.from_pretrained(dirs.hf)):
-    pipe = pipelines.pipeline("fill-mask", model=dirs.orbax_no_spm, tokenizer=tok)
+    pipe = inference.pipeline("fill-mask", model=dirs.orbax_no_spm, tokenizer=tok)
     assert pipe(TEXTS[1]) == reference
 
 
@@ -177,7 +177,7 @@ def test_missing_spiece_model_is_a_clear_error(dirs):
 
 def test_features_match_transformers(dirs):
   theirs = _hf_pipeline("feature-extraction", dirs.hf)
-  ours = pipelines.pipeline("feature-extraction", model=dirs.hf, batch_size=4)
+  ours = inference.pipeline("feature-extraction", model=dirs.hf, batch_size=4)
   texts = ["Hello world.", "The cat sat on the mat.", "a", "the quick brown fox jumps over it."]
   for text in texts[:2]:
     mine, ref = ours(text), theirs(text)
@@ -204,7 +204,7 @@ def test_features_match_transformers(dirs):
 def test_pooled_features_match_transformers_albert_model(dirs):
   # transformers' feature-extraction pipeline only returns the first output (last_hidden_state),
   # so the pooled output is compared with AlbertModel's pooler_output directly.
-  ours = pipelines.pipeline("feature-extraction", model=dirs.hf_pre)
+  ours = inference.pipeline("feature-extraction", model=dirs.hf_pre)
   ref = transformers.AlbertModel.from_pretrained(dirs.hf_pre).eval()
   tok = transformers.AlbertTokenizer.from_pretrained(dirs.hf_pre)
   texts = ["Hello world.", "The cat sat on the very big mat."]
@@ -218,15 +218,15 @@ def test_pooled_features_match_transformers_albert_model(dirs):
     np.testing.assert_allclose(states, out.last_hidden_state.numpy(), atol=1e-5, rtol=0)
   assert [np.shape(x) for x in ours(texts, pooled=True)] == [(1, 32)] * 2
   with pytest.raises(ValueError, match="has no pooler weights"):
-    pipelines.pipeline("feature-extraction", model=dirs.hf)("hello", pooled=True)
+    inference.pipeline("feature-extraction", model=dirs.hf)("hello", pooled=True)
 
 
 # ----------------------------------------------------------------------------- CLI
 
-# `python -m albert_jax.pipelines ARGS`, then a check that neither torch nor transformers was loaded.
+# `python -m albert_jax.inference ARGS`, then a check that neither torch nor transformers was loaded.
 _CLI = """import runpy, sys
 try:
-  runpy.run_module("albert_jax.pipelines", run_name="__main__", alter_sys=True)
+  runpy.run_module("albert_jax.inference", run_name="__main__", alter_sys=True)
 except SystemExit as e:
   rc = e.code
 assert not {"torch", "transformers"} & set(sys.modules), "imported torch or transformers"

@@ -327,7 +327,7 @@ def make_segment_pairs(documents: Sequence[Sequence[np.ndarray]], seed: Seed,
 
 # ----------------------------------------------------------------------------- masking
 
-FEATURE_NAMES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+FEATURE_NAMES = ("input_ids", "attention_mask", "token_type_ids", "masked_lm_positions", "masked_lm_ids",
                  "masked_lm_weights", "sentence_order_label")
 
 
@@ -474,8 +474,8 @@ def mask_examples(pairs: Sequence[SegmentPair], rng: Seed, tables: VocabTables,
   index = np.arange(seq_len)
   return {
       "input_ids": input_ids,
-      "input_mask": (index < length[:, None]).astype(np.int32),
-      "segment_ids": ((index >= len_a[:, None] + 2) & (index < length[:, None])).astype(np.int32),
+      "attention_mask": (index < length[:, None]).astype(np.int32),
+      "token_type_ids": ((index >= len_a[:, None] + 2) & (index < length[:, None])).astype(np.int32),
       "masked_lm_positions": masked_lm_positions,
       "masked_lm_ids": masked_lm_ids,
       "masked_lm_weights": (np.arange(max_pred) < np.array(n_chosen)[:, None]).astype(np.float32),

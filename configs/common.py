@@ -1,0 +1,82 @@
+"""What every config shares: the `FILE.py:ARG` grammar and the base config of the one training
+loop (`albert_jax.train.train_and_evaluate`). Each config file is this base with its task's data
+and the paper's hyperparameters for it.
+
+`config.task` names the task (`albert_jax.tasks.TASKS`), `config.data` is that task's
+`data_config(arg)`, `config.model` the architecture (a `model.SIZES` preset, every AlbertConfig
+field overridable: `--config.model.num_hidden_layers=12`).
+"""
+
+import ml_collections
+
+from albert_jax import model as M
+from albert_jax import optimizer, tasks
+
+
+def parse_arg(arg: str, **defaults) -> dict[str, str]:
+  """"task=sst2,model=large" -> {"task": "sst2", "model": "large"}; a bare word sets the first
+  default's key ("sst2" -> task=sst2, "large-v1" -> model=large-v1). Unknown keys are an error."""
+  out = dict(defaults)
+  for i, part in enumerate(p for p in (arg or "").split(",") if p):
+    key, eq, value = part.partition("=")
+    if not eq:
+      key, value = (next(iter(defaults)) if i == 0 and defaults else None), part
+    if key not in defaults:
+      raise ValueError(f"config argument {part!r}: expected KEY=VALUE with KEY in "
+                       f"{sorted(defaults)}")
+    out[key] = value
+  return out
+
+
+def model_config(preset: str) -> ml_collections.ConfigDict:
+  """`config.model`: a preset's AlbertConfig fields ("large", "base-v1", "tiny"), vocab_size -1
+  (the tokenizer's)."""
+  fields = dict(vars(M.preset(preset)), id2label=(), vocab_size=-1)
+  return ml_collections.ConfigDict(fields)
+
+
+def base_config(task: str, model: str, *, data_arg: str = "") -> ml_collections.ConfigDict:
+  """The fields of every job, with `task`'s default data and `model`'s architecture."""
+  config = ml_collections.ConfigDict()
+  config.task = task
+  config.data = tasks.get(task).data_config(data_arg)
+  config.model = model_config(model)
+  config.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
+  # Rematerialisation of the scanned layer: dots_with_no_batch_dims (the model's default: as fast
+  # as unrolled layers, a fraction of their memory) | none | ffn_residual | layer_norm_inputs |
+  # full | dots (model.REMAT_POLICIES; measured in the README's "The scan" section).
+  config.remat_policy = M.DEFAULT_REMAT
+  # Attention core: xla | splash | cudnn | auto (splash on TPU, cudnn on GPU in bf16, else xla;
+  # albert_jax/attention.py).
+  config.attention = "auto"
+  # Start from this checkpoint's weights: an HF or albert-jax model directory, a training run,
+  # or an original TF1 release. Its architecture is used (albert_jax/init_from.py).
+  config.init_from = ""
+  config.spm_model = ""  # the vocabulary; "": init_from's, else (pretraining) trained in WORKDIR
+  config.optim = optimizer.default_optim_config()
+  config.batch_size = 4096  # global, over all hosts
+  config.eval_batch_size = 0  # 0: batch_size
+  config.grad_accum_steps = 1
+  config.total_steps = 125_000
+  config.seed = 0
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding = "fsdp_tensor"  # data_parallel | fsdp | fsdp_tensor (sharding.RULES)
+  config.peak_tflops_per_device = 0.0  # for MFU; 0: known accelerators' table, CPU measured
+  config.log_every_steps = 100
+  config.eval_every_steps = 5000
+  config.checkpoint_every_steps = 5000
+  config.keep_checkpoints = 3
+  config.export_hf = True  # write WORKDIR/hf (Hugging Face format + spiece.model) at the end
+  return config
+
+
+def finetune_config(task: str, model: str, data_arg: str, *, lr: float, total_steps: int,
+                    warmup_steps: int, batch_size: int) -> ml_collections.ConfigDict:
+  """A fine-tuning job: the original run_classifier / run_squad / run_race optimizer (AdamW
+  without bias correction, linear warmup then linear decay, weight decay 0.01, clipping 1.0).
+  `model` is the preset used without config.init_from; with it, the checkpoint's architecture."""
+  config = base_config(task, model, data_arg=data_arg)
+  config.optim.update(name="adamw", lr=lr, warmup_steps=warmup_steps)
+  config.update(batch_size=batch_size, total_steps=total_steps, log_every_steps=100,
+                eval_every_steps=1000, checkpoint_every_steps=1000, keep_checkpoints=2)
+  return config
