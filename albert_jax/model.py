@@ -9,6 +9,7 @@ Module and parameter names mirror Hugging Face's `modeling_albert.py`, so the co
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import flax
@@ -332,8 +333,14 @@ class Dense(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(
         tf_truncated_normal(self.stddev), self.axes), in_shape + self.features, self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    # One matmul over the flattened axes, [..., in] x [in, out], reshaped afterwards: its output
+    # is what remat keeps, and [..., heads * head_dim] packs densely in TPU memory where
+    # [..., heads, head_dim=64] pads the minor axis to 128 lanes (albert-large at 32 x 512 on a
+    # v5p chip: 9.6 GiB of temporaries instead of 11.8, for 9% more step time by XLA's model).
+    batch_shape = x.shape[:x.ndim - self.n_in]
+    y = jnp.dot(x.reshape(*batch_shape, math.prod(in_shape)),
+                kernel.reshape(math.prod(in_shape), math.prod(self.features)))
+    y = y.reshape(*batch_shape, *self.features)
     if not self.use_bias:
       return y
     bias = self.param("bias", nn.with_logical_partitioning(
