@@ -28,8 +28,9 @@ demo: $(VENV)/.installed
 	$(PY) -m albert_jax.inference fill-mask --model $(DEMO_WORKDIR)/hf \
 	    "The [MASK] statement is used to leave a loop early."
 
+# Two workers: most tests are bound by single-threaded XLA compiles.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist worksteal tests $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

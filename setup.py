@@ -27,6 +27,7 @@ EXTRAS_REQUIRE = {
     # would pull a multi-GB CUDA build.
     "test": [
         "pytest>=8",
+        "pytest-xdist>=3.6",  # make test runs on both cores
         "torch==2.13.0",
         "transformers>=4.46,<5",
         "jax[tpu]>=0.10.2,<0.11",  # the tests compile real TPU programs (albert_jax.aot)

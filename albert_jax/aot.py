@@ -15,7 +15,6 @@ MFU are estimates of XLA's TPU cost model (see `estimate_step_seconds`), not mea
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -207,7 +206,7 @@ def lower(config, spec, devices, scan_layers: bool = True):
   import flax.linen as nn
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from albert_jax import model as M, optimizer, sharding, train
+  from albert_jax import optimizer, sharding, train
 
   mesh = sharding.make_mesh(dict(config.mesh), devices)
   rules = sharding.rules(config.sharding)

@@ -20,8 +20,6 @@ import dataclasses
 import difflib
 import hashlib
 import importlib.util
-import json
-import os
 import re
 import shlex
 import subprocess

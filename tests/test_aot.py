@@ -6,13 +6,10 @@ compiles are real XLA:TPU compiles of tiny models, except the slow test of the p
 
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import pytest
 
 from albert_jax import aot

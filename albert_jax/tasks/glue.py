@@ -9,6 +9,7 @@ Face's `glue` processors): MNLI ["contradiction", "entailment", "neutral"], QNLI
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -532,13 +533,7 @@ def evaluate_task(predictions, dataset: arrays.Dataset, task_cfg, output_dir) ->
   return results
 
 
-def tokenizer(config, workdir):
-  return common.tokenizer(config, workdir)
-
-
-def data(config, tok):
-  return common.data(load, config, tok)
-
-
-def score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]:
-  return common.evaluate_rows(evaluate_task, predictions, eval_set, data_cfg, out_dir)
+# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
+tokenizer = common.tokenizer
+data = functools.partial(common.data, load)  # (config, tokenizer)
+score = functools.partial(common.evaluate_rows, evaluate_task)

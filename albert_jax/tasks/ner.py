@@ -4,6 +4,7 @@ seqeval's entity-level precision / recall / F1 (its default, conlleval-compatibl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections import Counter
 from pathlib import Path
@@ -299,13 +300,7 @@ def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
   return metrics
 
 
-def tokenizer(config, workdir):
-  return common.tokenizer(config, workdir)
-
-
-def data(config, tok):
-  return common.data(load, config, tok)
-
-
-def score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]:
-  return common.evaluate_rows(evaluate_task, predictions, eval_set, data_cfg, out_dir)
+# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
+tokenizer = common.tokenizer
+data = functools.partial(common.data, load)  # (config, tokenizer)
+score = functools.partial(common.evaluate_rows, evaluate_task)

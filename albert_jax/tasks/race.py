@@ -5,6 +5,7 @@ reading the distribution (or TFDS), `[CLS] article [SEP] question+option [SEP]` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -294,13 +295,7 @@ def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
   return metrics
 
 
-def tokenizer(config, workdir):
-  return common.tokenizer(config, workdir)
-
-
-def data(config, tok):
-  return common.data(load, config, tok)
-
-
-def score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]:
-  return common.evaluate_rows(evaluate_task, predictions, eval_set, data_cfg, out_dir)
+# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
+tokenizer = common.tokenizer
+data = functools.partial(common.data, load)  # (config, tokenizer)
+score = functools.partial(common.evaluate_rows, evaluate_task)

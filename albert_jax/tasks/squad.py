@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -663,13 +664,7 @@ def evaluate_task(predictions, dataset: arrays.Dataset, task_cfg, output_dir) ->
   return {k: float(v) for k, v in metrics.items()}
 
 
-def tokenizer(config, workdir):
-  return common.tokenizer(config, workdir)
-
-
-def data(config, tok):
-  return common.data(load, config, tok)
-
-
-def score(predictions, eval_set, data_cfg, out_dir) -> dict[str, float]:
-  return common.evaluate_rows(evaluate_task, predictions, eval_set, data_cfg, out_dir)
+# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
+tokenizer = common.tokenizer
+data = functools.partial(common.data, load)  # (config, tokenizer)
+score = functools.partial(common.evaluate_rows, evaluate_task)

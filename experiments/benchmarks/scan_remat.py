@@ -32,12 +32,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from albert_jax import hf_convert, optimizer, train
 from albert_jax.tasks import pretraining
 from albert_jax import model as M
-from experiments.benchmarks.train_step import JittedPeer, Torch, dense_labels, make_batch
+from experiments.benchmarks.train_step import (JittedPeer, Torch, dense_labels,
+                                               hf_pretraining_loss, make_batch)
 
 POLICIES = ("none", "dots_with_no_batch_dims", "layer_norm_inputs", "ffn_residual", "full")
 MB, GiB = 2**20, 2**30
@@ -128,12 +128,7 @@ class FullVocabGrad(JittedPeer):
     def loss(p, b):
       out = module.apply({"params": p}, b["input_ids"], attention_mask=b["attention_mask"],
                          token_type_ids=b["token_type_ids"], deterministic=True)
-      mask = (labels >= 0).astype(jnp.float32)
-      mlm = optax.softmax_cross_entropy_with_integer_labels(out.prediction_logits,
-                                                            jnp.maximum(labels, 0))
-      sop = optax.softmax_cross_entropy_with_integer_labels(out.sop_logits,
-                                                            b["sentence_order_label"])
-      return jnp.sum(mlm * mask) / jnp.sum(mask) + jnp.mean(sop)
+      return hf_pretraining_loss(out, labels, b["sentence_order_label"])
 
     def step(p, b):  # keeps the JittedPeer (state, batch) -> (state, metrics) shape
       value, grads = jax.value_and_grad(loss)(p, b)
@@ -171,16 +166,10 @@ def _torch_grad_worker(conn, hf_config, state_dict, batch, threads):
 
 
 class TorchGrad(Torch):
+  """transformers' forward + backward (no update) in a worker process."""
+
   def __init__(self, cfg, state_dict, batch, threads):
-    import multiprocessing as mp
-    from experiments.benchmarks.train_step import hf_config_dict
-    ctx = mp.get_context("spawn")
-    self.conn, child = ctx.Pipe()
-    self.proc = ctx.Process(target=_torch_grad_worker,
-                            args=(child, hf_config_dict(cfg), state_dict, batch, threads))
-    self.proc.start()
-    _, self.attention, self.threads = self.conn.recv()
-    self.memory = None
+    super().__init__(cfg, state_dict, batch, threads, worker=_torch_grad_worker)
 
   def step_with_cpu(self):
     self.conn.send("step")

@@ -81,6 +81,16 @@ def dense_labels(batch: dict[str, np.ndarray]) -> np.ndarray:
   return labels
 
 
+def hf_pretraining_loss(out, labels, sop_labels):
+  """transformers' pretraining loss, as HF's run_mlm_flax computes it: CE at every position
+  weighted by the MLM label mask (labels -100 elsewhere), plus the SOP CE."""
+  mask = (labels >= 0).astype(jnp.float32)
+  mlm = optax.softmax_cross_entropy_with_integer_labels(out.prediction_logits,
+                                                        jnp.maximum(labels, 0))
+  sop = optax.softmax_cross_entropy_with_integer_labels(out.sop_logits, sop_labels)
+  return jnp.sum(mlm * mask) / jnp.sum(mask) + jnp.mean(sop)
+
+
 def hf_config_dict(cfg: M.AlbertConfig) -> dict:
   # No dropout on the SOP head, as the original and ours (HF's default is 0.1).
   return {**cfg.to_hf_dict(), "classifier_dropout_prob": 0.0}
@@ -165,14 +175,7 @@ class HFFlax(JittedPeer):
 
     def loss_fn(p, b):
       out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], params=p, train=False)
-      # As HF's run_mlm_flax: CE at every position, weighted by the MLM label mask.
-      labels = b["labels"]
-      mask = (labels >= 0).astype(jnp.float32)
-      mlm = optax.softmax_cross_entropy_with_integer_labels(out.prediction_logits,
-                                                            jnp.maximum(labels, 0))
-      sop = optax.softmax_cross_entropy_with_integer_labels(out.sop_logits,
-                                                            b["sentence_order_label"])
-      return jnp.sum(mlm * mask) / jnp.sum(mask) + jnp.mean(sop)
+      return hf_pretraining_loss(out, b["labels"], b["sentence_order_label"])
 
     def step(state, b):
       p, opt_state = state
@@ -230,12 +233,13 @@ def _torch_worker(conn, hf_config: dict, state_dict, batch, threads: int):
 
 
 class Torch:
-  """transformers.AlbertForPreTraining stepping in a fresh worker process (clean RSS)."""
+  """transformers.AlbertForPreTraining stepping in a fresh worker process (clean RSS);
+  `worker` serves its "step" requests (default: a training step, `_torch_worker`)."""
 
-  def __init__(self, cfg, state_dict, batch, threads):
+  def __init__(self, cfg, state_dict, batch, threads, worker=None):
     ctx = mp.get_context("spawn")
     self.conn, child = ctx.Pipe()
-    self.proc = ctx.Process(target=_torch_worker,
+    self.proc = ctx.Process(target=worker or _torch_worker,
                             args=(child, hf_config_dict(cfg), state_dict, batch, threads))
     self.proc.start()
     _, self.attention, self.threads = self.conn.recv()

@@ -8,7 +8,7 @@
 #   experiments/tpu/run.sh albert-v4-32 us-central2-b my-project my-bucket \
 #       configs/pretrain.py:large \
 #       --config.data.source=files --config.data.files='/gcs/my-bucket/corpus/*.txt' \
-#       --config.data.spm_model=/gcs/my-bucket/30k-clean.model
+#       --config.spm_model=/gcs/my-bucket/30k-clean.model
 #
 # BUCKET may be given as my-bucket, gs://my-bucket or my-bucket/some/prefix (workdir
 # /gcs/my-bucket/some/prefix/RUN_NAME). Flags are passed on as they are; a gs:// value gets a
