@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2
+# The ModelProto wire format, from transformers (whose copy works with any protobuf >= 4; the
+# sentencepiece package's generated code requires its own protobuf release at runtime).
+from transformers.utils import sentencepiece_model_pb2_new as sentencepiece_model_pb2
 import transformers
 
 from albert_jax.data import tokenizer as tokenizer_lib
