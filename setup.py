@@ -11,7 +11,9 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12.8,<0.13",
     "grain>=0.2.18,<0.3",
     "array-record>=0.8",
-    "sentencepiece>=0.2.0,<0.3",
+    # 0.2.3's generated proto code needs protobuf >= 7 at runtime; apache-beam ([prepare]) keeps
+    # protobuf < 7, and transformers reads spiece.model through that code.
+    "sentencepiece>=0.2.0,<0.2.3",
     "ml-collections>=1.1.0",
     "tensorflow-datasets>=4.9.10,<5",
     "safetensors>=0.6",

@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
-# The ModelProto wire format, from transformers (whose copy works with any protobuf >= 4; the
-# sentencepiece package's generated code requires its own protobuf release at runtime).
-from transformers.utils import sentencepiece_model_pb2_new as sentencepiece_model_pb2
 import transformers
+from sentencepiece import sentencepiece_model_pb2
 
 from albert_jax.data import tokenizer as tokenizer_lib
 from albert_jax.data import train_tokenizer
@@ -215,10 +213,14 @@ def test_the_hard_strings_are_hard(uncased):
   """The comparison above exercises the digit-comma split, final sigma and <unk>."""
   tok = AlbertTokenizer(uncased)
   sp = tok.sp_model
-  assert tok.tokenize("1,000,") != sp.encode(tok.preprocess_text("1,000,"), out_type=str)
+  # Which digit-comma pieces the trained vocabulary has depends on SentencePiece's trainer: some
+  # string of the comparison must hold one, so the split is compared, not only plain encoding.
+  split = [s for s in HARD_STRINGS
+           if tok.tokenize(s) != sp.encode(tok.preprocess_text(s), out_type=str)]
+  assert any("," in s for s in split), split
   assert "σ" in "".join(tok.tokenize("ΟΔΟΣ")) and "ς" not in "".join(tok.tokenize("ΟΔΟΣ"))
   assert tok.unk_token_id in tok.encode("東京 😀")
-  assert tok.tokenize("a [MASK] b")[-2] == "[MASK]"
+  assert tok.tokenize("a [MASK] b").count("[MASK]") == 1  # one token, not pieces of it
 
 
 def test_mask_takes_the_spaces_before_it(tmp_path):
