@@ -336,7 +336,9 @@ def test_longest_first_truncation(tok):
   a = "This function returns the number of items in the list, or raises an error if it is closed."
   b = "It is fast."
   ia, ib = ids(tok, a), ids(tok, b)
-  assert len(ia) > 20 and 3 < len(ib) < 8
+  # The pieces a trained vocabulary makes vary by machine; the two cases only need a long
+  # enough for 24 to cut it alone (len(ib) <= 10) and b long enough for 12 to cut both.
+  assert len(ia) > 20 and 4 < len(ib) <= 10
   for length in (24, 12):  # a alone cut, then both cut down to equal lengths
     ta, tb = truncate_pair(ia, ib, length - 3)
     data = glue.convert_examples([Example("0", a, b, "1")], tok, "mrpc", length)
