@@ -446,6 +446,62 @@ def test_pytorch_bin_needs_torch_and_never_unpickles(tmp_path, monkeypatch):
     hf_convert.load(d)
 
 
+def test_torch_older_than_2_6_is_refused_for_pytorch_model_bin(tmp_path, monkeypatch):
+  """T15: before 2.6, torch.load(weights_only=True) can run a crafted file's code
+  (CVE-2025-32434): the file is not opened at all, and the message says what to do."""
+  d = tmp_path / "bin"
+  d.mkdir()
+  (d / "config.json").write_text(json.dumps(TINY.to_hf_dict()))
+  marker = tmp_path / "pwned"
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, (f"touch {marker}",))
+
+  with open(d / "pytorch_model.bin", "wb") as f:
+    pickle.dump({"embeddings.word_embeddings.weight": Evil()}, f)
+  loads = []
+  monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+  monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+  with pytest.raises(ImportError, match=r"torch 2\.5\.1\+cpu.*CVE-2025-32434.*torch>=2\.6"):
+    hf_convert.load(d)
+  assert not loads and not marker.exists()
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors",
+                                   "sub/../../outside.safetensors", "link.safetensors"])
+def test_index_shard_names_that_leave_the_directory_are_refused(tmp_path, shard):
+  """A hostile model.safetensors.index.json must not make the loader read outside its directory
+  (a name with a path in it, or a link out of the directory)."""
+  cfg = TINY
+  hf_convert.save(cfg, random_params(cfg, "base", 0), tmp_path / "hf")
+  outside = tmp_path / "outside.safetensors"
+  os.rename(tmp_path / "hf" / "model.safetensors", outside)
+  (tmp_path / "hf" / "link.safetensors").symlink_to(outside)
+  keys = safetensors.numpy.load_file(outside).keys()
+  (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps(
+      {"metadata": {}, "weight_map": {k: shard for k in keys}}))
+  with pytest.raises(ValueError, match="refused"):
+    hf_convert.load(tmp_path / "hf")
+
+
+def test_the_vocabulary_is_looked_up_beside_the_model_only(tmp_path):
+  """spm_model_in: the model directory, or a training run's workdir; never a parent directory
+  that happens to hold some other model's spiece.model."""
+  (tmp_path / "spiece.model").write_bytes(b"another model's vocabulary")
+  model_dir = tmp_path / "models" / "mine"
+  model_dir.mkdir(parents=True)
+  assert checkpointing.spm_model_in(model_dir) is None
+  assert checkpointing.spm_model_in(tmp_path / "a" / "checkpoints" / "12") is None
+  run = tmp_path / "a"
+  (run / "checkpoints" / "12").mkdir(parents=True)
+  (run / "spiece.model").write_bytes(b"the run's")
+  for path in (run, run / "checkpoints", run / "checkpoints" / "12"):
+    assert checkpointing.spm_model_in(path) == str(run / "spiece.model")
+  (model_dir / "spiece.model").write_bytes(b"mine")
+  assert checkpointing.spm_model_in(model_dir) == str(model_dir / "spiece.model")
+
+
 def test_the_package_imports_no_reference_library():
   """torch, transformers and the metric libraries are test-only: importing every module of the
   package (tasks included) in a fresh interpreter loads none of them."""
