@@ -171,12 +171,15 @@ def atomic_directory(p: PathLike, overwrite: bool = False,
   p = Path(p).absolute()
   if p.exists() and not overwrite:
     raise FileExistsError(f"{p} already exists; pass --overwrite (overwrite=True) to replace it")
-  p.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+  near = p.parent  # on the destination's file system (a rename is atomic only within one)
+  while not near.exists():
+    near = near.parent
+  tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=near))
   try:
     yield tmp
     if skip_if_empty and not any(tmp.iterdir()):
       return
+    p.parent.mkdir(parents=True, exist_ok=True)
     if p.exists():
       old = Path(tempfile.mkdtemp(prefix=f".{p.name}.old-", dir=p.parent))
       os.rename(p, old / p.name)

@@ -197,12 +197,18 @@ def _reject_duplicates(pairs):
   return seen
 
 
-def read_safetensors(path: str | Path) -> dict[str, Array]:
-  """Reads a safetensors file strictly: duplicate names, bad offsets and NaN/Inf are errors.
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
-  The safetensors library accepts a header with duplicate names (the last one wins) and
-  non-finite values; a checkpoint that holds either is broken, so we refuse it here.
-  """
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def read_safetensors(path: str | Path) -> dict[str, Array]:
+  """Reads a safetensors file strictly, as the format defines it: a JSON header (under 100 MB)
+  of {name: {dtype, shape, data_offsets}} and a flat `__metadata__` of strings, then a byte
+  buffer the tensors cover exactly, without holes, overlaps or trailing bytes. Duplicate names
+  and NaN/Inf (checked by the callers) are errors too: the safetensors library accepts both."""
   import ml_dtypes
   dtypes = {**_ST_DTYPES, "BF16": ml_dtypes.bfloat16}
   remote = files.is_remote(path)
@@ -213,11 +219,13 @@ def read_safetensors(path: str | Path) -> dict[str, Array]:
     if size < 8:
       raise ValueError(f"{path}: not a safetensors file ({size} bytes)")
     (n,) = struct.unpack("<Q", f.read(8))
+    if n > MAX_HEADER_BYTES:
+      raise ValueError(f"{path}: header of {n} bytes is over the {MAX_HEADER_BYTES} limit")
     if n > size - 8:
       raise ValueError(f"{path}: header length {n} exceeds the file size {size}")
     try:
       header = json.loads(f.read(n), object_pairs_hook=_reject_duplicates)
-    except ValueError as e:
+    except ValueError as e:  # invalid UTF-8 or JSON
       raise ValueError(f"{path}: invalid safetensors header: {e}") from None
     if size <= 8 + n:
       buf = b""
@@ -225,19 +233,40 @@ def read_safetensors(path: str | Path) -> dict[str, Array]:
       buf = f.getvalue()
     else:
       buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-  header.pop("__metadata__", None)
-  tensors = {}
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: the safetensors header is not a JSON object")
+  metadata = header.pop("__metadata__", {})
+  if not isinstance(metadata, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    raise ValueError(f"{path}: __metadata__ must map strings to strings")
+  tensors, spans = {}, []
   for key, info in header.items():
-    if info.get("dtype") not in dtypes:
-      raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
+    if not isinstance(info, dict) or info.keys() != {"dtype", "shape", "data_offsets"}:
+      raise ValueError(f"{path}: tensor {key!r} has a malformed entry {info!r}")
+    if info["dtype"] not in dtypes:
+      raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']!r}")
     dtype = np.dtype(dtypes[info["dtype"]])
-    shape = tuple(info["shape"])
-    start, end = info["data_offsets"]
+    shape, offsets = info["shape"], info["data_offsets"]
+    if (not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape)
+        or not isinstance(offsets, list) or len(offsets) != 2
+        or not all(_is_int(o) for o in offsets)):
+      raise ValueError(f"{path}: tensor {key!r} has malformed shape {shape!r} or data_offsets "
+                       f"{offsets!r}")
+    start, end = offsets
     count = int(np.prod(shape, dtype=np.int64))
     if not 0 <= start <= end <= size - 8 - n or end - start != count * dtype.itemsize:
-      raise ValueError(f"{path}: tensor {key!r} has data_offsets {info['data_offsets']} that do "
-                       f"not fit shape {shape} {info['dtype']} in the file")
+      raise ValueError(f"{path}: tensor {key!r} has data_offsets {offsets} that do "
+                       f"not fit shape {tuple(shape)} {info['dtype']} in the file")
+    spans.append((start, end, key))
     tensors[key] = np.frombuffer(buf, dtype, count, 8 + n + start).reshape(shape)
+  position = 0
+  for start, end, key in sorted(spans):
+    if start != position:
+      raise ValueError(f"{path}: tensor {key!r} starts at byte {start} of the data, not "
+                       f"{position}: the tensors overlap or leave a hole")
+    position = end
+  if position != size - 8 - n:
+    raise ValueError(f"{path}: {size - 8 - n - position} bytes after the last tensor")
   return tensors
 
 
@@ -376,6 +405,8 @@ def from_hf_state_dict(config: AlbertConfig, tensors: dict[str, Array], head: st
       new.append(row.flax)
       continue
     t = tensors[key]
+    if not (np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16"):
+      raise ValueError(f"tensor {key!r} has dtype {t.dtype}; parameters are floating point")
     if t.shape != hf_shape:
       raise ValueError(f"tensor {key!r} has shape {tuple(t.shape)} but the config expects "
                        f"{hf_shape} (Flax {row.flax} {expected[row.flax]})")

@@ -13,7 +13,10 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 from absl import logging
 
@@ -21,6 +24,7 @@ from albert_jax import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+SYNC_SECONDS = 30  # TensorBoard event files: flushed (and uploaded to a bucket) this often
 
 
 class MetricsWriter:
@@ -34,7 +38,12 @@ class MetricsWriter:
     self.remote = files.is_remote(workdir)
     self._lines = self._truncate_after(resume_step)  # kept in memory only for a bucket
     from tensorboardX import SummaryWriter
-    self._tb = SummaryWriter(str(files.path(workdir) / TENSORBOARD_DIR), flush_secs=30)
+    tensorboard = files.path(workdir) / TENSORBOARD_DIR
+    if self.remote:  # event files written here, uploaded every SYNC_SECONDS and at the end
+      self._tb_local, self._tb_remote = Path(tempfile.mkdtemp(prefix="albert-tb-")), tensorboard
+      self._synced = time.monotonic()
+      tensorboard = self._tb_local
+    self._tb = SummaryWriter(str(tensorboard), flush_secs=SYNC_SECONDS)
 
   def _truncate_after(self, step: int) -> list[str]:
     """The whole rows up to `step`; the file is rewritten when it held anything else."""
@@ -67,10 +76,21 @@ class MetricsWriter:
     for name, value in metrics.items():
       if math.isfinite(float(value)):
         self._tb.add_scalar(name, float(value), int(step))
+    if self.remote and time.monotonic() - self._synced > SYNC_SECONDS:
+      self._upload_events()
+
+  def _upload_events(self) -> None:
+    self._tb.flush()
+    for event_file in self._tb_local.iterdir():
+      files.upload(event_file, self._tb_remote / event_file.name)
+    self._synced = time.monotonic()
 
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
+      if self.remote:
+        self._upload_events()
+        shutil.rmtree(self._tb_local, ignore_errors=True)
 
 
 def _whole_lines(text: str) -> list[str]:

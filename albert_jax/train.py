@@ -199,6 +199,8 @@ class _StopFlag:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.task` as `config` says in `workdir` (local or gs://); rerunning resumes.
   Returns a summary."""
+  # First of all: a SIGTERM while the job starts (data, restore, compile) saves at step one.
+  stop = _StopFlag()
   workdir = files.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -272,7 +274,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model_info = {"config": cfg.to_hf_dict(), "head": head, "run_config": run_config}
   best = _Best(workdir, f"eval/{task.METRIC}", cfg, head, tokenizer) if task.METRIC else None
   evaluate = Evaluator(p_eval_step, evals, task, config.data, mesh, workdir, writer, best)
-  stop = _StopFlag()
   guard = watchdog.StepWatchdog(
       config.get("watchdog_factor", 0.0), config.get("watchdog_min_seconds", 600.0),
       describe=f"process {jax.process_index()} of {jax.process_count()}")

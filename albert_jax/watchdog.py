@@ -81,8 +81,8 @@ class StepWatchdog:
 
   def _fire(self, step: int, idle: float, deadline: float, median: float) -> None:
     logging.error(
-        "Step watchdog: no training step finished for %.0f s after step %d (the limit is "
-        "max(watchdog_min_seconds %g, watchdog_factor %g x median step time %.3g s) = %.0f s)%s. "
+        "Step watchdog: no training step finished for %.3g s after step %d (the limit is "
+        "max(watchdog_min_seconds %g, watchdog_factor %g x median step time %.3g s) = %.3g s)%s. "
         "A peer process is probably stuck or dead (see its log); this process waits on it "
         "forever otherwise. Exiting with code %d: rerun the job to resume from its last "
         "checkpoint. This process's threads:", idle, step, self.min_seconds, self.factor, median,

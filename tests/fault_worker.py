@@ -3,6 +3,7 @@
   ALBERT_FAULT=KIND:STEP[:PROCESS] python tests/fault_worker.py --config=... --workdir=... [flags]
 
 KIND (at training step STEP, on process PROCESS, default every process):
+  none              no fault
   kill_after_save   os._exit(137) the moment the save of STEP returns, its commit still running
   sigterm_at_start  SIGTERM to itself right after resuming, before the first step (STEP unused)
   exit              os._exit(1) before STEP (a process that dies)
@@ -28,6 +29,8 @@ def _applies(process):
 
 
 def inject(kind: str, step: int, process: int | None) -> None:
+  if kind == "none":
+    return
   if kind == "kill_after_save":
     save = checkpointing.save_train_state
 

@@ -168,6 +168,32 @@ def test_a_changed_data_stream_is_refused_unless_allowed(tmp_path, spm_model, re
   assert summary["step"] == 25 and max(losses(workdir)) == 25
 
 
+def test_fine_tuning_data_that_changed_is_refused_unless_allowed():
+  """T19 for fine-tuning: the arrays' fingerprint and the task's data settings are the stream."""
+  features = {"input_ids": np.arange(40, dtype=np.int32).reshape(20, 2)}
+  settings = {"data.max_seq_length": 2, "data.task": "sst2"}
+
+  def iterator(features=features, settings=settings, **kw):
+    return arrays.ArrayIterator(arrays.Dataset(dict(features)), global_batch_size=4, seed=0,
+                                process_index=0, process_count=1, settings=settings, **kw)
+
+  it = iterator()
+  run = [next(it) for _ in range(4)]
+  state = json.loads(json.dumps({**it.get_state(), "next_batch": 2}))
+  fresh = iterator()
+  fresh.set_state(state)
+  assert np.array_equal(next(fresh)["input_ids"], run[2]["input_ids"])
+  edited = {"input_ids": features["input_ids"].copy()}
+  edited["input_ids"][7, 1] += 1
+  with pytest.raises(order.StreamChanged, match="arrays: checkpoint"):
+    iterator(features=edited).set_state(state)
+  with pytest.raises(order.StreamChanged, match="data.max_seq_length: checkpoint 2, now 3"):
+    iterator(settings={**settings, "data.max_seq_length": 3}).set_state(state)
+  allowed = iterator(features=edited, allow_change=True)
+  allowed.set_state(state)
+  assert allowed.get_state()["next_batch"] == 2
+
+
 # ----------------------------------------------------------------------------- T5: controls
 
 class _StopAfter:

@@ -446,6 +446,69 @@ def test_pytorch_bin_needs_torch_and_never_unpickles(tmp_path, monkeypatch):
     hf_convert.load(d)
 
 
+def _safetensors_parts():
+  """(header dict, data bytes) of a valid file with two tensors."""
+  a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)
+  header = {"__metadata__": {"format": "pt"},
+            "a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+            "b": {"dtype": "F32", "shape": [4], "data_offsets": [24, 40]}}
+  return header, a.tobytes() + b.tobytes()
+
+
+def _file(header, data, length=None):
+  raw = json.dumps(header).encode() if isinstance(header, dict) else header
+  return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+def _edit(**entries):
+  header, data = _safetensors_parts()
+  return _file({**header, **entries}, data)
+
+
+MALFORMED = {
+    "header longer than the file": _file(*_safetensors_parts(), length=10_000),
+    "header over 100 MB": _file(*_safetensors_parts(), length=100_000_001),
+    "truncated data": _file(*_safetensors_parts())[:-3],
+    "trailing bytes": _file(*_safetensors_parts()) + b"\0" * 8,
+    "overlapping tensors": _edit(b={"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}),
+    "shape and offsets disagree": _edit(b={"dtype": "F32", "shape": [5], "data_offsets": [24, 40]}),
+    "invalid UTF-8 header": _file(json.dumps(_safetensors_parts()[0]).encode().replace(
+        b'"format"', b'"\xff\xfe"'), _safetensors_parts()[1]),
+    "nested __metadata__": _edit(__metadata__={"format": {"nested": "pt"}}),
+    "unknown dtype": _edit(b={"dtype": "F8_E9", "shape": [4], "data_offsets": [24, 40]}),
+    "header not an object": _file(b"[1, 2]", b""),
+    "negative dimension": _edit(b={"dtype": "F32", "shape": [-4], "data_offsets": [24, 40]}),
+}
+
+
+def test_a_valid_handmade_safetensors_file_reads(tmp_path):
+  (tmp_path / "ok.safetensors").write_bytes(_file(*_safetensors_parts()))
+  tensors = hf_convert.read_safetensors(tmp_path / "ok.safetensors")
+  assert tensors["a"].shape == (2, 3) and float(tensors["b"].sum()) == 4.0
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_safetensors_are_refused(tmp_path, case):
+  """T16: each is refused with an error naming the file, before any array is returned."""
+  path = tmp_path / "model.safetensors"
+  path.write_bytes(MALFORMED[case])
+  with pytest.raises(ValueError, match="model.safetensors"):
+    hf_convert.read_safetensors(path)
+
+
+def test_a_parameter_that_is_not_floating_point_is_refused(tmp_path):
+  """T17, dtype: an integer tensor where a weight belongs is a broken checkpoint, not a cast."""
+  cfg = TINY
+  hf_convert.save(cfg, random_params(cfg, "base", 0), tmp_path / "hf")
+  st = tmp_path / "hf" / "model.safetensors"
+  tensors = dict(safetensors.numpy.load_file(st))
+  key = "embeddings.LayerNorm.weight"
+  tensors[key] = tensors[key].astype(np.int32)
+  safetensors.numpy.save_file(tensors, st)
+  with pytest.raises(ValueError, match=f"{key}.*dtype int32"):
+    hf_convert.load(tmp_path / "hf")
+
+
 def test_torch_older_than_2_6_is_refused_for_pytorch_model_bin(tmp_path, monkeypatch):
   """T15: before 2.6, torch.load(weights_only=True) can run a crafted file's code
   (CVE-2025-32434): the file is not opened at all, and the message says what to do."""

@@ -310,3 +310,45 @@ def test_a_corpus_file_or_vocabulary_changed_between_save_and_resume_is_detected
   changed = _cfg(tiny, spm_model=str(other_vocab))
   with pytest.raises(order.StreamChanged, match="vocabulary: checkpoint"):
     _iter(changed, 16).set_state(_iter(_cfg(tiny), 16).get_state())
+
+
+def test_a_hostile_corpus_gives_valid_deterministic_batches(tiny, tmp_path):
+  """T18 through the pipeline: empty and blank documents, invalid UTF-8, NUL and control
+  characters, lone surrogates, a 3 MB line, 2 MB without a space, literal special tokens,
+  NFKC-changing text, a one-sentence document. No crash; every row holds real tokens within
+  max_seq_length, never a control id from text; what was cleaned is counted; the same seed gives
+  the same batches."""
+  _, model = tiny
+  good = [s for d in corpus.embedded_documents("eval") for s in d][:400]
+  hostile = [
+      b"\n\n   \n\t\n",  # empty and whitespace-only documents
+      b"\x00\x07\x1b\n\x0c\n",  # a document of control characters only
+      b"caf\xc3 au lait \xff\xfe with bytes that are not UTF-8.\nA second sentence here.\n",
+      "NUL \x00 and bell \x07 and escape \x1b inside a sentence.\nMore text after it.\n".encode(),
+      "A lone surrogate \ud800 here.\nAnd another line.\n".encode("utf-8", "surrogatepass"),
+      b"word " * 600_000 + b"\n" + b"x" * 2_000_000 + b"\nThe end of a long document.\n",
+      "Literal [MASK] and [SEP] and [CLS] and <pad> text.\nThe ﬁ ligature and ＡＢＣ widths.\n"
+      .encode(),
+      b"One sentence, one document.\n",
+  ]
+  blob = b"\n\n".join([*hostile, "\n".join(good).encode()]) + b"\n"
+  (tmp_path / "hostile.txt").write_bytes(blob)
+  cfg = _cfg(tiny, files=str(tmp_path / "hostile.txt"), max_seq_length=SEQ)
+  it = _iter(cfg, 16)
+  batches = _take(it, 4)
+  stats = it.stats["corpus"]
+  assert stats["invalid_utf8_lines"] >= 2  # a surrogate in a file is invalid UTF-8 too
+  assert stats["long_sentences_cut"] >= 2
+  specials = {AlbertTokenizer(model).convert_tokens_to_ids(t)
+              for t in ("<pad>", "[CLS]", "[SEP]", "[MASK]")}
+  for b in batches:
+    assert b["input_ids"].shape == (16, SEQ)
+    real = b["attention_mask"].sum(1)
+    assert (real >= 4).all() and (real <= SEQ).all()  # [CLS] a [SEP] b [SEP] at least
+    for row, n, positions, weights in zip(b["input_ids"], real, b["masked_lm_positions"],
+                                          b["masked_lm_weights"]):
+      text_positions = set(range(n)) - {0} - set(np.flatnonzero(row == 3))
+      masked = set(positions[weights > 0])
+      assert not {int(row[i]) for i in text_positions - masked} & specials
+  again = _take(_iter(cfg, 16), 4)
+  assert _same(batches, again)

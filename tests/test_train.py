@@ -225,22 +225,3 @@ def test_init_from_hf_and_from_an_orbax_run(tmp_path, spm_model, reference):
 def test_misspelled_override_is_an_error(tmp_path, spm_model):
   code, out = run_main(tmp_path, spm_model, "--config.optim.learning_rate=0.1")
   assert code != 0 and "learning_rate" in out
-
-
-# ----------------------------------------------------------------------------- several hosts
-
-def test_two_processes_train_like_one(tmp_path, spm_model, reference):
-  """Two local processes (4 CPU devices each, jax.distributed on localhost) = one with 8."""
-  import socket
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  procs = [run_main(tmp_path / "run", spm_model, f"--coordinator_address=localhost:{port}",
-                    "--num_processes=2", f"--process_id={i}", wait=False, env=env)
-           for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-  ours, ref = losses(tmp_path / "run"), losses(reference[0])
-  assert ours.keys() == ref.keys()
-  np.testing.assert_allclose([ours[k] for k in ref], [ref[k] for k in ref], rtol=1e-5)
