@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",
     "absl-py>=2.0",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    # gs:// paths: etils.epath for files, through fsspec's gcsfs (Orbax's own tensorstore reads
+    # and writes the checkpoint arrays). Calendar-versioned: tested with 2026.10.
+    "etils[epath]>=1.15,<2",
+    "gcsfs>=2026.9,<2027",
 ]
 
 EXTRAS_REQUIRE = {
@@ -33,6 +37,8 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers>=4.46,<5",
         "jax[tpu]>=0.10.2,<0.11",  # the tests compile real TPU programs (albert_jax.aot)
+        # A local Cloud Storage server: the gs:// tests run against it (tests/gcs_emulator.py).
+        "gcp-storage-emulator>=2026.7,<2027",
     ],
     # libtpu: compile for Cloud TPU slices on any host (`python -m albert_jax.aot`), and run on
     # a Cloud TPU VM.

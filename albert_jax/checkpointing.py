@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from albert_jax import files
 from albert_jax.model import AlbertConfig, HEADS
@@ -27,28 +27,34 @@ PARAMS_DIR = "params"
 SPM_FILE = "spiece.model"
 
 
-def _training_step_dir(path: Path) -> Path | None:
-  """The checkpoint step directory `path` names: a step itself, WORKDIR/checkpoints or WORKDIR
-  (then the newest complete step), or None."""
-  if (path / PARAMS_DIR).is_dir() and (path / "albert_config" / "metadata").is_file():
-    return path
+def _is_step_dir(path) -> bool:
+  """A training checkpoint's step directory, complete (Orbax's commit marker where it uses one)."""
+  return ((path / PARAMS_DIR).is_dir() and (path / "albert_config" / "metadata").is_file()
+          and ocp.step.is_path_finalized(path))
+
+
+def training_steps(path) -> tuple[list, bool]:
+  """([step directories, newest first], whether `path` named one step) for a training run
+  (`WORKDIR`, `WORKDIR/checkpoints` or a step); ([], False) when `path` is none of those."""
+  path = files.path(path)
+  if path.name.isdigit() and _is_step_dir(path):
+    return [path], True
   for root in (path / CHECKPOINTS_DIR, path):
     if root.is_dir():
-      steps = [p for p in root.iterdir() if p.name.isdigit()
-               and (p / PARAMS_DIR).is_dir() and (p / "albert_config" / "metadata").is_file()]
+      steps = [p for p in root.iterdir() if p.name.isdigit() and _is_step_dir(p)]
       if steps:
-        return max(steps, key=lambda p: int(p.name))
-  return None
+        return sorted(steps, key=lambda p: int(p.name), reverse=True), False
+  return [], False
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
   """An albert-jax model directory, or a training run / checkpoint (its newest step)."""
-  path = Path(path)
+  path = files.path(path)
   return ((path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()) or bool(
-      _training_step_dir(path))
+      training_steps(path)[0])
 
 
-def _restore_params_on_host(params_dir: Path):
+def _restore_params_on_host(params_dir):
   """Restores a params checkpoint onto one local device, whatever mesh wrote it; numpy out."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.StandardCheckpointer() as ckptr:
@@ -56,11 +62,11 @@ def _restore_params_on_host(params_dir: Path):
     target = jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
     params = ckptr.restore(params_dir, target)
-  return jax.tree_util.tree_map(np.asarray, params)
+  return params
 
 
 def save_model_dir(path, config: AlbertConfig, params, head: str, spm_model=None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False):
   """Writes a model directory (see the module docstring) all at once."""
   if head not in HEADS:
     raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
@@ -71,33 +77,63 @@ def save_model_dir(path, config: AlbertConfig, params, head: str, spm_model=None
       ckptr.wait_until_finished()
     files.write_json(tmp / CONFIG_FILE, {"config": config.to_hf_dict(), "head": head})
     if spm_model:
-      shutil.copyfile(spm_model, tmp / SPM_FILE)
-  return Path(path)
+      files.copy(spm_model, tmp / SPM_FILE)
+  return files.path(path)
 
 
-def load_model_dir(path) -> tuple[AlbertConfig, dict, str]:
-  """(config, params as numpy arrays, head) from a model directory or a training checkpoint."""
-  path = Path(path).absolute()
-  if (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir():
-    meta_file, params_dir = path / CONFIG_FILE, path / PARAMS_DIR
-  elif step_dir := _training_step_dir(path):
-    meta_file, params_dir = step_dir / "albert_config" / "metadata", step_dir / PARAMS_DIR
-  else:
-    raise FileNotFoundError(f"{path} is not an albert-jax model directory (it needs {CONFIG_FILE} "
-                            f"and {PARAMS_DIR}/) nor a training run with checkpoints")
+def _read_meta(meta_file) -> tuple[AlbertConfig, str]:
   meta = json.loads(meta_file.read_text())
   for key in ("config", "head"):
     if key not in meta:
       raise ValueError(f"{meta_file} has no {key!r} entry")
-  config = AlbertConfig.from_hf_dict(meta["config"])
-  return config, _restore_params_on_host(params_dir), meta["head"]
+  return AlbertConfig.from_hf_dict(meta["config"]), meta["head"]
+
+
+def load_model_dir(path) -> tuple[AlbertConfig, dict, str]:
+  """(config, params as numpy arrays, head) from a model directory or a training run.
+
+  A training run's step is verified against the fingerprints stored with it, as the trainer
+  does: a corrupt newest step is skipped, loudly, for the one before it; a step named
+  explicitly that does not verify is refused (CorruptCheckpoint)."""
+  path = files.absolute(path)
+  if (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir():
+    config, head = _read_meta(path / CONFIG_FILE)
+    params = _restore_params_on_host(path / PARAMS_DIR)
+    return config, jax.tree_util.tree_map(np.asarray, params), head
+  steps, named = training_steps(path)
+  if not steps:
+    raise FileNotFoundError(f"{path} is not an albert-jax model directory (it needs {CONFIG_FILE} "
+                            f"and {PARAMS_DIR}/) nor a training run with checkpoints")
+  for step_dir in steps:
+    try:
+      config, head = _read_meta(step_dir / "albert_config" / "metadata")
+      params = _restore_params_on_host(step_dir / PARAMS_DIR)
+      expected = json.loads((step_dir / "fingerprints" / "metadata").read_text())["params"]
+      bad = _mismatched(expected, fingerprints(params))
+      if bad:
+        raise CorruptCheckpoint(f"params do not match their fingerprints: {_listed(bad)}")
+      return config, jax.tree_util.tree_map(np.asarray, params), head
+    except Exception as e:  # noqa: BLE001  (whatever makes a step unreadable: try the next)
+      if named:
+        raise CorruptCheckpoint(f"checkpoint {step_dir} cannot be used ({type(e).__name__}: "
+                                f"{e}); name an earlier step, or the run's directory to take "
+                                "its newest good one") from e
+      logging.warning("!!! checkpoint %s cannot be used (%s: %s); trying the step before it",
+                      step_dir, type(e).__name__, e)
+  raise CorruptCheckpoint(f"no checkpoint of {path} verifies against its fingerprints")
 
 
 def spm_model_in(path) -> str | None:
-  """The `spiece.model` stored with a model: in its directory or, for a training checkpoint, in
-  the run's workdir."""
-  path = Path(path).absolute()
-  for candidate in (path, path.parent, path.parent.parent, path.parent.parent.parent):
+  """The `spiece.model` stored with a model: in its directory or, for a training run (WORKDIR,
+  WORKDIR/checkpoints or a step), in the run's workdir. Nowhere else: a vocabulary found
+  further up could belong to another model."""
+  path = files.absolute(path)
+  candidates = [path]
+  if path.name == CHECKPOINTS_DIR:
+    candidates.append(path.parent)
+  elif path.name.isdigit() and path.parent.name == CHECKPOINTS_DIR:
+    candidates.append(path.parent.parent)
+  for candidate in candidates:
     if (candidate / SPM_FILE).is_file():
       return str(candidate / SPM_FILE)
   return None
@@ -108,24 +144,32 @@ def spm_model_in(path) -> str | None:
 # WORKDIR/checkpoints/<step>/ holds the items
 #   params/         the model parameters (what from_pretrained and orbax-to-hf read)
 #   train_state/    step, optimizer state, first non-finite step
-#   data/           the input pipeline's position (JSON)
-#   albert_config/  {"config": <HF config dict>, "head": ...} (JSON)
+#   data/           the input pipeline's position and what defines its stream (JSON)
+#   albert_config/  {"config": <HF config dict>, "head": ..., "run_config": <the job's config>}
 #   fingerprints/   a checksum of every array (JSON), verified on restore
-# Orbax writes each step to a temporary directory and renames it when complete, so a job killed
-# mid-save leaves the previous step as the latest one.
+# Orbax writes each step to a temporary directory and renames it when complete (in a bucket: it
+# writes commit_success.txt last), so a job killed mid-save leaves the previous step as the
+# latest one. A step that turns out corrupt is renamed <step>.corrupt-<time> and kept for
+# inspection, so a rerun neither trains from it nor collides with it when it saves that step.
 
 CHECKPOINTS_DIR = "checkpoints"
+ITEMS = ("params", "train_state", "data", "albert_config", "fingerprints")
 
 
 def make_manager(workdir, *, max_to_keep: int | None, async_save: bool = True):
-  """The Orbax CheckpointManager of a training run (WORKDIR/checkpoints)."""
+  """The Orbax CheckpointManager of a training run (WORKDIR/checkpoints, local or gs://)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
       # Steps are chosen by the trainer (interval, end, preemption, SIGTERM): save when asked.
-      save_interval_steps=1)
-  return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS_DIR, options=options,
-                               item_names=("params", "train_state", "data", "albert_config",
-                                           "fingerprints"))
+      # No save_decision_policy: none can drop a preemption save.
+      save_interval_steps=1,
+      # What a kill mid-save left (<step>.orbax-checkpoint-tmp-*) is removed at start.
+      cleanup_tmp_directories=True)
+  handlers = {"params": ocp.StandardCheckpointHandler(),
+              "train_state": ocp.StandardCheckpointHandler(),
+              **{k: ocp.JsonCheckpointHandler() for k in ("data", "albert_config", "fingerprints")}}
+  return ocp.CheckpointManager(files.absolute(workdir) / CHECKPOINTS_DIR, options=options,
+                               item_handlers=handlers)
 
 
 def _fingerprint_leaf(x):
@@ -149,15 +193,56 @@ def _fingerprint_tree(tree):
   return jax.tree_util.tree_map(_fingerprint_leaf, tree)
 
 
+def path_name(path) -> str:
+  """"a/b/0/mu": a tree path as the fingerprints and the mismatch messages name it."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def fingerprints(tree) -> dict[str, list[int]]:
   """{path: [h1, h2, size]} for every array of `tree` (computed on device, sharding-agnostic)."""
   sums = jax.device_get(_fingerprint_tree(tree))
-  return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): [int(v) for v in s]
+  return {path_name(path): [int(v) for v in s]
           for path, s in jax.tree_util.tree_flatten_with_path(sums)[0]}
 
 
+def _mismatched(expected: dict, actual: dict) -> list[str]:
+  return sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+
+
+def _listed(names: list[str], n: int = 5) -> str:
+  return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+class CheckpointNotWritten(RuntimeError):
+  """An asynchronous save failed: the step was never committed."""
+
+
+def check_written(manager) -> None:
+  """Raises CheckpointNotWritten when the newest step the manager saved is not committed on
+  storage. Orbax only logs a failed background write (and leaves the step unfinished), so
+  without this the run would go on, and end, as if the step were saved."""
+  step = manager.latest_step()
+  advice = ("Stopping rather than training on without it; rerun to resume from the last "
+            "committed step once storage works again")
+  try:
+    manager.wait_until_finished()  # raises the background error, unless Orbax only logged it
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointNotWritten(f"checkpoint step {step} in {manager.directory} was not written: "
+                               f"its asynchronous save failed ({type(e).__name__}: {e}). "
+                               f"{advice}") from e
+  if step is None:
+    return
+  path = files.path(manager.directory) / str(step)
+  if not (path.exists() and ocp.step.is_path_finalized(path)):
+    raise CheckpointNotWritten(
+        f"checkpoint step {step} in {manager.directory} was not written: its asynchronous save "
+        f"failed (Orbax's error is logged above). {advice}")
+
+
 def save_train_state(manager, step: int, params, train_state, data_state, model_info: dict):
-  """Saves a step (asynchronously: returns once the arrays are copied off the devices)."""
+  """Saves a step (asynchronously: returns once the arrays are copied off the devices), after
+  checking that the previous save committed (`check_written`)."""
+  check_written(manager)
   prints = {"params": fingerprints(params), "train_state": fingerprints(train_state)}
   manager.save(step, force=True, args=ocp.args.Composite(
       params=ocp.args.StandardSave(params), train_state=ocp.args.StandardSave(train_state),
@@ -165,44 +250,176 @@ def save_train_state(manager, step: int, params, train_state, data_state, model_
       fingerprints=ocp.args.JsonSave(prints)))
 
 
-def saved_model_config(manager) -> AlbertConfig | None:
-  """The architecture the run's checkpoints hold (the newest step that says), or None when the
-  run has none: a resumed run keeps its own architecture."""
+def saved_model_info(manager) -> dict | None:
+  """What the run's newest readable step says about its model ({"config": <HF dict>, "head":
+  ..., "run_config": ...}), or None when the run has no checkpoint."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      info = manager.restore(step, args=ocp.args.Composite(albert_config=ocp.args.JsonRestore()))
-      return AlbertConfig.from_hf_dict(info["albert_config"]["config"])
+      return manager.restore(step, args=ocp.args.Composite(
+          albert_config=ocp.args.JsonRestore()))["albert_config"]
     except Exception:  # noqa: BLE001  (an incomplete step: restore_train_state will say why)
       continue
   return None
 
 
+def saved_model_config(manager) -> AlbertConfig | None:
+  """The architecture the run's checkpoints hold (the newest step that says), or None when the
+  run has none: a resumed run keeps its own architecture."""
+  info = saved_model_info(manager)
+  return None if info is None else AlbertConfig.from_hf_dict(info["config"])
+
+
 class CorruptCheckpoint(ValueError):
-  pass
+  """A step whose files are missing or unreadable, or whose arrays do not match their
+  fingerprints."""
 
 
-def restore_train_state(manager, abstract_params, abstract_train_state, log=print):
+class CheckpointMismatch(ValueError):
+  """The run's checkpoint holds a state of other shapes or dtypes than the config builds (a
+  changed optimizer, head or number of labels): refused, never taken for corruption."""
+
+
+_OK, _CORRUPT, _MISMATCH = 0, 1, 2
+
+
+def _agreed(code: int) -> int:
+  """The worst of every process's `code`: all processes take the same decision."""
+  if jax.process_count() == 1:
+    return code
+  from jax.experimental import multihost_utils
+  return int(np.max(multihost_utils.process_allgather(np.int32(code))))
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  return {path_name(p): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _structure_diff(saved, abstract) -> list[str]:
+  """How the saved arrays (Orbax metadata) differ from the ones the config builds."""
+  have, want = _shapes(saved), _shapes(abstract)
+  out = [f"{k}: checkpoint {have[k][1]}{list(have[k][0])}, config {want[k][1]}{list(want[k][0])}"
+         for k in sorted(have.keys() & want.keys()) if have[k] != want[k]]
+  out += [f"{k}: only in the checkpoint" for k in sorted(have.keys() - want.keys())]
+  out += [f"{k}: only in the config's state" for k in sorted(want.keys() - have.keys())]
+  return out
+
+
+def _flat_config(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat_config(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _config_changes(saved: dict | None, current: dict | None) -> list[str]:
+  if not saved or not current:
+    return []
+  a, b = _flat_config(saved), _flat_config(current)
+  return [f"config.{k}={b.get(k)!r} (the run's checkpoints: {a.get(k)!r})"
+          for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def _try_restore(manager, step: int, abstract_params, abstract_train_state):
+  """(code, what went wrong, the restored items) of one step on this process."""
+  try:
+    meta = manager.item_metadata(step)
+    saved = {k: getattr(meta[k], "tree", None) for k in ("params", "train_state")}
+  except Exception as e:  # noqa: BLE001  (missing or unreadable metadata: corruption)
+    return _CORRUPT, f"its metadata cannot be read ({type(e).__name__}: {e})", None
+  if any(v is None for v in saved.values()):
+    return _CORRUPT, f"it lacks items {[k for k, v in saved.items() if v is None]}", None
+  diff = _structure_diff(saved, {"params": abstract_params, "train_state": abstract_train_state})
+  if diff:
+    return _MISMATCH, "; ".join(diff[:8]) + (f"; ... ({len(diff)} in all)" if len(diff) > 8
+                                             else ""), None
+  error = None
+  for attempt in range(2):  # once more after a pause: a read error may be transient
+    try:
+      return _OK, "", manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params),
+          train_state=ocp.args.StandardRestore(abstract_train_state),
+          data=ocp.args.JsonRestore(), albert_config=ocp.args.JsonRestore(),
+          fingerprints=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001  (unreadable or missing files: corruption)
+      error = e
+      if attempt == 0:
+        time.sleep(1.0)
+  return _CORRUPT, f"it cannot be restored ({type(error).__name__}: {error})", None
+
+
+def _verify(restored) -> str:
+  """What does not match the fingerprints stored at save time ("" when all do). Computed on
+  the global arrays, so every process gets the same answer."""
+  problems = []
+  for item in ("params", "train_state"):
+    bad = _mismatched(restored["fingerprints"].get(item, {}), fingerprints(restored[item]))
+    if bad:
+      problems.append(f"{item} arrays do not match their fingerprints: {_listed(bad)}")
+  return "; ".join(problems)
+
+
+def set_aside(manager, step: int, reason: str, log=logging.warning) -> str:
+  """Renames a corrupt step <step>.corrupt-<time> (process 0; every process waits for it), so
+  the run goes on past it and can save that step again; returns the new name."""
+  directory = files.path(manager.directory)
+  name = f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+  if jax.process_index() == 0:
+    files.move(directory / str(step), directory / name)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"albert_jax set aside checkpoint {step}")
+  manager.reload()
+  log(f"!!! checkpoint step {step} in {directory} cannot be used ({reason}); moved to {name} "
+      "for inspection, falling back to the step before it")
+  return name
+
+
+def restore_train_state(manager, abstract_params, abstract_train_state, *,
+                        run_config: dict | None = None, log=logging.warning):
   """(step, params, train_state, data_state) of the newest checkpoint that restores and verifies.
 
   `abstract_*` are trees of jax.ShapeDtypeStruct with the shardings to restore onto (any mesh).
-  A step that fails to restore or whose arrays do not match their fingerprints is skipped with a
-  loud message, and the one before it is tried. None when there is no usable checkpoint.
+  A corrupt step (missing or unreadable files, arrays that do not match their fingerprints) is
+  set aside with a loud message and the one before it is tried; a step whose arrays have other
+  shapes or dtypes than the config builds is refused (CheckpointMismatch), naming the config
+  fields that differ from `run_config`, the config the checkpoint was saved with. Every process
+  takes the same decision. None when no step is usable.
   """
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(abstract_params),
-          train_state=ocp.args.StandardRestore(abstract_train_state),
-          data=ocp.args.JsonRestore(), fingerprints=ocp.args.JsonRestore()))
-      for item in ("params", "train_state"):
-        expected, actual = restored["fingerprints"][item], fingerprints(restored[item])
-        bad = sorted(k for k in expected.keys() | actual.keys()
-                     if expected.get(k) != actual.get(k))
-        if bad:
-          raise CorruptCheckpoint(f"{item} arrays do not match their fingerprints: {bad[:5]}"
-                                  f"{' ...' if len(bad) > 5 else ''}")
-      return step, restored["params"], restored["train_state"], restored["data"]
-    except Exception as e:  # a corrupt or half-written step must not end the job
-      log(f"!!! checkpoint step {step} in {manager.directory} cannot be used "
-          f"({type(e).__name__}: {e}); falling back to the previous checkpoint")
+  steps = sorted(manager.all_steps(), reverse=True)
+  if jax.process_count() > 1:  # one list for everyone: process 0's
+    from jax.experimental import multihost_utils
+    n = int(multihost_utils.broadcast_one_to_all(np.int64(len(steps))))
+    steps = [int(s) for s in multihost_utils.broadcast_one_to_all(
+        np.array((steps + [-1] * n)[:n], np.int64))]
+  for step in steps:
+    code, reason, restored = _try_restore(manager, step, abstract_params, abstract_train_state)
+    agreed = _agreed(code)
+    if agreed == _MISMATCH:
+      changes = _config_changes(_saved_run_config(manager, step), run_config)
+      raise CheckpointMismatch(
+          f"checkpoint step {step} in {manager.directory} holds a train state this config does "
+          f"not build ({reason or 'another process found a mismatch'}). "
+          + (f"The config differs from the run's in: {'; '.join(changes[:10])}. "
+             if changes else "")
+          + "Set the config back to the run's (its config is stored with every checkpoint, "
+          "albert_config/metadata), or start a new workdir.")
+    if agreed == _OK:
+      reason = _verify(restored)
+      if not reason:
+        return step, restored["params"], restored["train_state"], restored["data"]
+    elif code == _OK:
+      reason = "another process could not restore it"
+    set_aside(manager, step, reason, log)
   return None
+
+
+def _saved_run_config(manager, step: int) -> dict | None:
+  try:
+    return manager.restore(step, args=ocp.args.Composite(
+        albert_config=ocp.args.JsonRestore()))["albert_config"].get("run_config")
+  except Exception:  # noqa: BLE001
+    return None

@@ -1,82 +1,217 @@
-"""All-or-nothing writes: a file or directory is written beside its destination under a temporary
-name and renamed into place, so a reader (or a restart after a kill) sees the old content or the
-new, never half of it, and a failure leaves the old content as it was."""
+"""Paths that may be local or in a bucket (`gs://...`), and all-or-nothing writes to them.
+
+`path(p)` is an `etils.epath.Path`: local paths behave as `pathlib` paths, `gs://` ones go through
+gcsfs. A file or directory is written beside its destination under a temporary name and renamed
+into place, so a reader (or a restart after a kill) sees the old content or the new, never half
+of it, and a failure leaves the old content as it was. In a bucket a file is one object, whose
+upload is all-or-nothing by itself; a directory is written locally, uploaded under a temporary
+prefix, then moved into place object by object (a bucket has no atomic directory rename: a kill
+during that move can leave the destination part old, part new, the complete copy still under
+the temporary prefix).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob as glob_lib
+import io
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
+from etils import epath
+
+PathLike = str | os.PathLike
+
+
+def is_remote(p: PathLike) -> bool:
+  """A URL (`gs://bucket/...`, `s3://...`) rather than a local path."""
+  return "://" in os.fspath(p)
+
+
+def path(p: PathLike) -> epath.Path:
+  """`p` as a path object that reads and writes local files and bucket objects alike."""
+  return epath.Path(p)
+
+
+def absolute(p: PathLike) -> epath.Path:
+  """An absolute local path, or the URL as it is."""
+  return path(p) if is_remote(p) else path(os.path.abspath(os.fspath(p)))
+
+
+def _fs(p: PathLike):
+  """The fsspec file system of a URL (what epath uses for it)."""
+  import fsspec  # here: local paths never need it
+  return fsspec.core.url_to_fs(os.fspath(p))[0]
+
+
+def open_text(p: PathLike, encoding: str = "utf-8", **kwargs) -> io.TextIOWrapper:
+  """A text file for reading, local or in a bucket (`kwargs`: `newline`, `errors`)."""
+  if not is_remote(p):
+    return open(p, encoding=encoding, **kwargs)
+  return io.TextIOWrapper(path(p).open("rb"), encoding=encoding, **kwargs)
+
+
+def glob(pattern: PathLike) -> list[str]:
+  """Sorted matches of a glob (`**` recursive), local or in a bucket."""
+  pattern = os.fspath(pattern)
+  if not is_remote(pattern):
+    return sorted(glob_lib.glob(pattern, recursive=True))
+  protocol = pattern.split("://", 1)[0]
+  return sorted(f"{protocol}://{m}" for m in _fs(pattern).glob(pattern))
+
+
+def files_below(directory: PathLike) -> list[str]:
+  """Every file under `directory`, sorted, skipping names that start with a dot."""
+  directory = os.fspath(directory)
+  if not is_remote(directory):
+    return sorted(str(p) for p in Path(directory).rglob("*")
+                  if p.is_file() and not p.name.startswith("."))
+  protocol = directory.split("://", 1)[0]
+  return sorted(f"{protocol}://{m}" for m in _fs(directory).find(directory)
+                if not os.path.basename(m).startswith("."))
+
+
+# ----------------------------------------------------------------------------- single files
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
-  """Yields a temporary file path beside `path` that replaces `path` if the block succeeds."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+def atomic_path(p: PathLike, mode: int = 0o644) -> Iterator[Path]:
+  """Yields a temporary local file path that replaces `p` (local or in a bucket) if the block
+  succeeds."""
+  if is_remote(p):
+    fd, tmp = tempfile.mkstemp(prefix=".upload-")
+    os.close(fd)
+    try:
+      yield Path(tmp)
+      upload(tmp, p)
+    finally:
+      os.unlink(tmp)
+    return
+  p = Path(p)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", dir=p.parent)
   os.close(fd)
   try:
     yield Path(tmp)
     os.chmod(tmp, mode)  # mkstemp makes it owner-only
-    os.replace(tmp, path)
+    os.replace(tmp, p)
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  with atomic_path(path) as tmp:
+def upload(local: PathLike, remote: PathLike) -> None:
+  """Copies a local file to a URL (one object: readers see the old one or the new one)."""
+  with open(local, "rb") as src, path(remote).open("wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 22)
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+  with atomic_path(p) as tmp:
     tmp.write_bytes(data)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-  with atomic_path(path) as tmp:
+def write_text(p: PathLike, text: str) -> None:
+  with atomic_path(p) as tmp:
     tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(p: PathLike, obj) -> None:
+  write_text(p, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+def copy(src: PathLike, dst: PathLike) -> None:
   """Copies a file to `dst` (nothing to do when they are the same file)."""
-  dst = Path(dst)
-  if dst.exists() and os.path.samefile(src, dst):
+  if not is_remote(src) and not is_remote(dst):
+    if Path(dst).exists() and os.path.samefile(src, dst):
+      return
+  elif os.fspath(src) == os.fspath(dst):
     return
-  with atomic_path(dst) as tmp:
-    shutil.copyfile(src, tmp)
+  with atomic_path(dst) as tmp, path(src).open("rb") as f, open(tmp, "wb") as out:
+    shutil.copyfileobj(f, out, 1 << 22)
 
+
+def move(src: PathLike, dst: PathLike) -> None:
+  """Renames a file or directory (in a bucket: every object copied, then the originals deleted;
+  a bucket without hierarchical namespace has no rename)."""
+  if is_remote(src):
+    fs = _fs(src)
+    fs.copy(os.fspath(src), os.fspath(dst), recursive=True)
+    fs.rm(os.fspath(src), recursive=True)
+  else:
+    os.rename(src, dst)
+
+
+def rmtree(p: PathLike) -> None:
+  if is_remote(p):
+    _fs(p).rm(os.fspath(p), recursive=True)
+  else:
+    shutil.rmtree(p, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- directories
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-  """Yields a temporary directory that becomes `path` only if the block succeeds.
+def atomic_directory(p: PathLike, overwrite: bool = False,
+                     skip_if_empty: bool = False) -> Iterator[Path]:
+  """Yields a temporary local directory that becomes `p` only if the block succeeds (and, with
+  `skip_if_empty`, wrote something).
 
-  An existing `path` is refused unless `overwrite`, and is replaced only after the new content is
-  complete: a failure at any point leaves it untouched.
+  An existing `p` is refused unless `overwrite`, and is replaced only after the new content is
+  complete: a failure at any point leaves it untouched. In a bucket, see the module docstring.
   """
-  path = Path(path).absolute()
-  if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+  if is_remote(p):
+    with _remote_directory(p, overwrite, skip_if_empty) as tmp:
+      yield tmp
+    return
+  p = Path(p).absolute()
+  if p.exists() and not overwrite:
+    raise FileExistsError(f"{p} already exists; pass --overwrite (overwrite=True) to replace it")
+  near = p.parent  # on the destination's file system (a rename is atomic only within one)
+  while not near.exists():
+    near = near.parent
+  tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=near))
   try:
     yield tmp
-    if path.exists():
-      old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-      os.rename(path, old / path.name)
+    if skip_if_empty and not any(tmp.iterdir()):
+      return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.exists():
+      old = Path(tempfile.mkdtemp(prefix=f".{p.name}.old-", dir=p.parent))
+      os.rename(p, old / p.name)
       try:
-        os.rename(tmp, path)
+        os.rename(tmp, p)
       except BaseException:
-        os.rename(old / path.name, path)
+        os.rename(old / p.name, p)
         raise
       shutil.rmtree(old, ignore_errors=True)
     else:
-      os.rename(tmp, path)
+      os.rename(tmp, p)
   finally:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _remote_directory(p: PathLike, overwrite: bool, skip_if_empty: bool) -> Iterator[Path]:
+  target = path(p)
+  if target.exists() and not overwrite:
+    raise FileExistsError(f"{p} already exists; pass --overwrite (overwrite=True) to replace it")
+  with tempfile.TemporaryDirectory(prefix=".upload-") as local:
+    yield Path(local)
+    if skip_if_empty and not any(Path(local).iterdir()):
+      return
+    staged = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    for f in sorted(Path(local).rglob("*")):
+      if f.is_file():
+        upload(f, staged / f.relative_to(local).as_posix())
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+      move(target, old)
+    move(staged, target)
+    if path(old).exists():
+      rmtree(old)

@@ -6,7 +6,8 @@
     python -m albert_jax.hf_convert tf-to-orbax RELEASE_DIR OUT_DIR [--head=...] [--config=...]
 
 An HF directory is `config.json` + `model.safetensors` (or `pytorch_model.bin`, read only with
-`torch.load(weights_only=True)` when torch is installed, or a sharded `*.index.json`). Exports
+`torch.load(weights_only=True)` and torch >= 2.6, or a sharded `*.index.json` whose shards must be
+plain file names in the directory); local or in a bucket (`gs://...`), sources and destinations. Exports
 write `config.json`, `model.safetensors` and, given a SentencePiece model, the tokenizer files,
 loadable by `transformers.AlbertFor*.from_pretrained(dir)` with no missing or unused weights.
 The `squad_v2_original` head has no such class: exporting it to HF is refused (it is kept as an
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import mmap
+import os
 import struct
 import sys
 from pathlib import Path
@@ -194,52 +197,108 @@ def _reject_duplicates(pairs):
   return seen
 
 
-def read_safetensors(path: str | Path) -> dict[str, Array]:
-  """Reads a safetensors file strictly: duplicate names, bad offsets and NaN/Inf are errors.
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
-  The safetensors library accepts a header with duplicate names (the last one wins) and
-  non-finite values; a checkpoint that holds either is broken, so we refuse it here.
-  """
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def read_safetensors(path: str | Path) -> dict[str, Array]:
+  """Reads a safetensors file strictly, as the format defines it: a JSON header (under 100 MB)
+  of {name: {dtype, shape, data_offsets}} and a flat `__metadata__` of strings, then a byte
+  buffer the tensors cover exactly, without holes, overlaps or trailing bytes. Duplicate names
+  and NaN/Inf (checked by the callers) are errors too: the safetensors library accepts both."""
   import ml_dtypes
   dtypes = {**_ST_DTYPES, "BF16": ml_dtypes.bfloat16}
-  path = Path(path)
-  with open(path, "rb") as f:
-    size = path.stat().st_size
+  remote = files.is_remote(path)
+  path = files.path(path)
+  # A local file is mapped (read as the arrays are used); an object in a bucket is read whole.
+  with (io.BytesIO(path.read_bytes()) if remote else open(path, "rb")) as f:
+    size = len(f.getvalue()) if remote else os.fstat(f.fileno()).st_size
     if size < 8:
       raise ValueError(f"{path}: not a safetensors file ({size} bytes)")
     (n,) = struct.unpack("<Q", f.read(8))
+    if n > MAX_HEADER_BYTES:
+      raise ValueError(f"{path}: header of {n} bytes is over the {MAX_HEADER_BYTES} limit")
     if n > size - 8:
       raise ValueError(f"{path}: header length {n} exceeds the file size {size}")
     try:
       header = json.loads(f.read(n), object_pairs_hook=_reject_duplicates)
-    except ValueError as e:
+    except ValueError as e:  # invalid UTF-8 or JSON
       raise ValueError(f"{path}: invalid safetensors header: {e}") from None
-    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else b""
-  header.pop("__metadata__", None)
-  tensors = {}
+    if size <= 8 + n:
+      buf = b""
+    elif remote:
+      buf = f.getvalue()
+    else:
+      buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: the safetensors header is not a JSON object")
+  metadata = header.pop("__metadata__", {})
+  if not isinstance(metadata, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    raise ValueError(f"{path}: __metadata__ must map strings to strings")
+  tensors, spans = {}, []
   for key, info in header.items():
-    if info.get("dtype") not in dtypes:
-      raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
+    if not isinstance(info, dict) or info.keys() != {"dtype", "shape", "data_offsets"}:
+      raise ValueError(f"{path}: tensor {key!r} has a malformed entry {info!r}")
+    if info["dtype"] not in dtypes:
+      raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']!r}")
     dtype = np.dtype(dtypes[info["dtype"]])
-    shape = tuple(info["shape"])
-    start, end = info["data_offsets"]
+    shape, offsets = info["shape"], info["data_offsets"]
+    if (not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape)
+        or not isinstance(offsets, list) or len(offsets) != 2
+        or not all(_is_int(o) for o in offsets)):
+      raise ValueError(f"{path}: tensor {key!r} has malformed shape {shape!r} or data_offsets "
+                       f"{offsets!r}")
+    start, end = offsets
     count = int(np.prod(shape, dtype=np.int64))
     if not 0 <= start <= end <= size - 8 - n or end - start != count * dtype.itemsize:
-      raise ValueError(f"{path}: tensor {key!r} has data_offsets {info['data_offsets']} that do "
-                       f"not fit shape {shape} {info['dtype']} in the file")
+      raise ValueError(f"{path}: tensor {key!r} has data_offsets {offsets} that do "
+                       f"not fit shape {tuple(shape)} {info['dtype']} in the file")
+    spans.append((start, end, key))
     tensors[key] = np.frombuffer(buf, dtype, count, 8 + n + start).reshape(shape)
+  position = 0
+  for start, end, key in sorted(spans):
+    if start != position:
+      raise ValueError(f"{path}: tensor {key!r} starts at byte {start} of the data, not "
+                       f"{position}: the tensors overlap or leave a hole")
+    position = end
+  if position != size - 8 - n:
+    raise ValueError(f"{path}: {size - 8 - n - position} bytes after the last tensor")
   return tensors
 
 
-def _read_torch_bin(path: Path) -> dict[str, Array]:
+MIN_TORCH = (2, 6)  # torch.load(weights_only=True) runs code from a crafted file before 2.6
+                   # (CVE-2025-32434)
+
+
+def _torch_version(version: str) -> tuple[int, int]:
+  parts = version.split("+")[0].split(".")
+  try:
+    return int(parts[0]), int(parts[1])
+  except (IndexError, ValueError):
+    return (0, 0)
+
+
+def _read_torch_bin(path) -> dict[str, Array]:
   try:
     import torch
   except ImportError:
     raise ImportError(
         f"{path} is a PyTorch pickle; reading it needs torch (`pip install torch`), or convert "
         "it to model.safetensors with transformers first") from None
+  if _torch_version(torch.__version__) < MIN_TORCH:
+    raise ImportError(
+        f"{path} is a PyTorch pickle and torch {torch.__version__} is installed: before 2.6, "
+        "torch.load(weights_only=True) can run code from a crafted file (CVE-2025-32434), so it "
+        "is not read. Upgrade torch (`pip install 'torch>=2.6'`), or convert the directory to "
+        "model.safetensors with transformers where torch is current")
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    source = (io.BytesIO(files.path(path).read_bytes()) if files.is_remote(path)
+              else Path(path))
+    state = torch.load(source, map_location="cpu", weights_only=True)
   except Exception as e:  # weights_only refuses arbitrary pickles; never fall back
     raise ValueError(f"{path}: torch.load(weights_only=True) refused the file ({e}); it is not a "
                      "plain state dict and will not be unpickled") from None
@@ -254,9 +313,22 @@ def _read_torch_bin(path: Path) -> dict[str, Array]:
   return out
 
 
+def _shard_path(hf_dir, index, shard):
+  """A shard named in an index: a plain file name in the directory, nothing else (a name such as
+  `../x` or `/etc/x`, or a link out of the directory, would read outside it)."""
+  if (not isinstance(shard, str) or shard in ("", ".", "..") or os.path.basename(shard) != shard
+      or "\\" in shard or "/" in shard):
+    raise ValueError(f"{index}: shard name {shard!r} is not a file name in {hf_dir}; refused")
+  path = hf_dir / shard
+  if not files.is_remote(hf_dir) and os.path.dirname(os.path.realpath(path)) != os.path.realpath(
+      hf_dir):
+    raise ValueError(f"{index}: shard {shard!r} links outside {hf_dir}; refused")
+  return path
+
+
 def read_hf_weights(hf_dir: str | Path) -> dict[str, Array]:
   """The state dict of an HF directory, from safetensors (preferred) or pytorch_model.bin."""
-  hf_dir = Path(hf_dir)
+  hf_dir = files.path(hf_dir)
   for name, reader in (("model.safetensors", read_safetensors),
                        ("pytorch_model.bin", _read_torch_bin)):
     if (hf_dir / name).is_file():
@@ -264,10 +336,12 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, Array]:
       break
     index = hf_dir / f"{name}.index.json"
     if index.is_file():
-      shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+      weight_map = json.loads(index.read_text())["weight_map"]
+      shards = [_shard_path(hf_dir, index, shard)
+                for shard in sorted(set(weight_map.values()), key=str)]
       tensors = {}
       for shard in shards:
-        part = reader(hf_dir / shard)
+        part = reader(shard)
         for key in part.keys() & tensors.keys():
           raise ValueError(f"{index}: tensor {key!r} appears in more than one shard")
         tensors.update(part)
@@ -290,7 +364,7 @@ def check_finite(tensors: dict[str, Array], source) -> None:
 
 def read_hf_config(hf_dir: str | Path) -> tuple[AlbertConfig, str | None]:
   """(config, head the checkpoint was saved from, or None) from `config.json`."""
-  path = Path(hf_dir) / "config.json"
+  path = files.path(hf_dir) / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: not a Hugging Face model directory")
   d = json.loads(path.read_text())
@@ -331,6 +405,8 @@ def from_hf_state_dict(config: AlbertConfig, tensors: dict[str, Array], head: st
       new.append(row.flax)
       continue
     t = tensors[key]
+    if not (np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16"):
+      raise ValueError(f"tensor {key!r} has dtype {t.dtype}; parameters are floating point")
     if t.shape != hf_shape:
       raise ValueError(f"tensor {key!r} has shape {tuple(t.shape)} but the config expects "
                        f"{hf_shape} (Flax {row.flax} {expected[row.flax]})")
@@ -429,7 +505,7 @@ def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=
     safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
       tokenizer.save_pretrained(tmp)
-  return Path(path)
+  return files.path(path)
 
 
 def save_model(config: AlbertConfig, params, path, head: str, tokenizer=None,
@@ -456,7 +532,7 @@ def load_any(path, head: str | None = None, seed: int = 0,
     if head in (None, saved_head):
       return saved_cfg, params, saved_head
     return saved_cfg, init_from.rehead(params, saved_head, saved_cfg, head, seed), head
-  if not (Path(path) / "config.json").is_file() and tf1_release.is_release(path):
+  if not (files.path(path) / "config.json").is_file() and tf1_release.is_release(path):
     return tf1_release.load_release(path, head, seed, config)
   return load(path, head, seed)
 

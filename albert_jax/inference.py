@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from albert_jax import hf_convert
+from albert_jax import files, hf_convert
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 from albert_jax.model import AlbertForMaskedLM, AlbertModel, make_model
 
@@ -61,7 +61,7 @@ def _load_tokenizer(path, tokenizer) -> AlbertTokenizer:
   if isinstance(tokenizer, AlbertTokenizer):
     return tokenizer
   source = path if tokenizer is None else tokenizer
-  if os.path.isdir(source) and not os.path.isfile(os.path.join(source, VOCAB_FILE)):
+  if files.path(source).is_dir() and not (files.path(source) / VOCAB_FILE).is_file():
     raise FileNotFoundError(
         f"{source} has no {VOCAB_FILE}, so the pipeline has no tokenizer; pass tokenizer=... "
         "(an AlbertTokenizer, a spiece.model file or a directory holding one)")

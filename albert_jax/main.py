@@ -2,8 +2,10 @@
 
   python -m albert_jax.main --config=configs/pretrain.py:large --workdir=DIR [--config.x=...]
 
-Several hosts: on Cloud TPU `jax.distributed.initialize()` finds its peers by itself; elsewhere
-pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I on every host.
+DIR may be a bucket (gs://BUCKET/run). Several hosts: on Cloud TPU `jax.distributed.initialize()`
+finds its peers by itself; elsewhere pass --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I on every host. A peer that dies makes the others exit within
+--heartbeat_timeout seconds, a host that never starts within --initialization_timeout.
 """
 
 import json
@@ -24,6 +26,11 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host)")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Call jax.distributed.initialize(): auto = on TPU/GPU VMs and when the "
                   "coordinator flags are given")
+flags.DEFINE_integer("initialization_timeout", 300,
+                     "Seconds to wait for every process to join (a host that never starts)")
+flags.DEFINE_integer("heartbeat_timeout", 100,
+                     "Seconds without a peer's heartbeat before it is taken for dead and every "
+                     "process exits")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,10 +49,13 @@ def initialize_distributed() -> None:
   import jax
   if FLAGS.distributed == "off":
     return
+  timeouts = dict(initialization_timeout=FLAGS.initialization_timeout,
+                  heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
   if FLAGS.coordinator_address:
     # CPU processes (tests, simulations) need a collectives backend to talk to each other.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               **timeouts)
   elif FLAGS.distributed == "on" or _on_accelerator_vm():
     if Path("/dev/nvidia0").exists() and not any(
         k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")):
@@ -53,9 +63,9 @@ def initialize_distributed() -> None:
       with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
-      jax.distributed.initialize(f"localhost:{port}", 1, 0)
+      jax.distributed.initialize(f"localhost:{port}", 1, 0, **timeouts)
     else:
-      jax.distributed.initialize()
+      jax.distributed.initialize(**timeouts)
 
 
 def _quiet_libraries() -> None:
@@ -76,14 +86,15 @@ def main(argv):
   _quiet_libraries()
   initialize_distributed()
   import jax
-  from albert_jax import train
+  from albert_jax import checkpointing, train
+  from albert_jax.data import order
   config = FLAGS.config
-  workdir = Path(FLAGS.workdir)
   logging.info("JAX %s, process %d of %d, %d devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
   try:
-    summary = train.train_and_evaluate(config, str(workdir))
-  except FloatingPointError as e:
+    summary = train.train_and_evaluate(config, FLAGS.workdir)
+  except (FloatingPointError, checkpointing.CheckpointMismatch, checkpointing.CheckpointNotWritten,
+          order.StreamChanged) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
   logging.info("Done: %s", json.dumps(summary, default=str))

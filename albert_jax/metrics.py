@@ -1,7 +1,10 @@
 """Where training metrics go: WORKDIR/metrics.jsonl, TensorBoard event files, the console line.
 
-Only process 0 writes. On resume, rows past the restored step (written after the last checkpoint
-by the interrupted run) are dropped, so metrics.jsonl never holds a step twice.
+Only process 0 writes. A row is one line ended by its newline, appended in one write (in a
+bucket, where objects cannot be appended to, the file is rewritten whole): a reader takes the
+lines that end in a newline, so it never sees half a row, and a last line torn by a kill is
+dropped. On resume, rows past the restored step (written after the last checkpoint by the
+interrupted run) are dropped too, so metrics.jsonl never holds a step twice.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from albert_jax import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+SYNC_SECONDS = 30  # TensorBoard event files: flushed (and uploaded to a bucket) this often
 
 
 class MetricsWriter:
@@ -27,40 +34,75 @@ class MetricsWriter:
     self.enabled = enabled
     if not enabled:
       return
-    self.path = Path(workdir) / METRICS_FILE
-    self._truncate_after(resume_step)
+    self.path = files.path(workdir) / METRICS_FILE
+    self.remote = files.is_remote(workdir)
+    self._lines = self._truncate_after(resume_step)  # kept in memory only for a bucket
     from tensorboardX import SummaryWriter
-    self._tb = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR), flush_secs=30)
+    tensorboard = files.path(workdir) / TENSORBOARD_DIR
+    if self.remote:  # event files written here, uploaded every SYNC_SECONDS and at the end
+      self._tb_local, self._tb_remote = Path(tempfile.mkdtemp(prefix="albert-tb-")), tensorboard
+      self._synced = time.monotonic()
+      tensorboard = self._tb_local
+    self._tb = SummaryWriter(str(tensorboard), flush_secs=SYNC_SECONDS)
 
-  def _truncate_after(self, step: int) -> None:
+  def _truncate_after(self, step: int) -> list[str]:
+    """The whole rows up to `step`; the file is rewritten when it held anything else."""
     if not self.path.exists():
-      return
-    rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-    keep = [line for line in rows if json.loads(line)["step"] <= step]
-    if len(keep) != len(rows):
+      return []
+    text = self.path.read_text()
+    lines = _whole_lines(text)
+    keep = [line for line in lines if json.loads(line)["step"] <= step]
+    if "".join(line + "\n" for line in keep) != text:
       files.write_text(self.path, "".join(line + "\n" for line in keep))
-      logging.info("Dropped %d metrics rows past step %d (written after the last checkpoint)",
-                   len(rows) - len(keep), step)
+      logging.info("Dropped %d metrics rows past step %d (written after the last checkpoint)%s",
+                   len(lines) - len(keep), step,
+                   "" if text.endswith("\n") or not text else " and a torn last line")
+    return keep
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row)
+    if self.remote:  # objects cannot be appended to: replace the whole file (one upload)
+      self._lines.append(line)
+      files.write_text(self.path, "".join(x + "\n" for x in self._lines))
+    else:  # one write() of the whole row, newline included, at the end of the file
+      fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+      try:
+        os.write(fd, (line + "\n").encode())
+      finally:
+        os.close(fd)
     for name, value in metrics.items():
       if math.isfinite(float(value)):
         self._tb.add_scalar(name, float(value), int(step))
+    if self.remote and time.monotonic() - self._synced > SYNC_SECONDS:
+      self._upload_events()
+
+  def _upload_events(self) -> None:
+    self._tb.flush()
+    for event_file in self._tb_local.iterdir():
+      files.upload(event_file, self._tb_remote / event_file.name)
+    self._synced = time.monotonic()
 
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
+      if self.remote:
+        self._upload_events()
+        shutil.rmtree(self._tb_local, ignore_errors=True)
+
+
+def _whole_lines(text: str) -> list[str]:
+  """The non-empty lines that end in a newline: a last line without one is being written, or
+  was torn by a kill."""
+  return [line for line in text.split("\n")[:-1] if line.strip()]
 
 
 def read_metrics(workdir) -> list[dict]:
-  """The rows of WORKDIR/metrics.jsonl."""
-  path = Path(workdir) / METRICS_FILE
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  """The rows of WORKDIR/metrics.jsonl (a torn or half-written last line is not a row)."""
+  return [json.loads(line)
+          for line in _whole_lines((files.path(workdir) / METRICS_FILE).read_text())]
 
 
 def format_duration(seconds: float) -> str:

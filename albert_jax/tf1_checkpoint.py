@@ -17,6 +17,8 @@ import google_crc32c
 import ml_dtypes
 import numpy as np
 
+from albert_jax import files
+
 
 # ----------------------------------------------------------------------------- protobuf wire format
 
@@ -152,8 +154,8 @@ class Checkpoint:
   """A TF1 checkpoint `PREFIX` (`PREFIX.index` + `PREFIX.data-?????-of-?????`): names, shapes, arrays."""
 
   def __init__(self, prefix: str | Path):
-    self.prefix = Path(prefix)
-    self.index = Path(f"{prefix}.index")
+    self.prefix = files.path(prefix)  # local or gs://
+    self.index = files.path(f"{prefix}.index")
     if not self.index.is_file():
       raise FileNotFoundError(f"{self.index} not found: not a TF checkpoint")
     data = self.index.read_bytes()
@@ -180,7 +182,7 @@ class Checkpoint:
     self.num_shards = header.get(1, 1)
 
   def data_file(self, shard: int) -> Path:
-    return Path(f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}")
+    return files.path(f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}")
 
   def read(self, name: str) -> np.ndarray:
     """The tensor `name`, its size and crc32c checked against the index."""
@@ -201,12 +203,12 @@ class Checkpoint:
     path = self.data_file(e.shard_id)
     if not path.is_file():
       raise FileNotFoundError(f"{path} not found (variable {name!r} is in it)")
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
       f.seek(e.offset)
       raw = f.read(e.size)
     if len(raw) != e.size:
       raise ValueError(f"{path}: truncated data file: variable {name!r} needs bytes "
-                       f"[{e.offset}, {e.offset + e.size}) but the file has {path.stat().st_size}")
+                       f"[{e.offset}, {e.offset + e.size}) but the file has {path.stat().length}")
     if e.crc32c is not None and masked_crc32c(raw) != e.crc32c:
       raise ValueError(f"{path}: bad crc32c for variable {name!r}: the data file is corrupt")
     return np.frombuffer(raw, dtype, count).reshape(e.shape).astype(dtype.newbyteorder("="))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from albert_jax import hf_convert
+from albert_jax import files, hf_convert
 from albert_jax.model import AlbertConfig, HEADS, preset
 from albert_jax.tf1_checkpoint import Checkpoint
 
@@ -120,7 +121,7 @@ def config_from_original(d: dict, source: str = "albert_config.json") -> AlbertC
 
 CONFIG_FILE = "albert_config.json"
 SPM_FILES = ("30k-clean.model", "spiece.model")
-HUB_PREFIX = Path("variables") / "variables"
+HUB_PREFIX = "variables/variables"
 HUB_SCOPE = "module/"
 
 
@@ -137,16 +138,16 @@ def _checkpoint_prefix(d: Path) -> Path | None:
   if state.is_file():
     m = re.search(r'^model_checkpoint_path:\s*"(.*)"', state.read_text(), re.MULTILINE)
     if m:
-      named = Path(m[1])
+      named = Path(m[1])  # the name as written; only its last part is looked up beside it
       # Paths in it may be absolute, from the machine that trained: look beside the file too.
-      for prefix in ((d / named), d / named.name):
-        if Path(f"{prefix}.index").is_file():
+      for prefix in ((d / str(named)), d / named.name):
+        if files.path(f"{prefix}.index").is_file():
           return prefix
       raise FileNotFoundError(f"{state} names checkpoint {m[1]!r}, but {d / named.name}.index "
                               "is not there")
   if (d / "model.ckpt-best.index").is_file():
     return d / "model.ckpt-best"
-  if Path(f"{d / HUB_PREFIX}.index").is_file():
+  if files.path(f"{d / HUB_PREFIX}.index").is_file():
     return d / HUB_PREFIX
   found = sorted(d.glob("*.index"))
   if len(found) > 1:
@@ -157,8 +158,8 @@ def _checkpoint_prefix(d: Path) -> Path | None:
 
 def find_release(path) -> Release | None:
   """The release at `path` (a directory, or a checkpoint prefix in one), or None if not one."""
-  path = Path(path)
-  if Path(f"{path}.index").is_file():
+  path = files.path(path)
+  if files.path(f"{path}.index").is_file():
     prefix, d = path, path.parent
   elif path.is_dir():
     prefix, d = _checkpoint_prefix(path), path
@@ -166,7 +167,7 @@ def find_release(path) -> Release | None:
       return None
   else:
     return None
-  if prefix.name == HUB_PREFIX.name and prefix.parent.name == HUB_PREFIX.parent.name:
+  if prefix.name == "variables" and prefix.parent.name == "variables":
     d = prefix.parent.parent  # a TF-Hub module: DIR/variables/variables
   find = lambda names: next((d / sub / n for sub in ("", "assets") for n in names
                              if (d / sub / n).is_file()), None)
@@ -263,8 +264,8 @@ def _check_variables(ckpt: Checkpoint, tensors, names, config: AlbertConfig, sou
 def read_config(release: Release, config: AlbertConfig | str | None = None) -> AlbertConfig:
   """The release's config, or `config` (an AlbertConfig, a preset name or an original
   albert_config.json) where it has none."""
-  if isinstance(config, (str, Path)) and Path(config).is_file():
-    return config_from_original(json.loads(Path(config).read_text()), str(config))
+  if isinstance(config, (str, os.PathLike)) and files.path(config).is_file():
+    return config_from_original(json.loads(files.path(config).read_text()), str(config))
   if isinstance(config, str):
     return preset(config)
   if config is not None:

@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from albert_jax import checkpointing, files, hf_convert, init_from, metrics as metrics_lib
 from albert_jax import model as M
-from albert_jax import optimizer, sharding, tasks
+from albert_jax import optimizer, sharding, tasks, watchdog
 
 PyTree = Any
 
@@ -39,12 +40,20 @@ class TrainState:
   step: jax.Array  # int32 scalar: updates applied so far
   params: PyTree
   opt_state: PyTree
-  # -1 while every loss so far was finite; else the first step whose loss or gradient was not.
-  # From then on updates are skipped, so the state (and any checkpoint of it) stays finite.
+  # -1 while every step so far was finite; else the first step whose loss, gradient, updated
+  # parameters or optimizer state were not. From then on updates are skipped, so the state (and
+  # any checkpoint of it) stays finite.
   nonfinite_step: jax.Array
 
 
 # ----------------------------------------------------------------------------- the steps
+
+def all_finite(tree) -> jax.Array:
+  """True when every float in `tree` is finite (one reduction per array, then one over them)."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
 
 def train_step(state: TrainState, batch, *, module, task, tx, schedule, accum_steps: int,
                seed: int):
@@ -82,7 +91,10 @@ def train_step(state: TrainState, batch, *, module, task, tx, schedule, accum_st
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  # What is written, not only what led to it: an update can overflow with a finite loss and
+  # gradient (a huge learning rate, a moment that grew past float32).
+  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & all_finite(params)
+            & all_finite(opt_state))
   keep_going = finite & (state.nonfinite_step < 0)
   pick = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(keep_going, n, o), new, old)
   new_state = TrainState(
@@ -185,16 +197,16 @@ class _StopFlag:
 # ----------------------------------------------------------------------------- the job
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config.task` as `config` says in `workdir`; rerunning resumes. Returns a summary."""
-  if str(workdir).startswith(("gs://", "s3://")):
-    raise ValueError(f"workdir {workdir!r}: albert-jax reads and writes local paths; mount the "
-                     "bucket (Cloud Storage FUSE: /gcs/BUCKET, see experiments/tpu/README.md) "
-                     "and pass the mounted path")
-  workdir = Path(workdir)
+  """Trains `config.task` as `config` says in `workdir` (local or gs://); rerunning resumes.
+  Returns a summary."""
+  # First of all: a SIGTERM while the job starts (data, restore, compile) saves at step one.
+  stop = _StopFlag()
+  workdir = files.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
+  run_config = json.loads(config.to_json_best_effort())
   if is_main:  # the resolved config, overrides applied, beside the checkpoints
-    files.write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    files.write_json(workdir / "config.json", run_config)
 
   # Mesh and sharding rules.
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -226,8 +238,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Resume order: the newest good checkpoint in the workdir (with the data position), else
   # config.init_from's parameters (the backbone kept, the new head fresh), else a fresh init.
+  # A corrupt step is set aside for the one before it; a state this config does not build (a
+  # changed optimizer, head or labels) is refused, naming the fields; a changed data stream is
+  # refused by the iterator's set_state unless config.allow_data_change.
   restored = checkpointing.restore_train_state(manager, *checkpoint_parts(layout.abstract),
-                                               log=logging.warning)
+                                               run_config=run_config, log=logging.warning)
   if restored:
     step, params, rest, data_state = restored
     state = TrainState(params=params, **rest)
@@ -256,12 +271,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   flops_per_step = 3 * config.batch_size * flops_per_example(config, task, cfg)
   throughput = metrics_lib.Throughput(config.total_steps, flops_per_step,
                                       metrics_lib.peak_flops(config))
-  model_info = {"config": cfg.to_hf_dict(), "head": head}
+  model_info = {"config": cfg.to_hf_dict(), "head": head, "run_config": run_config}
   best = _Best(workdir, f"eval/{task.METRIC}", cfg, head, tokenizer) if task.METRIC else None
   evaluate = Evaluator(p_eval_step, evals, task, config.data, mesh, workdir, writer, best)
-  stop = _StopFlag()
+  guard = watchdog.StepWatchdog(
+      config.get("watchdog_factor", 0.0), config.get("watchdog_min_seconds", 600.0),
+      describe=f"process {jax.process_index()} of {jax.process_count()}")
   step, preempted, last_eval = start_step, False, None
-  pending = []  # device metrics since the last log line: fetched together, no per-step sync
+  pending = []  # device metrics since the last log line: fetched together at the log step
   logging.info("Training from step %d to %d", start_step, config.total_steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     try:
@@ -273,16 +290,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step == start_step + 1:
           jax.block_until_ready(step_metrics)
           throughput.start(step)  # the compile is not step time
+          guard.beat(step)
+        elif len(pending) > 1:
+          # One step in flight: the host prepares step k+1 while the devices run step k, and
+          # a step that never finishes (a stuck peer) stops the beats the watchdog counts.
+          jax.block_until_ready(pending[-2])
+          guard.beat(step - 1)
 
         # Step 1 too: the untrained model's metrics are the baseline the run is judged by.
         if step % config.log_every_steps == 0 or step in (1, config.total_steps):
           _check_finite(state, step, manager)
           row = throughput.row(step, jax.device_get(pending))
           pending = []
+          guard.beat(step)
           writer.write(step, row)
           logging.info("%s", throughput.line(step, row, task.CONSOLE))
 
-        with throughput.paused():  # evals and saves are not step time
+        with throughput.paused(), guard.paused():  # evals and saves are not step time
           if config.eval_every_steps and step % config.eval_every_steps == 0:
             last_eval = evaluate(state, step)
           if step % config.checkpoint_every_steps == 0 and step < config.total_steps:
@@ -299,9 +323,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           last_eval = evaluate(state, step)
         if manager.latest_step() != step:
           _save(manager, step, state, train_iter, model_info)
+      checkpointing.check_written(manager)  # a failed save stops the job non-zero
     finally:  # let good checkpoints in flight land, even when stopping on NaN
-      manager.wait_until_finished()
+      guard.close()
       writer.close()
+      manager.wait_until_finished()
 
   summary = {"step": step, "preempted": preempted, "first": throughput.first,
              "last": throughput.last, "eval": last_eval}
@@ -329,10 +355,10 @@ def _check_finite(state: TrainState, step: int, manager) -> None:
   bad = int(jax.device_get(state.nonfinite_step))
   if bad >= 0:
     raise FloatingPointError(
-        f"The loss or gradient became NaN/Inf at step {bad + 1}; its update was skipped and "
-        f"training stopped at step {step}. The last checkpoint, step {manager.latest_step()}, "
-        "holds finite values (lower the learning rate or check the data, then rerun to resume "
-        "from it).")
+        f"The loss, gradient or updated state became NaN/Inf at step {bad + 1}; its update was "
+        f"skipped and training stopped at step {step}. The last checkpoint, step "
+        f"{manager.latest_step()}, holds finite values (lower the learning rate or check the "
+        "data, then rerun to resume from it).")
 
 
 def _save(manager, step: int, state: TrainState, train_iter, model_info: dict) -> None:
@@ -350,7 +376,7 @@ class Evaluator:
   task: Any
   data_cfg: ml_collections.ConfigDict
   mesh: Any
-  workdir: Path
+  workdir: Any  # an epath.Path: local or gs://
   writer: metrics_lib.MetricsWriter
   best: "_Best | None"
 
@@ -360,7 +386,11 @@ class Evaluator:
       outputs = [jax.device_get(self.eval_step(state.params, sharding.global_batch(b, self.mesh)))
                  for b in eval_set.batches]
       out_dir = self.workdir / "predictions" / f"step_{step}" / eval_set.name
-      scores = self.task.score(outputs, eval_set, self.data_cfg, out_dir)
+      # The prediction files appear whole or not at all (process 0's; the others score into a
+      # scratch directory: every process holds the same global predictions).
+      with (files.atomic_directory(out_dir, overwrite=True, skip_if_empty=True)
+            if jax.process_index() == 0 else tempfile.TemporaryDirectory()) as tmp:
+        scores = self.task.score(outputs, eval_set, self.data_cfg, Path(tmp))
       result.update({f"{eval_set.name}/{k}": v for k, v in scores.items()})
     if not result:
       return None
@@ -383,15 +413,23 @@ def _export(state, cfg, head, tokenizer, workdir: Path, is_main: bool) -> dict[s
   return {f"{name}_dir": str(workdir / name)}
 
 
+BEST_RECORD = "best.json"
+
+
 class _Best:
   """The best eval so far by one metric: WORKDIR/best (HF format; an albert-jax model directory
-  for a head transformers lacks) and WORKDIR/best.json."""
+  for a head transformers lacks) holding its record, best.json, written with it as one directory
+  (so the model and the record that says which step and metrics it has never disagree), and a
+  copy of the record in WORKDIR/best.json."""
 
-  def __init__(self, workdir: Path, metric: str, cfg: M.AlbertConfig, head: str, tokenizer):
+  def __init__(self, workdir, metric: str, cfg: M.AlbertConfig, head: str, tokenizer):
     self.workdir, self.metric = workdir, metric
     self.cfg, self.head, self.tokenizer = cfg, head, tokenizer
-    path = workdir / "best.json"
-    self.record = json.loads(path.read_text()) if path.is_file() else None  # survives restarts
+    self.record = None  # survives restarts: the record beside the model, else the copy
+    for path in (workdir / "best" / BEST_RECORD, workdir / BEST_RECORD):
+      if path.is_file():
+        self.record = json.loads(path.read_text())
+        break
 
   def improves(self, result: dict[str, float]) -> bool:
     if self.metric not in result:
@@ -402,9 +440,11 @@ class _Best:
   def keep(self, step, result, host_params):
     self.record = {"step": step, "metric": self.metric, "metrics": result}
     if jax.process_index() == 0:
-      hf_convert.save_model(self.cfg, host_params, self.workdir / "best", head=self.head,
-                            tokenizer=self.tokenizer, overwrite=True)
-      files.write_json(self.workdir / "best.json", self.record)
+      with files.atomic_directory(self.workdir / "best", overwrite=True) as tmp:
+        hf_convert.save_model(self.cfg, host_params, tmp, head=self.head,
+                              tokenizer=self.tokenizer, overwrite=True)
+        files.write_json(tmp / BEST_RECORD, self.record)
+      files.write_json(self.workdir / BEST_RECORD, self.record)
       logging.info("New best %s %.4f at step %d: saved to %s", self.metric, result[self.metric],
                    step, self.workdir / "best")
 

@@ -67,6 +67,17 @@ def base_config(task: str, model: str, *, data_arg: str = "") -> ml_collections.
   config.checkpoint_every_steps = 5000
   config.keep_checkpoints = 3
   config.export_hf = True  # write WORKDIR/hf (Hugging Face format + spiece.model) at the end
+  # Resuming checks that the data would continue the checkpoint's stream of batches (seed, batch
+  # size, lengths, masking, the corpus's and vocabulary's fingerprints; for fine-tuning the
+  # arrays' fingerprint and the data settings) and refuses a change, naming it. True continues
+  # from the checkpoint's batch index with the changed data, with a loud warning.
+  config.allow_data_change = False
+  # Step watchdog: a process that makes no training step for max(watchdog_min_seconds,
+  # watchdog_factor x the median step time) exits with a diagnostic (all threads' stacks)
+  # instead of waiting forever on a stuck peer's collective; evals and saves do not count.
+  # 0 disables it. The first step (compilation) is not watched.
+  config.watchdog_factor = 50.0
+  config.watchdog_min_seconds = 600.0
   return config
 
 

@@ -19,12 +19,12 @@ here, without a TPU, before renting one (`pip install -e .[tpu]`):
   python -m albert_jax.aot --config=configs/pretrain.py:large --topology=v5p-128
 
 A pod slice runs the same command on every worker (`gcloud compute tpus tpu-vm ssh NAME
---worker=all --command=...`); each host feeds its share of the global batch. Text files in a
-bucket mounted at /gcs/BUCKET with Cloud Storage FUSE (experiments/tpu/install.sh):
+--worker=all --command=...`); each host feeds its share of the global batch. Corpus, vocabulary
+and workdir in a Cloud Storage bucket (experiments/tpu/run.sh):
 
-  python -m albert_jax.main --config=configs/pretrain.py:large --workdir=/gcs/BUCKET/albert_large \
-      --config.data.source=files --config.data.files='/gcs/BUCKET/corpus/*.txt' \
-      --config.spm_model=/gcs/BUCKET/30k-clean.model
+  python -m albert_jax.main --config=configs/pretrain.py:large --workdir=gs://BUCKET/albert_large \
+      --config.data.source=files --config.data.files='gs://BUCKET/corpus/*.txt' \
+      --config.spm_model=gs://BUCKET/30k-clean.model
 
 The console shows steps/s, tokens/s, MFU and the ETA; TensorBoard reads WORKDIR/tensorboard.
 """

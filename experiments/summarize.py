@@ -20,6 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from albert_jax import files
 from experiments import sweep
 
 LOWER_IS_BETTER = ("loss", "error", "perplexity")
@@ -170,7 +171,7 @@ def counts_line(root: Path, records: list[RunRecord]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("root", type=Path, help="the sweep's --workdir_root")
+  parser.add_argument("root", type=files.path, help="the sweep's --workdir_root (or gs://...)")
   parser.add_argument("--metric", help="show only this metric (and sort by it)")
   parser.add_argument("--config", help="the sweep's --config: list its runs not started too")
   args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ Every override key is checked against the config before anything runs. Then
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -24,6 +25,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -196,14 +198,17 @@ def tpu_command(run: Run, tpu: str, zone: str, project: str, remote_dir: str) ->
 
 
 def execute(run: Run, config: str, echo: bool = True) -> dict:
-  """Runs one command, its output into log.txt (and the console); returns and writes its status."""
-  workdir = Path(run.workdir)
+  """Runs one command, its output into log.txt (and the console); returns and writes its status.
+  The workdir may be a bucket (gs://): then log.txt is written locally and uploaded at the end
+  (objects cannot be appended to)."""
+  workdir = files.path(run.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / STATUS_FILE).unlink(missing_ok=True)  # no status while running: "unfinished"
+  if (workdir / STATUS_FILE).exists():
+    (workdir / STATUS_FILE).unlink()  # no status while running: "unfinished"
   files.write_json(workdir / OVERRIDES_FILE,
              dict(name=run.name, overrides=run.overrides, config=config, command=run.command))
   start = time.monotonic()
-  with open(workdir / LOG_FILE, "a", encoding="utf-8") as log:
+  with _log_file(workdir / LOG_FILE) as log:
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(run.command)}\n")
     log.flush()
     proc = subprocess.Popen(run.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -223,9 +228,26 @@ def execute(run: Run, config: str, echo: bool = True) -> dict:
   return status
 
 
+@contextlib.contextmanager
+def _log_file(path):
+  """An appendable log: the file itself, or for a bucket a local copy uploaded at the end."""
+  if not files.is_remote(path):
+    with open(path, "a", encoding="utf-8") as log:
+      yield log
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    local = Path(tmp) / LOG_FILE
+    local.write_bytes(path.read_bytes() if path.exists() else b"")
+    try:
+      with open(local, "a", encoding="utf-8") as log:
+        yield log
+    finally:
+      files.copy(local, path)
+
+
 def is_done(run: Run) -> bool:
   """A run is done when it wrote its results (whatever sweep_status.json says)."""
-  return (Path(run.workdir) / RESULTS_FILE).exists()
+  return (files.path(run.workdir) / RESULTS_FILE).exists()
 
 
 def run_all(runs: list[Run], config: str, echo: bool) -> int:

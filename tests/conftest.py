@@ -14,7 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="albert-jax-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
+import socket  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -30,12 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
 import pretrain  # noqa: E402  (configs/ is not a package)
 
-# A model small enough that a step is milliseconds, on the 2x2x2 mesh of the 8 simulated devices.
+# A model small enough that a step is milliseconds, on the 2x2x2 mesh of the 8 simulated devices,
+# with the v1 presets' dropout (so resuming must restore the dropout keys too), logging every
+# step (so resume tests compare every step's loss).
 OVERRIDES = {
     "model.embedding_size": 16, "model.hidden_size": 32, "model.num_hidden_layers": 2,
     "model.num_attention_heads": 4, "model.intermediate_size": 64,
+    "model.hidden_dropout_prob": 0.1, "model.attention_probs_dropout_prob": 0.1,
     "data.max_seq_length": 32, "data.eval_batches": 2, "batch_size": 16, "total_steps": 24,
-    "optim.name": "lamb", "optim.lr": 0.01, "optim.warmup_steps": 4, "log_every_steps": 4,
+    "optim.name": "lamb", "optim.lr": 0.01, "optim.warmup_steps": 4, "log_every_steps": 1,
     "eval_every_steps": 12,
     "checkpoint_every_steps": 6, "keep_checkpoints": 10,
     "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "sharding": "fsdp_tensor",
@@ -60,6 +66,21 @@ def tiny_config(spm_model, **changes):
   return config
 
 
+def abstract_state(workdir, step, mesh, rule_name):
+  """The train state's (params, rest) shapes for the run in `workdir`, laid out on `mesh`."""
+  import json
+  from albert_jax import model as M, optimizer, sharding
+  config = json.loads((Path(workdir) / "config.json").read_text())
+  cfg = M.AlbertConfig.from_hf_dict(json.loads(
+      (Path(workdir) / "checkpoints" / str(step) / "albert_config" / "metadata").read_text()
+  )["config"])
+  optim = pretrain.get_config("tiny").optim
+  optim.update(config["optim"])
+  tx = optimizer.make_optimizer(optim, config["total_steps"])
+  layout = train.state_layout(M.AlbertForPreTraining(cfg), tx, mesh, sharding.rules(rule_name))
+  return train.checkpoint_parts(layout.abstract)
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, spm_model):
   """An uninterrupted in-process run: (workdir, summary)."""
@@ -75,3 +96,49 @@ def tokenizer(tmp_path_factory):
   from albert_jax.data.tokenizer import AlbertTokenizer
   sentences = [s for doc in corpus.embedded_documents("train") for s in doc][::4]
   return AlbertTokenizer(train_spm(sentences, 500, tmp_path_factory.mktemp("spm_quarter")))
+
+
+# ----------------------------------------------------------------------------- Cloud Storage
+
+def free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+  """A real local Cloud Storage server (gcp-storage-emulator, in memory, tests/gcs_emulator.py)
+  with a bucket, and the
+  environment that points this process and its subprocesses at it: gcsfs (etils.epath) reads
+  STORAGE_EMULATOR_HOST, Orbax's tensorstore TENSORSTORE_GCS_HTTP_URL, both with a test token
+  instead of credentials. Yields "gs://BUCKET"."""
+  pytest.importorskip("gcp_storage_emulator")
+  port = free_port()
+  bucket = "albert-test"
+  proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gcs_emulator.py"), str(port),
+                           bucket], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 30
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      assert proc.poll() is None and time.time() < deadline, "the storage emulator did not start"
+      time.sleep(0.1)
+  url = f"http://127.0.0.1:{port}"
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token", "GOOGLE_CLOUD_PROJECT": "test",
+         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  try:
+    yield f"gs://{bucket}"
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -446,6 +446,125 @@ def test_pytorch_bin_needs_torch_and_never_unpickles(tmp_path, monkeypatch):
     hf_convert.load(d)
 
 
+def _safetensors_parts():
+  """(header dict, data bytes) of a valid file with two tensors."""
+  a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)
+  header = {"__metadata__": {"format": "pt"},
+            "a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+            "b": {"dtype": "F32", "shape": [4], "data_offsets": [24, 40]}}
+  return header, a.tobytes() + b.tobytes()
+
+
+def _file(header, data, length=None):
+  raw = json.dumps(header).encode() if isinstance(header, dict) else header
+  return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+def _edit(**entries):
+  header, data = _safetensors_parts()
+  return _file({**header, **entries}, data)
+
+
+MALFORMED = {
+    "header longer than the file": _file(*_safetensors_parts(), length=10_000),
+    "header over 100 MB": _file(*_safetensors_parts(), length=100_000_001),
+    "truncated data": _file(*_safetensors_parts())[:-3],
+    "trailing bytes": _file(*_safetensors_parts()) + b"\0" * 8,
+    "overlapping tensors": _edit(b={"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}),
+    "shape and offsets disagree": _edit(b={"dtype": "F32", "shape": [5], "data_offsets": [24, 40]}),
+    "invalid UTF-8 header": _file(json.dumps(_safetensors_parts()[0]).encode().replace(
+        b'"format"', b'"\xff\xfe"'), _safetensors_parts()[1]),
+    "nested __metadata__": _edit(__metadata__={"format": {"nested": "pt"}}),
+    "unknown dtype": _edit(b={"dtype": "F8_E9", "shape": [4], "data_offsets": [24, 40]}),
+    "header not an object": _file(b"[1, 2]", b""),
+    "negative dimension": _edit(b={"dtype": "F32", "shape": [-4], "data_offsets": [24, 40]}),
+}
+
+
+def test_a_valid_handmade_safetensors_file_reads(tmp_path):
+  (tmp_path / "ok.safetensors").write_bytes(_file(*_safetensors_parts()))
+  tensors = hf_convert.read_safetensors(tmp_path / "ok.safetensors")
+  assert tensors["a"].shape == (2, 3) and float(tensors["b"].sum()) == 4.0
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_safetensors_are_refused(tmp_path, case):
+  """T16: each is refused with an error naming the file, before any array is returned."""
+  path = tmp_path / "model.safetensors"
+  path.write_bytes(MALFORMED[case])
+  with pytest.raises(ValueError, match="model.safetensors"):
+    hf_convert.read_safetensors(path)
+
+
+def test_a_parameter_that_is_not_floating_point_is_refused(tmp_path):
+  """T17, dtype: an integer tensor where a weight belongs is a broken checkpoint, not a cast."""
+  cfg = TINY
+  hf_convert.save(cfg, random_params(cfg, "base", 0), tmp_path / "hf")
+  st = tmp_path / "hf" / "model.safetensors"
+  tensors = dict(safetensors.numpy.load_file(st))
+  key = "embeddings.LayerNorm.weight"
+  tensors[key] = tensors[key].astype(np.int32)
+  safetensors.numpy.save_file(tensors, st)
+  with pytest.raises(ValueError, match=f"{key}.*dtype int32"):
+    hf_convert.load(tmp_path / "hf")
+
+
+def test_torch_older_than_2_6_is_refused_for_pytorch_model_bin(tmp_path, monkeypatch):
+  """T15: before 2.6, torch.load(weights_only=True) can run a crafted file's code
+  (CVE-2025-32434): the file is not opened at all, and the message says what to do."""
+  d = tmp_path / "bin"
+  d.mkdir()
+  (d / "config.json").write_text(json.dumps(TINY.to_hf_dict()))
+  marker = tmp_path / "pwned"
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, (f"touch {marker}",))
+
+  with open(d / "pytorch_model.bin", "wb") as f:
+    pickle.dump({"embeddings.word_embeddings.weight": Evil()}, f)
+  loads = []
+  monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+  monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+  with pytest.raises(ImportError, match=r"torch 2\.5\.1\+cpu.*CVE-2025-32434.*torch>=2\.6"):
+    hf_convert.load(d)
+  assert not loads and not marker.exists()
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors",
+                                   "sub/../../outside.safetensors", "link.safetensors"])
+def test_index_shard_names_that_leave_the_directory_are_refused(tmp_path, shard):
+  """A hostile model.safetensors.index.json must not make the loader read outside its directory
+  (a name with a path in it, or a link out of the directory)."""
+  cfg = TINY
+  hf_convert.save(cfg, random_params(cfg, "base", 0), tmp_path / "hf")
+  outside = tmp_path / "outside.safetensors"
+  os.rename(tmp_path / "hf" / "model.safetensors", outside)
+  (tmp_path / "hf" / "link.safetensors").symlink_to(outside)
+  keys = safetensors.numpy.load_file(outside).keys()
+  (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps(
+      {"metadata": {}, "weight_map": {k: shard for k in keys}}))
+  with pytest.raises(ValueError, match="refused"):
+    hf_convert.load(tmp_path / "hf")
+
+
+def test_the_vocabulary_is_looked_up_beside_the_model_only(tmp_path):
+  """spm_model_in: the model directory, or a training run's workdir; never a parent directory
+  that happens to hold some other model's spiece.model."""
+  (tmp_path / "spiece.model").write_bytes(b"another model's vocabulary")
+  model_dir = tmp_path / "models" / "mine"
+  model_dir.mkdir(parents=True)
+  assert checkpointing.spm_model_in(model_dir) is None
+  assert checkpointing.spm_model_in(tmp_path / "a" / "checkpoints" / "12") is None
+  run = tmp_path / "a"
+  (run / "checkpoints" / "12").mkdir(parents=True)
+  (run / "spiece.model").write_bytes(b"the run's")
+  for path in (run, run / "checkpoints", run / "checkpoints" / "12"):
+    assert checkpointing.spm_model_in(path) == str(run / "spiece.model")
+  (model_dir / "spiece.model").write_bytes(b"mine")
+  assert checkpointing.spm_model_in(model_dir) == str(model_dir / "spiece.model")
+
+
 def test_the_package_imports_no_reference_library():
   """torch, transformers and the metric libraries are test-only: importing every module of the
   package (tasks included) in a fresh interpreter loads none of them."""

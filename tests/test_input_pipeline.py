@@ -3,12 +3,13 @@ the held-out eval set, the cached vocabulary, pre-masked files, worker processes
 
 import collections
 import json
+import shutil
 
 import ml_collections
 import numpy as np
 import pytest
 
-from albert_jax.data import corpus, examples, input_pipeline
+from albert_jax.data import corpus, examples, input_pipeline, order
 from albert_jax.tasks import pretraining
 from albert_jax.data import create_pretraining_data as cpd
 from albert_jax.data.tokenizer import AlbertTokenizer
@@ -94,14 +95,14 @@ def test_resume_is_exact_across_epochs(tiny):
   interrupted = _iter(cfg, 16)
   _take(interrupted, 3)
   states = {3: interrupted.get_state()}
-  states.update({k: {"next_batch": k} for k in (int(per_epoch) - 1, int(per_epoch) + 1)})
+  states.update({k: {**states[3], "next_batch": k} for k in (int(per_epoch) - 1, int(per_epoch) + 1)})
   for k, state in states.items():  # the last two batches cross the end of epoch 0
     fresh = _iter(cfg, 16)
     fresh.set_state(json.loads(json.dumps(state)))
     assert _same(_take(fresh, 3), run[k:k + 3])
   # set_state on a running iterator, backwards.
-  it.set_state({"next_batch": 2})
-  assert _same(_take(it, 2), run[2:4]) and it.get_state() == {"next_batch": 4}
+  it.set_state({**states[3], "next_batch": 2})
+  assert _same(_take(it, 2), run[2:4]) and it.get_state()["next_batch"] == 4
 
 
 def test_orbax_saves_and_restores_the_state(tiny, tmp_path):
@@ -117,7 +118,8 @@ def test_orbax_saves_and_restores_the_state(tiny, tmp_path):
     expected = _take(it, 2)
     restored = _iter(cfg, 8)
     manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
-  assert restored.get_state() == {"next_batch": 3} and _same(_take(restored, 2), expected)
+  assert restored.get_state() == {"next_batch": 3, "stream": it.stream}
+  assert _same(_take(restored, 2), expected)
 
 
 @pytest.mark.parametrize("masking,batch,count", [("dynamic", 128, 2), ("dynamic", 96, 3),
@@ -250,3 +252,103 @@ def test_config_errors(tiny, tmp_path):
         spm_model=str(tmp_path / "no.model"), init_from="", data=_cfg(tiny))), tmp_path)
   with pytest.raises(ValueError, match="needs config.spm_model"):
     input_pipeline.build_tokenizer(_cfg(tiny, spm_model="", static_examples="x.array_record"), tmp_path)
+
+
+# ----------------------------------------------------------------------------- the stream contract
+
+def test_a_resume_that_changes_the_stream_is_refused_naming_the_field(tiny, caplog):
+  """T19: what changes the stream of batches (batch size, seed, masking, lengths) is refused on
+  resume, naming the field with both values and the override; what does not (worker count,
+  process count, prefetch) resumes the same batches."""
+  cfg = _cfg(tiny)
+  run = _take(_iter(cfg, 16), 6)
+  state = json.loads(json.dumps(_iter(cfg, 16).get_state() | {"next_batch": 4}))
+  for changed, field in [(dict(batch=8), "global_batch_size: checkpoint 16, now 8"),
+                         (dict(seed=1), "seed: checkpoint 0, now 1"),
+                         (dict(cfg=_cfg(tiny, masked_lm_prob=0.2)), "masked_lm_prob"),
+                         (dict(cfg=_cfg(tiny, max_seq_length=32)), "max_seq_length"),
+                         (dict(cfg=_cfg(tiny, masking="static", dupe_factor=1)), "masking")]:
+    it = _iter(changed.get("cfg", cfg), changed.get("batch", 16), seed=changed.get("seed", 0))
+    with pytest.raises(order.StreamChanged, match=field) as e:
+      it.set_state(state)
+    assert "--config.allow_data_change=True" in str(e.value)
+  for same in (_cfg(tiny, prefetch=0, num_workers=0), _cfg(tiny, prefetch=3)):
+    it = _iter(same, 16)
+    it.set_state(state)
+    assert _same(_take(it, 2), run[4:6])
+  halves = [_iter(cfg, 16, p=p, n=2) for p in range(2)]  # another process count: same stream
+  for half in halves:
+    half.set_state(state)
+  parts = [next(h) for h in halves]
+  joined = {k: np.concatenate([p[k] for p in parts]) for k in examples.FEATURE_NAMES}
+  assert _same([joined], run[4:5])
+  # The override: continue from the checkpoint's batch of the new stream, loudly.
+  it = input_pipeline.train_iterator(cfg, AlbertTokenizer(cfg.spm_model), global_batch_size=16,
+                                     seed=1, allow_change=True)
+  it.set_state(state)
+  assert it.get_state()["next_batch"] == 4 and "allow_data_change" in caplog.text
+  # A state saved before streams were recorded: accepted, with a warning.
+  old = _iter(cfg, 16)
+  old.set_state({"next_batch": 4})
+  assert _same(_take(old, 1), run[4:5]) and "does not say what its stream" in caplog.text
+
+
+def test_a_corpus_file_or_vocabulary_changed_between_save_and_resume_is_detected(tiny, tmp_path):
+  """T18: the stream records fingerprints of the corpus's contents (not its paths: the same
+  files elsewhere, e.g. moved to a bucket, are the same corpus) and of the vocabulary."""
+  root, model = tiny
+  shutil.copytree(root / "text", tmp_path / "text")
+  cfg = _cfg(tiny, files=f"{tmp_path}/text/*.txt")
+  state = _iter(cfg, 16).get_state()
+  assert state["stream"] == _iter(_cfg(tiny), 16).get_state()["stream"]  # moved: the same
+  with open(tmp_path / "text" / "b.txt", "a") as f:
+    f.write("\nA sentence added after the checkpoint was saved.\n")
+  with pytest.raises(order.StreamChanged, match="corpus: checkpoint"):
+    _iter(cfg, 16).set_state(state)
+  other_vocab = train_spm([s for d in corpus.embedded_documents("eval") for s in d][::2], 500,
+                          tmp_path / "spm")
+  changed = _cfg(tiny, spm_model=str(other_vocab))
+  with pytest.raises(order.StreamChanged, match="vocabulary: checkpoint"):
+    _iter(changed, 16).set_state(_iter(_cfg(tiny), 16).get_state())
+
+
+def test_a_hostile_corpus_gives_valid_deterministic_batches(tiny, tmp_path):
+  """T18 through the pipeline: empty and blank documents, invalid UTF-8, NUL and control
+  characters, lone surrogates, a 3 MB line, 2 MB without a space, literal special tokens,
+  NFKC-changing text, a one-sentence document. No crash; every row holds real tokens within
+  max_seq_length, never a control id from text; what was cleaned is counted; the same seed gives
+  the same batches."""
+  _, model = tiny
+  good = [s for d in corpus.embedded_documents("eval") for s in d][:400]
+  hostile = [
+      b"\n\n   \n\t\n",  # empty and whitespace-only documents
+      b"\x00\x07\x1b\n\x0c\n",  # a document of control characters only
+      b"caf\xc3 au lait \xff\xfe with bytes that are not UTF-8.\nA second sentence here.\n",
+      "NUL \x00 and bell \x07 and escape \x1b inside a sentence.\nMore text after it.\n".encode(),
+      "A lone surrogate \ud800 here.\nAnd another line.\n".encode("utf-8", "surrogatepass"),
+      b"word " * 600_000 + b"\n" + b"x" * 2_000_000 + b"\nThe end of a long document.\n",
+      "Literal [MASK] and [SEP] and [CLS] and <pad> text.\nThe ﬁ ligature and ＡＢＣ widths.\n"
+      .encode(),
+      b"One sentence, one document.\n",
+  ]
+  blob = b"\n\n".join([*hostile, "\n".join(good).encode()]) + b"\n"
+  (tmp_path / "hostile.txt").write_bytes(blob)
+  cfg = _cfg(tiny, files=str(tmp_path / "hostile.txt"), max_seq_length=SEQ)
+  it = _iter(cfg, 16)
+  batches = _take(it, 4)
+  stats = it.stats["corpus"]
+  assert stats["invalid_utf8_lines"] >= 2  # a surrogate in a file is invalid UTF-8 too
+  assert stats["long_sentences_cut"] >= 2
+  specials = {AlbertTokenizer(model).convert_tokens_to_ids(t)
+              for t in ("<pad>", "[CLS]", "[SEP]", "[MASK]")}
+  for b in batches:
+    assert b["input_ids"].shape == (16, SEQ)
+    real = b["attention_mask"].sum(1)
+    assert (real >= 4).all() and (real <= SEQ).all()  # [CLS] a [SEP] b [SEP] at least
+    for row, n, positions, weights in zip(b["input_ids"], real, b["masked_lm_positions"],
+                                          b["masked_lm_weights"]):
+      text_positions = set(range(n)) - {0} - set(np.flatnonzero(row == 3))
+      masked = set(positions[weights > 0])
+      assert not {int(row[i]) for i in text_positions - masked} & specials
+  again = _take(_iter(cfg, 16), 4)
+  assert _same(batches, again)

@@ -257,7 +257,7 @@ def test_scripts_without_good_arguments_print_usage(script, args, tmp_path):
   assert proc.returncode != 0 and "usage:" in proc.stderr and proc.stdout == ""
 
 
-def test_install_usage_mentions_the_bucket_mount(tmp_path):
+def test_install_usage_mentions_the_bucket_mount_as_an_alternative(tmp_path):
   env = {**os.environ, "GCLOUD": str(_fake_gcloud(tmp_path))}
   for args in ([], ["albert", "us-central2-b", "my-project", ".", "my-bucket/prefix"]):
     proc = subprocess.run([str(TPU_DIR / "install.sh"), *args], capture_output=True, text=True,
@@ -265,6 +265,7 @@ def test_install_usage_mentions_the_bucket_mount(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert "usage:" in proc.stderr and "REPO_URL_OR_PATH [BUCKET]" in proc.stderr
     assert "/gcs/BUCKET" in proc.stderr and "Cloud Storage FUSE" in proc.stderr
+    assert "alternative to gs:// paths" in proc.stderr
 
 
 def _fake_gcloud(tmp_path: Path) -> Path:
@@ -288,20 +289,23 @@ def test_create_and_run_scripts_call_gcloud(tmp_path):
   lines = run.stdout.splitlines()
   assert lines[4:8] == ["albert", "--zone=us-central2-b", "--project=my-project", "--worker=all"]
   remote = lines[8].removeprefix("--command=")
-  # The workdir is on the Cloud Storage FUSE mount; a gs:// flag is passed on, with a warning.
+  # The workdir is in the bucket, as gs://; gs:// flags are passed on as they are.
   assert shlex.split(remote) == [
       "cd", "albert-jax", "&&", ".venv/bin/python", "-m", "albert_jax.main",
       "--config=configs/finetune_glue.py:task=mnli,model=large",
-      "--workdir=/gcs/bkt/finetune_glue_task_mnli_model_large",
+      "--workdir=gs://bkt/finetune_glue_task_mnli_model_large",
       "--config.data.files=gs://bkt/c/*.txt"]
-  assert "warning: --config.data.files=gs://bkt/c/*.txt" in run.stderr
-  assert "/gcs/bkt/c/*.txt" in run.stderr
+  assert "warning" not in run.stderr
 
-  mounted = subprocess.run([str(TPU_DIR / "run.sh"), "albert", "us-central2-b", "my-project",
-                            "bkt/pre", "configs/pretrain.py:large",
-                            "--config.data.files=/gcs/bkt/c/*.txt"],
-                           capture_output=True, text=True, env=env, check=True)
-  assert shlex.split(mounted.stdout.splitlines()[8].removeprefix("--command="))[6:] == [
-      "--config=configs/pretrain.py:large", "--workdir=/gcs/bkt/pre/pretrain_large",
+  # A prefix in the bucket; the Cloud Storage FUSE mount as an alternative (WORKDIR=).
+  prefixed = subprocess.run([str(TPU_DIR / "run.sh"), "albert", "us-central2-b", "my-project",
+                             "bkt/pre", "configs/pretrain.py:large",
+                             "--config.data.files=/gcs/bkt/c/*.txt"],
+                            capture_output=True, text=True, env=env, check=True)
+  assert shlex.split(prefixed.stdout.splitlines()[8].removeprefix("--command="))[6:] == [
+      "--config=configs/pretrain.py:large", "--workdir=gs://bkt/pre/pretrain_large",
       "--config.data.files=/gcs/bkt/c/*.txt"]
-  assert "warning" not in mounted.stderr
+  mounted = subprocess.run([str(TPU_DIR / "run.sh"), "albert", "us-central2-b", "my-project",
+                            "bkt", "configs/pretrain.py:large"], capture_output=True, text=True,
+                           env={**env, "WORKDIR": "/gcs/bkt/run"}, check=True)
+  assert "--workdir=/gcs/bkt/run" in mounted.stdout.splitlines()[8]

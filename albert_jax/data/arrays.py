@@ -3,12 +3,15 @@
 Fine-tuning sets fit in host memory once tokenised, so this is plain NumPy: global batch g is the
 stream of examples [g*B, (g+1)*B) where epoch e is a permutation drawn from (seed, e), and process
 p of P takes rows [p*B/P, (p+1)*B/P) of it. The state is the next batch's index, so a resumed run,
-or one on another number of hosts, sees the same global batches.
+or one on another number of hosts, sees the same global batches, and the stream it indexes (a
+fingerprint of the arrays, the seed, the batch size and the task's data settings), checked on
+restore (order.StreamChanged).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import jax
@@ -43,17 +46,34 @@ def _rows(global_batch_size: int, process_index: int | None, process_count: int 
   return index * local, (index + 1) * local
 
 
+def fingerprint(features: dict[str, np.ndarray]) -> str:
+  """A checksum of feature arrays: names, dtypes, shapes and bytes."""
+  digest = hashlib.sha256()
+  for name in sorted(features):
+    array = np.ascontiguousarray(features[name])
+    digest.update(f"{name} {array.dtype.str} {array.shape}\n".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()[:16]
+
+
 class ArrayIterator:
-  """Endless shuffled training batches of `dataset` (this host's rows), with a `weight` of 1."""
+  """Endless shuffled training batches of `dataset` (this host's rows), with a `weight` of 1.
+  `settings`: the task's data settings, recorded in the stream; `allow_change`: resume even
+  when the stream differs (config.allow_data_change)."""
 
   def __init__(self, dataset: Dataset, *, global_batch_size: int, seed: int,
-               process_index: int | None = None, process_count: int | None = None):
+               process_index: int | None = None, process_count: int | None = None,
+               settings: dict[str, Any] | None = None, allow_change: bool = False):
     if not len(dataset):
       raise ValueError("the training set is empty")
     self._features, self._n = dataset.features, len(dataset)
     self._batch, self._seed = global_batch_size, seed
     self._rows = _rows(global_batch_size, process_index, process_count)
     self._next = 0
+    self._allow_change = allow_change
+    self.stream = order.canonical({
+        "seed": seed, "global_batch_size": global_batch_size, "rows": self._n,
+        "arrays": fingerprint(self._features), **(settings or {})})
 
   def __iter__(self):
     return self
@@ -67,11 +87,13 @@ class ArrayIterator:
     batch[WEIGHT] = np.ones(len(index), np.float32)
     return batch
 
-  def get_state(self) -> dict[str, int]:
-    return {"next_batch": self._next}
+  def get_state(self) -> dict[str, Any]:
+    return {"next_batch": self._next, "stream": self.stream}
 
-  def set_state(self, state: dict[str, int]) -> None:
-    self._next = int(state["next_batch"])
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Continues at state["next_batch"]; order.StreamChanged if state["stream"] differs."""
+    self._next = order.resume_position(state, self.stream, allow_change=self._allow_change,
+                                       what="fine-tuning data")
 
 
 def eval_batches(dataset: Dataset, *, global_batch_size: int, process_index: int | None = None,

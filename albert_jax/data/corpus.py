@@ -9,10 +9,11 @@ would crash or stall a long job and counts it in a `CorpusStats`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
-import glob
 import gzip
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -24,6 +25,8 @@ import sysconfig
 import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
+from albert_jax import files as files_lib
 
 Document = list[str]
 
@@ -146,21 +149,41 @@ def split_sentences(text: str, *, wrapped: bool = True) -> list[str]:
 # ----------------------------------------------------------------------------- text files
 
 def input_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-  """Files of a comma list of paths, globs and directories (every file below, sorted)."""
+  """Files of a comma list of paths, globs and directories (every file below, sorted); local or
+  in a bucket (`gs://bucket/corpus/*.txt`)."""
   items = spec.split(",") if isinstance(spec, str) else [os.fspath(s) for s in (
       [spec] if isinstance(spec, os.PathLike) else spec)]
-  files = []
+  out = []
   for item in filter(None, (i.strip() for i in items)):
-    matches = sorted(glob.glob(item, recursive=True))
+    matches = files_lib.glob(item)
     if not matches:
       raise FileNotFoundError(f"input {item!r} matches no file or directory")
     for m in matches:
-      if os.path.isdir(m):
-        files.extend(sorted(str(p) for p in Path(m).rglob("*")
-                            if p.is_file() and not p.name.startswith(".")))
+      if files_lib.path(m).is_dir():
+        out.extend(files_lib.files_below(m))
       else:
-        files.append(m)
-  return files
+        out.append(m)
+  return out
+
+
+def files_fingerprint(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
+  """A checksum of the files' contents, in their order (not their names: a corpus moved from a
+  FUSE mount to gs:// is the same corpus). A bucket's objects carry their CRC32C; local files are
+  read for it."""
+  digest = hashlib.sha256()
+  for name in input_files(spec):
+    crc = None
+    if files_lib.is_remote(name):
+      crc = files_lib._fs(name).info(name).get("crc32c")
+    if crc is None:
+      import google_crc32c  # a dependency already (TF1 checkpoints): C, gigabytes a second
+      checksum = google_crc32c.Checksum()
+      with files_lib.path(name).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+          checksum.update(block)
+      crc = base64.b64encode(checksum.digest()).decode()
+    digest.update(f"{crc}\n".encode())
+  return digest.hexdigest()[:16]
 
 
 def text_file_documents(spec: str | os.PathLike | Sequence[str | os.PathLike],
@@ -172,11 +195,11 @@ def text_file_documents(spec: str | os.PathLike | Sequence[str | os.PathLike],
   stats = CorpusStats() if stats is None else stats
   for path in input_files(spec):
     stats.files += 1
-    opener = gzip.open if path.endswith(".gz") else open
     lines: list[str] = []
-    with opener(path, "rb") as f:
-      for raw in f:
-        line = decode_utf8(raw, stats)
+    with files_lib.path(path).open("rb") as raw:
+      f = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+      for raw_line in f:
+        line = decode_utf8(raw_line, stats)
         if line.strip():
           lines.append(line)
         elif lines:
@@ -299,6 +322,14 @@ def _embedded_corpus() -> tuple[tuple[str, tuple[str, ...]], ...]:
           and getattr(obj, "__module__", None) == name})
       docs[f"module:{name}"] = [s for t in texts for s in split_sentences(t)]
   return tuple((title, tuple(docs[title])) for title in sorted(docs))
+
+
+def embedded_fingerprint() -> str:
+  """A checksum of the embedded corpus's text (it differs between Python versions)."""
+  digest = hashlib.sha256()
+  for title, sentences in _embedded_corpus():
+    digest.update("\n".join((title, *sentences, "")).encode("utf-8", errors="surrogatepass"))
+  return digest.hexdigest()[:16]
 
 
 def embedded_split(title: str) -> str:

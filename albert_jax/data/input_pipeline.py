@@ -5,7 +5,7 @@ shuffled globally, masked dynamically (or read pre-masked), resumable from a one
   tokenizer = build_tokenizer(data_cfg, workdir)        # trains WORKDIR/spiece.model once
   train = train_iterator(data_cfg, tokenizer, global_batch_size=4096, seed=0)
   batch = next(train)                                   # this host's rows, numpy
-  state = train.get_state()                             # {"next_batch": 1}: store with the step
+  state = train.get_state()             # {"next_batch": 1, "stream": {...}}: store with the step
   evals = eval_batches(data_cfg, tokenizer, global_batch_size=4096, seed=0)
 
 Global batch g holds positions g*B .. (g+1)*B - 1 of an endless stream of examples: epoch e is every
@@ -16,25 +16,29 @@ MASK_CHUNK rows at a time with a Generator seeded from (seed, epoch, g, chunk): 
 the chunks holding its rows, and no mask depends on the process count. Segment pairs are cut once
 (seed); masks are fresh every epoch. Every process holds the tokenized corpus;
 for corpora too big for that, write examples with create_pretraining_data.py (`static_examples`).
+The state also records what the stream is made from (`stream_spec`: seed, batch, lengths,
+masking, fingerprints of the corpus and vocabulary); `set_state` refuses a different one
+(order.StreamChanged) unless allowed (config.allow_data_change).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
 import sys
 import time
 import zlib
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
+from albert_jax import files
 from albert_jax.data import corpus, examples as examples_lib
 from albert_jax.data import create_pretraining_data as cpd
 from albert_jax.data import order
@@ -137,7 +141,7 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathL
   if data_cfg.static_examples:
     raise ValueError("data.static_examples needs config.spm_model: the vocabulary they were made "
                      "with")
-  path = Path(workdir) / VOCAB_FILE
+  path = files.path(workdir) / VOCAB_FILE
   if not path.is_file():
     if process_index is None:
       import jax  # here: the data code does not otherwise need JAX
@@ -148,7 +152,7 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathL
       from albert_jax.data.train_tokenizer import train_spm
       # train_spm writes spiece.model last and atomically: its presence means the set is whole.
       train_spm((s for doc in read_documents(data_cfg, "train") for s in doc),
-                data_cfg.vocab_size, workdir)
+                data_cfg.vocab_size, str(workdir))
     else:
       deadline = time.monotonic() + timeout_s
       while not path.is_file():
@@ -157,6 +161,47 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathL
                              f"write {path}; did it fail?")
         time.sleep(min(5.0, timeout_s / 10))
   return AlbertTokenizer(path)
+
+
+# ----------------------------------------------------------------------------- the stream
+
+def vocabulary_fingerprint(tokenizer: AlbertTokenizer) -> str:
+  """A checksum of the SentencePiece model and the normalisation the tokenizer applies."""
+  digest = hashlib.sha256(tokenizer.sp_model.serialized_model_proto())
+  digest.update(repr((tokenizer.do_lower_case, tokenizer.remove_space,
+                      tokenizer.keep_accents)).encode())
+  return digest.hexdigest()[:16]
+
+
+def corpus_fingerprint(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What the training documents are, as stream fields (contents, not file names)."""
+  if data_cfg.static_examples:
+    return {"static_examples": corpus.files_fingerprint(data_cfg.static_examples)}
+  if data_cfg.source == "embedded":
+    return {"corpus": corpus.embedded_fingerprint()}
+  if data_cfg.source == "files":
+    return {"corpus": corpus.files_fingerprint(data_cfg.files),
+            "eval_held_out": not data_cfg.eval_files}  # else every document of `files` trains
+  return {"corpus": f"tfds:{data_cfg.tfds_name}:{data_cfg.tfds_feature}",
+          "eval_held_out": not data_cfg.tfds_eval_split}
+
+
+def stream_spec(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokenizer, *,
+                global_batch_size: int, seed: int) -> dict[str, Any]:
+  """Everything the stream of global training batches depends on (not the process or worker
+  count: those only say who makes which rows). Stored with the data state; see order.py."""
+  config = example_config(data_cfg)
+  spec = dict(seed=seed, global_batch_size=global_batch_size, source=data_cfg.source,
+              max_seq_length=config.max_seq_length, max_predictions=config.max_predictions,
+              vocabulary=vocabulary_fingerprint(tokenizer), **corpus_fingerprint(data_cfg))
+  if not data_cfg.static_examples:  # pre-masked files: their fingerprint covers all of this
+    spec.update(masking=data_cfg.masking, mask_chunk=MASK_CHUNK, mode=config.mode,
+                masked_lm_prob=config.masked_lm_prob, short_seq_prob=config.short_seq_prob,
+                ngram=config.ngram, favor_shorter_ngram=config.favor_shorter_ngram,
+                random_next_sentence=config.random_next_sentence)
+    if data_cfg.masking == "static":
+      spec["dupe_factor"] = data_cfg.dupe_factor
+  return order.canonical(spec)
 
 
 # ----------------------------------------------------------------------------- examples
@@ -291,13 +336,16 @@ def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index,
 
 class BatchIterator(grain.DatasetIterator):
   """Endless per-host batches. The state is the index of the next global batch, so it restores
-  whatever the worker count (and a run on more or fewer hosts gets the same global batches)."""
+  whatever the worker count (and a run on more or fewer hosts gets the same global batches), and
+  the stream it indexes (`stream_spec`), checked on restore."""
 
   def __init__(self, batches: grain.MapDataset, *, num_workers: int, prefetch: int,
-               stats: dict[str, Any]):
+               stats: dict[str, Any], stream: dict[str, Any] | None = None,
+               allow_change: bool = False):
     super().__init__()
     self._batches = batches  # element g: this host's rows of global batch g
     self._num_workers, self._prefetch = num_workers, prefetch
+    self.stream, self._allow_change = order.canonical(stream or {}), allow_change
     self._next = 0
     self._it = None
     self.stats = stats  # corpus and pair counts, examples per epoch: for the trainer's log
@@ -323,12 +371,14 @@ class BatchIterator(grain.DatasetIterator):
     self._next += 1
     return batch
 
-  def get_state(self) -> dict[str, int]:
-    return {"next_batch": self._next}
+  def get_state(self) -> dict[str, Any]:
+    return {"next_batch": self._next, "stream": self.stream}
 
-  def set_state(self, state: dict[str, int]) -> None:
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Continues at state["next_batch"]; order.StreamChanged if state["stream"] differs."""
+    next_batch = order.resume_position(state, self.stream, allow_change=self._allow_change)
     self._close_workers()
-    self._next = int(state["next_batch"])
+    self._next = next_batch
 
   def start_prefetch(self) -> None:
     self._iterator().start_prefetch()
@@ -345,11 +395,13 @@ class BatchIterator(grain.DatasetIterator):
 
 def train_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokenizer, *,
                    global_batch_size: int, seed: int, process_index: int | None = None,
-                   process_count: int | None = None) -> BatchIterator:
+                   process_count: int | None = None,
+                   allow_change: bool = False) -> BatchIterator:
   """This process's rows of every global training batch, endlessly (`.stats` for the log).
 
   Process p of P (default: JAX's) gets rows [p*B/P, (p+1)*B/P) of global batch g, which does not
-  depend on P or `num_workers`. `get_state()`/`set_state()` resume exactly.
+  depend on P or `num_workers`. `get_state()`/`set_state()` resume exactly; `set_state` refuses
+  a state whose stream differs from this one's unless `allow_change`.
   """
   if data_cfg.num_workers < 0 or data_cfg.prefetch < 0:
     raise ValueError(f"data.num_workers={data_cfg.num_workers}, data.prefetch={data_cfg.prefetch}"
@@ -357,8 +409,9 @@ def train_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokeniz
   batches, stats = _batches(data_cfg, tokenizer, "train", global_batch_size, seed, process_index,
                             process_count)
   log.info("Training data: %s", json.dumps(stats))
+  stream = stream_spec(data_cfg, tokenizer, global_batch_size=global_batch_size, seed=seed)
   return BatchIterator(batches, num_workers=data_cfg.num_workers, prefetch=data_cfg.prefetch,
-                       stats=stats)
+                       stats=stats, stream=stream, allow_change=allow_change)
 
 
 def eval_batches(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokenizer, *,

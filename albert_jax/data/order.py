@@ -1,12 +1,17 @@
 """The order of an endless stream of examples: epoch e is every example once, in a permutation
 drawn from (seed, e), so place k of the stream is a pure function of (seed, k) and resuming at a
-batch index needs no other state. The pretraining pipeline and the fine-tuning arrays share it."""
+batch index needs no other state. The pretraining pipeline and the fine-tuning arrays share it,
+and the check that a resumed run's stream is the one its checkpoint was saved with."""
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
@@ -26,3 +31,52 @@ def examples_at(positions: range, n: int, seed: int) -> np.ndarray:
     here = epochs == epoch
     out[here] = epoch_order(seed, int(epoch), n)[places[here]]
   return out
+
+
+# ----------------------------------------------------------------------------- resuming a stream
+#
+# Every training iterator's state is {"next_batch": g, "stream": {...}}: the next global batch,
+# and a flat JSON dict of what determines the stream of batches (seed, global batch size, lengths,
+# masking, the source, fingerprints of the corpus and the vocabulary; for fine-tuning a
+# fingerprint of the arrays and the task's data settings). Resuming checks the stream is the same.
+
+ALLOW_CHANGE = "--config.allow_data_change=True"
+
+
+class StreamChanged(ValueError):
+  """The data of a resumed run would not continue the stream its checkpoint was saved with."""
+
+
+def canonical(stream: dict) -> dict:
+  """`stream` as it reads back from a checkpoint's JSON (tuples become lists), to compare."""
+  return json.loads(json.dumps(stream, sort_keys=True))
+
+
+def resume_position(state: dict, stream: dict, *, allow_change: bool,
+                    what: str = "training data") -> int:
+  """The global batch to continue from, `state["next_batch"]`, once `state["stream"]` (what the
+  checkpoint's batches were made from) is checked against `stream` (what this run makes them
+  from). A difference raises StreamChanged naming each field with both values, unless
+  `allow_change` (config.allow_data_change), which continues from that batch with a loud warning.
+  A state saved before streams were recorded is accepted with a warning."""
+  next_batch = int(state["next_batch"])
+  saved = state.get("stream")
+  if saved is None:
+    log.warning("The checkpoint's data state does not say what its stream was made from (an "
+                "older run): continuing from batch %d without checking the %s", next_batch, what)
+    return next_batch
+  saved, stream = canonical(saved), canonical(stream)
+  missing = "(absent)"
+  changed = "; ".join(f"{k}: checkpoint {saved.get(k, missing)!r}, now {stream.get(k, missing)!r}"
+                      for k in sorted(saved.keys() | stream.keys())
+                      if saved.get(k, missing) != stream.get(k, missing))
+  if not changed:
+    return next_batch
+  if not allow_change:
+    raise StreamChanged(
+        f"The {what} differ from what the run's checkpoint was trained on, so resuming would "
+        f"not continue its stream of batches ({changed}). Set them back, or pass "
+        f"{ALLOW_CHANGE} to continue from batch {next_batch} with the new stream anyway.")
+  log.warning("!!! %s: the %s differ from the checkpoint's (%s); continuing from batch %d of "
+              "the NEW stream as asked", ALLOW_CHANGE, what, changed, next_batch)
+  return next_batch

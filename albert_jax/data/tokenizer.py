@@ -11,7 +11,6 @@ import json
 import os
 import re
 import unicodedata
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -85,9 +84,9 @@ class AlbertTokenizer:
     self.remove_space = remove_space
     self.keep_accents = keep_accents
     self.model_max_length = model_max_length
-    if not os.path.isfile(self.vocab_file):
+    if not files.path(self.vocab_file).is_file():
       raise FileNotFoundError(f"SentencePiece model {self.vocab_file} not found")
-    self._load(Path(self.vocab_file).read_bytes())
+    self._load(files.path(self.vocab_file).read_bytes())
 
   def _load(self, proto: bytes) -> None:
     sp = self.sp_model = spm.SentencePieceProcessor()
@@ -336,7 +335,7 @@ class AlbertTokenizer:
 
     The model is written last, so a directory with spiece.model is whole.
     """
-    out = Path(save_directory)
+    out = files.path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     special = {"bos_token": self.bos_token, "eos_token": self.eos_token,
                "unk_token": self.unk_token, "sep_token": self.sep_token,
@@ -356,7 +355,7 @@ class AlbertTokenizer:
   @classmethod
   def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "AlbertTokenizer":
     """From a directory with spiece.model (and tokenizer_config.json's flags), or a .model file."""
-    path = Path(path)
+    path = files.path(path)
     if path.is_file():
       return cls(path, **overrides)
     if not (path / VOCAB_FILE).is_file():

@@ -8,7 +8,6 @@ tokenizer files that `AlbertTokenizer.from_pretrained(D)` and transformers read.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import io
 import logging
@@ -38,29 +37,30 @@ EXPECTED_IDS = {"<pad>": 0, "<unk>": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
 
 
 def input_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-  """The files named by a comma list of paths or globs (or a list of them); each must match."""
+  """The files named by a comma list of paths or globs (or a list of them), local or gs://; each
+  must match."""
   if isinstance(spec, str):
     items = spec.split(",")
   elif isinstance(spec, os.PathLike):
     items = [os.fspath(spec)]
   else:
     items = [os.fspath(s) for s in spec]
-  files = []
+  found = []
   for item in filter(None, (i.strip() for i in items)):
-    matches = sorted(glob.glob(item))
+    matches = files.glob(item)
     if not matches:
       raise FileNotFoundError(f"input {item!r} matches no file")
-    files.extend(matches)
-  return files
+    found.extend(matches)
+  return found
 
 
-def read_lines(files: Iterable[str]) -> Iterator[str]:
+def read_lines(paths: Iterable[str]) -> Iterator[str]:
   """Lines of text files, `.gz` or plain, as UTF-8 (an undecodable byte becomes U+FFFD)."""
-  for path in files:
+  for path in paths:
     log.info("Reading %s", path)
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-      for line in f:
+    with files.path(path).open("rb") as raw:
+      binary = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+      for line in io.TextIOWrapper(binary, encoding="utf-8", errors="replace"):
         yield line.rstrip("\r\n")
 
 
@@ -100,7 +100,7 @@ def train_spm(inputs: str | os.PathLike | Sequence[os.PathLike] | Iterable[str],
   of sentences (so a list of str is text, not file names). Every output is written under a
   temporary name and renamed; spiece.model comes last, so its presence means the directory is whole.
   """
-  out = Path(out_dir)
+  out = files.path(out_dir)  # local or gs://
   out.mkdir(parents=True, exist_ok=True)
   sentences = read_lines(input_files(inputs)) if _is_file_spec(inputs) else iter(inputs)
   sample, seen = _sample(sentences, input_sentence_size, random.Random(seed))
@@ -127,7 +127,7 @@ def train_spm(inputs: str | os.PathLike | Sequence[os.PathLike] | Iterable[str],
   except RuntimeError as e:
     raise RuntimeError(f"SentencePiece training on {len(text)} sentences failed: {e}") from None
 
-  with tempfile.TemporaryDirectory(dir=out, prefix=".spm-") as tmp:
+  with tempfile.TemporaryDirectory(prefix=".spm-") as tmp:
     raw = Path(tmp) / tokenizer_lib.VOCAB_FILE
     raw.write_bytes(model.getvalue())
     tok = tokenizer_lib.AlbertTokenizer(raw, **flags)

@@ -57,12 +57,12 @@ def tokenizer(config, workdir) -> AlbertTokenizer:
 def find_vocabulary(config) -> AlbertTokenizer | None:
   """The tokenizer of config.spm_model or of config.init_from, or None when neither has one."""
   from albert_jax import tf1_release
-  if config.spm_model and not Path(config.spm_model).exists():
+  if config.spm_model and not files.path(config.spm_model).exists():
     raise FileNotFoundError(f"config.spm_model={config.spm_model!r} does not exist")
   for source in (config.spm_model, config.init_from):
     if not source:
       continue
-    path = Path(source)
+    path = files.path(source)
     if path.is_dir() and (path / VOCAB_FILE).is_file():
       return AlbertTokenizer.from_pretrained(path)  # with its tokenizer_config.json
     found = (str(path) if path.is_file()
@@ -74,7 +74,7 @@ def find_vocabulary(config) -> AlbertTokenizer | None:
 
 def keep_copy(tok: AlbertTokenizer, workdir) -> AlbertTokenizer:
   if jax.process_index() == 0:
-    files.copy(tok.vocab_file, Path(workdir) / VOCAB_FILE)
+    files.copy(tok.vocab_file, files.path(workdir) / VOCAB_FILE)
   return tok
 
 
@@ -85,7 +85,9 @@ def data(load: Callable, config, tok) -> tuple[arrays.ArrayIterator, list[EvalSe
   data_cfg = config.data
   train_set = load(data_cfg, tok, "train")
   logging.info("%s: %d training rows", config.task, len(train_set))
-  train = arrays.ArrayIterator(train_set, global_batch_size=config.batch_size, seed=config.seed)
+  train = arrays.ArrayIterator(train_set, global_batch_size=config.batch_size, seed=config.seed,
+                               settings=stream_settings(config),
+                               allow_change=config.get("allow_data_change", False))
   size = config.eval_batch_size or config.batch_size
 
   def eval_set(name, split):
@@ -97,6 +99,14 @@ def data(load: Callable, config, tok) -> tuple[arrays.ArrayIterator, list[EvalSe
   if data_cfg.get("predict_split"):  # unlabelled (e.g. GLUE test): prediction files only
     evals.append(eval_set("predict", "predict"))
   return train, evals
+
+
+def stream_settings(config) -> dict:
+  """The task's data settings that shape its training arrays, as stream fields: not where the
+  files are (their content is fingerprinted with the arrays) nor what only the evals use."""
+  eval_only = ("eval", "extra_eval", "predict", "n_best", "max_answer", "null_score")
+  return {f"data.{k}": v for k, v in config.data.to_dict().items()
+          if not k.endswith(("_dir", "_file", "files")) and not k.startswith(eval_only)}
 
 
 def gathered(predictions: list[dict[str, np.ndarray]], eval_set: EvalSet) -> dict[str, np.ndarray]:

@@ -181,7 +181,7 @@ def file_split(task: str, split: str) -> str:
 
 def _lines(path: Path) -> Iterable[tuple[int, list[str]]]:
   """(line number, tab-separated fields) of non-blank lines; quotes are plain characters."""
-  with open(path, encoding="utf-8", newline="\n") as f:
+  with files.open_text(path, newline="\n") as f:
     for number, line in enumerate(f, 1):
       line = line.removesuffix("\n").removesuffix("\r")
       if line.strip():
@@ -206,7 +206,7 @@ def read_tsv_examples(task: str, path: str | os.PathLike, *,
   row's number from 0. QQP rows with missing fields are skipped, as the original did.
   """
   task = canonical_task(task)
-  spec, path = TASKS[task], Path(path)
+  spec, path = TASKS[task], files.path(path)
   examples: list[Example] = []
   columns: dict[str, int] = {}
   for number, fields in _lines(path):
@@ -471,7 +471,7 @@ def _splits(task_cfg, split: str) -> list[str]:
 def read_examples(task_cfg, split: str) -> list[Example]:
   """Examples of one file split from the configured source."""
   if task_cfg.source == "files":
-    return read_tsv_examples(task_cfg.task, Path(task_cfg.data_dir) / f"{split}.tsv",
+    return read_tsv_examples(task_cfg.task, files.path(task_cfg.data_dir) / f"{split}.tsv",
                              max_examples=task_cfg.max_examples)
   if task_cfg.source == "tfds":
     return read_tfds(task_cfg.task, split, task_cfg.tfds_data_dir or None,

@@ -45,7 +45,7 @@ def read_conll(path: str | os.PathLike) -> list[Sentence]:
       words.clear()
       tags.clear()
 
-  with open(path, encoding="utf-8") as f:
+  with files.open_text(path) as f:
     for n, line in enumerate(f, 1):
       columns = line.split()
       if not columns or columns[0] == DOCSTART:

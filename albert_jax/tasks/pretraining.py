@@ -7,8 +7,6 @@ The MLM loss is summed over the masked positions and divided by the whole batch'
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -54,12 +52,13 @@ def tokenizer(config, workdir):
   found = common.find_vocabulary(config)
   if found is not None:
     return common.keep_copy(found, workdir)
-  return input_pipeline.build_tokenizer(config.data, Path(workdir))
+  return input_pipeline.build_tokenizer(config.data, workdir)
 
 
 def data(config, tok):
   train = input_pipeline.train_iterator(config.data, tok, global_batch_size=config.batch_size,
-                                        seed=config.seed)
+                                        seed=config.seed,
+                                        allow_change=config.get("allow_data_change", False))
   batches = input_pipeline.eval_batches(config.data, tok,
                                         global_batch_size=config.eval_batch_size or config.batch_size,
                                         seed=config.seed + 1)

@@ -91,7 +91,7 @@ def read_race(data_dir: str | os.PathLike, split: str,
   Each file holds one JSON article record (the original reads one per line). Levels in the order
   given, files sorted by name, so the order is the same on every host.
   """
-  root = Path(data_dir)
+  root = files.path(data_dir)
   if (root / "RACE").is_dir():
     root = root / "RACE"
   examples = []

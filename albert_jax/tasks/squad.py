@@ -181,7 +181,7 @@ def read_squad_json(path_or_dict: str | os.PathLike | Mapping) -> list[Example]:
   """Examples of an official SQuAD JSON file (v1.1 or v2.0), or of its parsed dict."""
   data = path_or_dict
   if not isinstance(data, Mapping):
-    with open(data, encoding="utf-8") as f:
+    with files.open_text(data) as f:
       data = json.load(f)
   examples = []
   for article in data["data"]:

@@ -9,18 +9,20 @@
 #
 # A local path is copied as its git-tracked and untracked-unignored files (not .venv, workdirs);
 # a URL is cloned, or pulled when the clone exists ($REF: a branch, tag or commit to check out).
-# With BUCKET (my-bucket or gs://my-bucket), every worker then mounts the bucket with Cloud
+# The package reads and writes gs:// paths itself (run.sh puts the workdir at gs://BUCKET/...).
+# With BUCKET (my-bucket or gs://my-bucket), every worker also mounts the bucket with Cloud
 # Storage FUSE at /gcs/BUCKET (`gcsfuse --implicit-dirs`, installed from Google's apt repository
-# when missing): the package reads and writes local paths only, and every host of a pod slice
-# must see the same workdir. The TPU VM's service account needs read/write access to the bucket.
+# when missing), for those who prefer local paths (WORKDIR=/gcs/BUCKET/... for run.sh): every
+# host of a pod slice must see the same workdir either way. The TPU VM's service account needs
+# read/write access to the bucket.
 # Rerunning updates the code and the packages (and mounts the bucket again if it is not mounted,
 # e.g. after a reboot). $GCLOUD replaces the gcloud binary.
 set -euo pipefail
 
 usage() {
   echo "usage: $0 NAME ZONE PROJECT REPO_URL_OR_PATH [BUCKET]" >&2
-  echo "  BUCKET (my-bucket or gs://my-bucket): mount it on every worker at /gcs/BUCKET" >&2
-  echo "  with Cloud Storage FUSE (gcsfuse), where run.sh puts the workdir" >&2
+  echo "  BUCKET (my-bucket or gs://my-bucket): also mount it on every worker at /gcs/BUCKET" >&2
+  echo "  with Cloud Storage FUSE (gcsfuse), an alternative to gs:// paths" >&2
   exit 2
 }
 

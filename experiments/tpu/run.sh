@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # Runs `python -m albert_jax.main` on every worker of a TPU VM set up by install.sh, the workdir
-# in a bucket mounted with Cloud Storage FUSE (install.sh's BUCKET argument): /gcs/BUCKET/RUN_NAME
-# (RUN_NAME defaults to the config, e.g. pretrain_large). The package reads and writes local
-# paths only, so files in the bucket are passed as /gcs/BUCKET/... paths, not gs:// URLs.
+# in the bucket: gs://BUCKET/RUN_NAME (RUN_NAME defaults to the config, e.g. pretrain_large).
+# The package reads and writes gs:// paths itself (corpus, vocabulary, init_from, workdir); the
+# TPU VM's service account needs read/write access to the bucket.
 #
 #   experiments/tpu/run.sh NAME ZONE PROJECT BUCKET CONFIG [--config.x=y ...]
 #   experiments/tpu/run.sh albert-v4-32 us-central2-b my-project my-bucket \
 #       configs/pretrain.py:large \
-#       --config.data.source=files --config.data.files='/gcs/my-bucket/corpus/*.txt' \
-#       --config.spm_model=/gcs/my-bucket/30k-clean.model
+#       --config.data.source=files --config.data.files='gs://my-bucket/corpus/*.txt' \
+#       --config.spm_model=gs://my-bucket/30k-clean.model
 #
 # BUCKET may be given as my-bucket, gs://my-bucket or my-bucket/some/prefix (workdir
-# /gcs/my-bucket/some/prefix/RUN_NAME). Flags are passed on as they are; a gs:// value gets a
-# warning. Rerunning the same command resumes from the newest checkpoint. Environment:
-# RUN_NAME; WORKDIR (the whole workdir); DETACH=1 (run under nohup, output in
-# ~/albert-jax/logs/, so the job outlives the ssh session); GCLOUD (default gcloud).
+# gs://my-bucket/some/prefix/RUN_NAME). Flags are passed on as they are. Rerunning the same
+# command resumes from the newest checkpoint. Environment: RUN_NAME; WORKDIR (the whole workdir,
+# e.g. /gcs/BUCKET/RUN on a Cloud Storage FUSE mount made by install.sh ... BUCKET); DETACH=1
+# (run under nohup, output in ~/albert-jax/logs/, so the job outlives the ssh session); GCLOUD
+# (default gcloud).
 set -euo pipefail
 
 usage() {
   echo "usage: $0 NAME ZONE PROJECT BUCKET CONFIG [--config.x=y ...]" >&2
-  echo "  workdir /gcs/BUCKET/RUN_NAME: the bucket mounted by install.sh ... BUCKET;" >&2
-  echo "  bucket files as /gcs/ paths, e.g. --config.data.files='/gcs/my-bucket/corpus/*.txt'" >&2
+  echo "  workdir gs://BUCKET/RUN_NAME; bucket files as gs:// paths, e.g." >&2
+  echo "  --config.data.files='gs://my-bucket/corpus/*.txt'" >&2
   exit 2
 }
 
@@ -37,12 +38,6 @@ BUCKET=${BUCKET%/}
 for flag in "$@"; do
   [[ $flag == --* ]] || { echo "error: '$flag' is not a --flag" >&2; usage; }
 done
-for flag in "$@"; do
-  if [[ $flag == --*=gs://* ]]; then
-    echo "warning: $flag: albert-jax opens local paths only, not gs://; pass" \
-      "/gcs/${flag#*=gs://} (the Cloud Storage FUSE mount of install.sh ... BUCKET)" >&2
-  fi
-done
 
 # configs/finetune_glue.py:task=mnli,model=large -> finetune_glue_task_mnli_model_large
 default_name() {
@@ -52,7 +47,7 @@ default_name() {
   echo "${file}${arg:+_${arg}}" | tr -c 'A-Za-z0-9._\n-' '_'
 }
 RUN_NAME=${RUN_NAME:-$(default_name "$CONFIG")}
-WORKDIR=${WORKDIR:-/gcs/$BUCKET/$RUN_NAME}
+WORKDIR=${WORKDIR:-gs://$BUCKET/$RUN_NAME}
 
 COMMAND=$(printf '%q ' .venv/bin/python -m albert_jax.main --config="$CONFIG" \
   --workdir="$WORKDIR" "$@")
@@ -64,8 +59,6 @@ if [[ ${DETACH:-0} == 1 ]]; then
 else
   REMOTE="cd albert-jax && $COMMAND"
 fi
-[[ $WORKDIR != gs://* ]] || echo "warning: WORKDIR=$WORKDIR: albert-jax rejects a gs://" \
-  "workdir; use /gcs/${WORKDIR#gs://} (the Cloud Storage FUSE mount)" >&2
 echo "workdir: $WORKDIR" >&2
 "${GCLOUD:-gcloud}" compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --project="$PROJECT" \
   --worker=all --command="$REMOTE"

@@ -1,0 +1,75 @@
+"""`python -m albert_jax.main` with one fault injected, for the fault tests' subprocesses.
+
+  ALBERT_FAULT=KIND:STEP[:PROCESS] python tests/fault_worker.py --config=... --workdir=... [flags]
+
+KIND (at training step STEP, on process PROCESS, default every process):
+  none              no fault
+  kill_after_save   os._exit(137) the moment the save of STEP returns, its commit still running
+  sigterm_at_start  SIGTERM to itself right after resuming, before the first step (STEP unused)
+  exit              os._exit(1) before STEP (a process that dies)
+  stall             sleep for an hour before STEP (alive, stuck before the step's collectives)
+"""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app  # noqa: E402
+
+from albert_jax import checkpointing, main, train  # noqa: E402
+
+
+def _applies(process):
+  import jax
+  return process is None or jax.process_index() == process
+
+
+def inject(kind: str, step: int, process: int | None) -> None:
+  if kind == "none":
+    return
+  if kind == "kill_after_save":
+    save = checkpointing.save_train_state
+
+    def save_then_die(manager, s, *args, **kwargs):
+      save(manager, s, *args, **kwargs)
+      if s == step and _applies(process):
+        os._exit(137)
+    checkpointing.save_train_state = save_then_die
+    return
+
+  if kind == "sigterm_at_start":
+    restore = checkpointing.restore_train_state
+
+    def restore_then_sigterm(*args, **kwargs):
+      out = restore(*args, **kwargs)
+      if _applies(process):
+        os.kill(os.getpid(), signal.SIGTERM)
+      return out
+    checkpointing.restore_train_state = restore_then_sigterm
+    return
+
+  make_step = train.jit_train_step
+
+  def faulty_jit_train_step(*args, **kwargs):
+    p_train_step = make_step(*args, **kwargs)
+
+    def step_fn(state, batch):
+      import jax
+      if int(jax.device_get(state.step)) + 1 == step and _applies(process):
+        print(f"FAULT {kind} before step {step} on process {jax.process_index()}", flush=True)
+        if kind == "exit":
+          os._exit(1)
+        time.sleep(3600)
+      return p_train_step(state, batch)
+    return step_fn
+  train.jit_train_step = faulty_jit_train_step
+
+
+if __name__ == "__main__":
+  kind, step, *process = os.environ["ALBERT_FAULT"].split(":")
+  inject(kind, int(step), int(process[0]) if process else None)
+  app.run(main.main)
