@@ -178,7 +178,8 @@ def test_restore_onto_a_different_mesh(reference):
   manager = checkpointing.make_manager(workdir, max_to_keep=None)
   step, params, rest, data = checkpointing.restore_train_state(
       manager, *_abstract_state(workdir, 24, mesh, "data_parallel"))
-  assert step == 24 and data == {"next_batch": 24} and int(rest["step"]) == 24
+  assert step == 24 and data["next_batch"] == 24 and int(rest["step"]) == 24
+  assert data["stream"]["source"] == "embedded" and data["stream"]["global_batch_size"] == 16
   leaf = params["albert"]["encoder"]["embedding_hidden_mapping_in"]["kernel"]
   assert len(leaf.sharding.device_set) == 4
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(saved)):
