@@ -406,11 +406,12 @@ def run(spec: corpus.CorpusSpec, spm_model: str, output: str, *,
   with open(spm_model, "rb") as f:
     spm_bytes = f.read()
   local = "://" not in output
-  manifest_path = os.path.join(output, prepared.MANIFEST)
-  if local and os.path.exists(manifest_path):
+  from apache_beam.io.filesystems import FileSystems
+  manifest_path = FileSystems.join(output, prepared.MANIFEST)
+  if FileSystems.exists(manifest_path):
     if not overwrite:
       raise FileExistsError(f"{output} already holds a prepared corpus; pass --overwrite")
-    os.unlink(manifest_path)  # unfinished from now on, until the new manifest lands
+    FileSystems.delete([manifest_path])  # unfinished from now on, until the new manifest lands
   units = {space: spec.units(space, unit_bytes=unit_bytes, unit_examples=unit_examples)
            for space in spec.spaces}
   text_bytes = sum(u.size for us in units.values() for u in us if u.kind == "file")
