@@ -38,10 +38,10 @@ def tiny(tmp_path_factory):
   return root, model, out
 
 
-def _prepare(files, model, out, eval_files="", seed=0, **config):
+def _prepare(files, model, out, eval_files="", seed=0, group_size=1, **config):
   return prepare.run(corpus.CorpusSpec.parse(files, eval_files), model, out,
                      config=examples.ExampleConfig(max_seq_length=SEQ, **config), seed=seed,
-                     unit_bytes=UNIT_BYTES)
+                     unit_bytes=UNIT_BYTES, group_size=group_size)
 
 
 def _cfg(**overrides):
@@ -94,14 +94,16 @@ def test_prepared_pairs_give_the_batches_of_the_raw_files(tiny):
 @pytest.mark.parametrize("kind", ["faithful", "nsp", "eval_files"])
 def test_every_way_of_cutting_pairs_gives_the_raw_files_batches(tiny, tmp_path, kind):
   """faithful (one-segment chunks take B from a random document) and NSP go through the join of
-  pending pairs with their documents; named eval files make two document spaces."""
+  pending pairs with their documents; named eval files make two document spaces (and the shards
+  there hold 16 records a chunk)."""
   root, model, _ = tiny
   changes = {"faithful": {"mode": "faithful"}, "nsp": {"random_next_sentence": True},
              "eval_files": {}}[kind]
   files, eval_files = f"{root}/text/*.txt", ""
   if kind == "eval_files":
     files, eval_files = f"{root}/text/a.txt", f"{root}/text/b.txt"
-  manifest = _prepare(files, model, str(tmp_path), eval_files, **changes)
+  manifest = _prepare(files, model, str(tmp_path), eval_files,
+                      group_size=16 if kind == "eval_files" else 1, **changes)
   if kind != "eval_files":
     assert manifest["splits"]["train"]["pair_stats"]["random_document_b"] > 50
   else:
