@@ -39,7 +39,11 @@ EXTRAS_REQUIRE = {
         "jax[tpu]>=0.10.2,<0.11",  # the tests compile real TPU programs (albert_jax.aot)
         # A local Cloud Storage server: the gs:// tests run against it (tests/gcs_emulator.py).
         "gcp-storage-emulator>=2026.7,<2027",
+        "apache-beam>=2.77,<2.78",  # the tests run `prepare` on the local runner
     ],
+    # `python -m albert_jax.data.prepare`: cut a corpus into pairs once, on Apache Beam (local
+    # processes, or Dataflow and other runners for the full corpus). Training does not need it.
+    "prepare": ["apache-beam>=2.77,<2.78"],
     # libtpu: compile for Cloud TPU slices on any host (`python -m albert_jax.aot`), and run on
     # a Cloud TPU VM.
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],

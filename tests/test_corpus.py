@@ -113,6 +113,71 @@ over lines."""
   assert corpus.split_sentences("----\n\n  \n...\n") == []
 
 
+def test_byte_ranges_tile_a_file_into_its_documents(tmp_path):
+  """Ranges cut anywhere (mid-line, on blank lines, inside runs of blank or whitespace-only
+  lines, CRLF, a non-breaking space line that str.strip() calls blank, invalid UTF-8, no final
+  newline) give every document of the file exactly once, with the same counts."""
+  text = (b"Doc one a.\nDoc one b.\r\n\r\n  \n\nDoc two \xff.\n\xc2\xa0\nDoc three.\n"
+          b"Three b.\n\n\n\n" + b"Long " * 300 + b"\nx\n\n\t\nlast") 
+  path = str(_write(tmp_path / "c.txt", text))
+  whole_stats = corpus.CorpusStats()
+  whole = list(corpus.text_file_documents(path, whole_stats))
+  assert len(whole) == 5 and whole[1] == ["Doc two \ufffd."] and whole[4] == ["last"]
+  rng = __import__("random").Random(0)
+  cuts_list = [[0, k, None] for k in range(1, len(text) + 1)]  # every single cut
+  cuts_list += [[0, *sorted(rng.sample(range(1, len(text)), 6)), None] for _ in range(200)]
+  for cuts in cuts_list:
+    stats = corpus.CorpusStats()
+    docs = [d for a, b in zip(cuts[:-1], cuts[1:])
+            for d in corpus.text_range_documents(path, a, b, stats)]
+    assert docs == whole, cuts
+    assert stats == whole_stats, cuts
+  with pytest.raises(ValueError, match="whole"):
+    list(corpus.text_range_documents(str(_write(tmp_path / "z.gz", b"a\n")), 1, None))
+
+
+def test_units_give_the_documents_of_reading_the_space(tmp_path):
+  _write(tmp_path / "a.txt", b"\n\n".join(b"Sentence %d.\nAnd more %d." % (i, i) for i in range(300)))
+  _write(tmp_path / "b.txt.gz", b"\n\n".join(b"Gz %d." % i for i in range(50)))
+  spec = corpus.CorpusSpec.parse(f"{tmp_path}/*")
+  units = spec.units("all", unit_bytes=1000)
+  assert len(units) > 5 and units[-1].kind == "file" and units[-1].stop is None
+  assert sum(u.size for u in units) == sum(p.stat().st_size for p in tmp_path.iterdir())
+  whole = list(spec.documents("all"))
+  assert [d for u in units for d in spec.unit_documents(u)] == whole
+  # The held-out split is a share of indices, fixed by the corpus.
+  evals = [i for i, _ in spec.split_documents("eval")]
+  assert evals == [i for i in range(len(whole)) if corpus.held_out(i)] and 5 <= len(evals) <= 35
+  embedded = corpus.CorpusSpec("embedded")
+  assert embedded.spaces == ("train", "eval")
+  units = embedded.units("eval", unit_titles=7)
+  assert [d for u in units for d in embedded.unit_documents(u)] == list(
+      corpus.embedded_documents("eval"))
+  assert corpus.CorpusSpec.parse("tfds:wiki:validation").tfds_eval_split == "validation"
+  assert corpus.CorpusSpec.parse("a.txt", "b.txt").spaces == ("train", "eval")
+
+
+def test_fingerprint_is_order_free_and_sees_every_change():
+  docs = [["One.", "Two."], ["Three."], ["Four.", "Five."]]
+  fp = lambda pairs: _fingerprint(pairs).hexdigest()
+  base = fp(enumerate(docs))
+  assert fp(reversed(list(enumerate(docs)))) == base  # combined in any order
+  parts = [_fingerprint([(i, d)]) for i, d in enumerate(docs)]
+  assert parts[0].merge(parts[1]).merge(parts[2]).hexdigest() == base
+  changed = [fp([(0, ["One.", "Two"]), *list(enumerate(docs))[1:]]),  # a character
+             fp([(0, ["One. Two."]), *list(enumerate(docs))[1:]]),  # a sentence break
+             fp([(1, docs[0]), (0, docs[1]), (2, docs[2])]),  # the order
+             fp(list(enumerate(docs))[:2])]  # a document fewer
+  assert len({base, *changed}) == 5
+
+
+def _fingerprint(pairs):
+  fp = corpus.Fingerprint()
+  for i, doc in pairs:
+    fp.add(i, corpus.document_digest(doc))
+  return fp
+
+
 # ----------------------------------------------------------------------------- TFDS
 
 def test_tfds_mock_data_random_examples():
@@ -151,6 +216,13 @@ def test_tfds_mock_data_source_text_is_split_and_cleaned():
     grouped = list(corpus.tfds_documents("squad", "validation", feature="context",
                                          examples_per_document=2))
   assert grouped == [docs[0] + docs[1], docs[2]]
+  # Read units of a TFDS split (examples [start, stop)) give the documents of reading it whole.
+  spec = corpus.CorpusSpec("tfds", tfds_name="squad", tfds_feature="context",
+                           tfds_eval_split="validation")
+  with tfds.testing.mock_data(as_data_source_fn=data_source):
+    units = spec.units("eval", unit_examples=3)
+    assert [(u.start, u.stop) for u in units] == [(0, 3), (3, 4)]
+    assert [d for u in units for d in spec.unit_documents(u)] == docs
 
 
 class TinyWiki(tfds.core.GeneratorBasedBuilder):

@@ -1,6 +1,5 @@
 """The pretraining job end to end: train_and_evaluate, resume, preemption, NaN, meshes, hosts."""
 
-import json
 import os
 import signal
 import struct
@@ -15,11 +14,10 @@ import numpy as np
 import pytest
 import transformers
 
-from albert_jax import checkpointing, hf_convert, init_from, metrics, optimizer, sharding, tasks
+from albert_jax import checkpointing, hf_convert, init_from, metrics, sharding, tasks
 from albert_jax import train
 from albert_jax import model as M
 
-import pretrain  # configs/, put on sys.path by conftest
 from conftest import OVERRIDES, REPO, abstract_state, tiny_config  # shared with other tests
 
 pytestmark = pytest.mark.slow
@@ -185,6 +183,7 @@ def test_restore_onto_a_different_mesh(reference):
   step, params, rest, data = checkpointing.restore_train_state(
       manager, *abstract_state(workdir, 24, mesh, "data_parallel"))
   assert step == 24 and data["next_batch"] == 24 and int(rest["step"]) == 24
+  assert data["stream"]["source"] == "embedded" and data["stream"]["global_batch_size"] == 16
   leaf = params["albert"]["encoder"]["embedding_hidden_mapping_in"]["kernel"]
   assert len(leaf.sharding.device_set) == 4
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(saved)):

@@ -5,6 +5,13 @@ would crash or stall a long job and counts it in a `CorpusStats`.
   read_documents("corpus/*.txt.gz,more/")          # the original format, see `text_file_documents`
   read_documents("tfds:wikipedia/20230601.en")     # needs TensorFlow, see `tfds_documents`
   read_documents("embedded", split="eval")         # no download, no file, see `embedded_documents`
+
+A corpus as training and `prepare` see it is a `CorpusSpec`: one or two document *spaces* (the
+documents in reading order, numbered from 0), cut into read `Unit`s (byte ranges of text files,
+example ranges of TFDS, ranges of the embedded corpus) that a distributed job reads apart and that
+give exactly the documents of reading the space in one pass. A document's index in its space
+decides its split (`held_out`) and seeds its pairs (examples.py), so the data depends on the corpus
+alone, never on how it was read.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ Document = list[str]
 MAX_SENTENCE_CHARS = 8192
 # Share of the embedded corpus's documents (by a hash of the title) held out as its eval split.
 EMBEDDED_EVAL_PERCENT = 5
+# Share of a corpus's documents (by a CRC32 of their index) held out for eval when no eval split
+# is named.
+HOLDOUT_PERCENT = EMBEDDED_EVAL_PERCENT
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -58,6 +68,13 @@ class CorpusStats:
 
   def as_dict(self) -> dict[str, int]:
     return dataclasses.asdict(self)
+
+  def add(self, other: "CorpusStats | dict[str, int]") -> "CorpusStats":
+    """Adds another reader's counts (a distributed job's units) to these."""
+    other = other.as_dict() if isinstance(other, CorpusStats) else other
+    for key, value in other.items():
+      setattr(self, key, getattr(self, key) + value)
+    return self
 
 
 # ----------------------------------------------------------------------------- cleaning
@@ -186,6 +203,89 @@ def files_fingerprint(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> 
   return digest.hexdigest()[:16]
 
 
+def open_binary(path: str):
+  """The one place corpus files are opened, for reading bytes (local paths or gs://, seekable)."""
+  return files_lib.path(path).open("rb")
+
+
+def file_size(path: str) -> int:
+  """Bytes in `path` (read units are planned from it)."""
+  if files_lib.is_remote(path):
+    return int(files_lib._fs(path).size(path))
+  return os.path.getsize(path)
+
+
+def _decode(raw: bytes) -> tuple[str, bool]:
+  """(text, whether it was invalid UTF-8): `decode_utf8` without counting."""
+  try:
+    return raw.decode("utf-8"), False
+  except UnicodeDecodeError:
+    return raw.decode("utf-8", errors="replace"), True
+
+
+def _previous_line_blank(f, pos: int) -> bool:
+  """Whether the line that ends at byte pos - 1 (a newline) is blank; True at the file's start."""
+  if pos == 0:
+    return True
+  chunks, at = [], pos - 1
+  while at > 0:
+    step = min(at, 1 << 16)
+    f.seek(at - step)
+    chunk = f.read(step)
+    cut = chunk.rfind(b"\n")
+    if cut >= 0:
+      chunks.append(chunk[cut + 1:])
+      break
+    chunks.append(chunk)
+    at -= step
+  return not _decode(b"".join(reversed(chunks)))[0].strip()
+
+
+def text_range_documents(path: str, start: int = 0, stop: int | None = None,
+                         stats: CorpusStats | None = None,
+                         max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Iterator[Document]:
+  """The documents of a text file (original format) whose first line starts at a byte in
+  [start, stop) (None: the end), each read to its end even past `stop`: ranges that tile a file
+  give exactly its documents, each once, as reading it whole does. Ranges of `.gz` files must be
+  whole (0, None)."""
+  stats = CorpusStats() if stats is None else stats
+  gz = path.endswith(".gz")
+  if gz and (start, stop) != (0, None):
+    raise ValueError(f"{path}: a .gz file is read whole, not from byte {start}")
+  with open_binary(path) as raw_file:
+    f = gzip.open(raw_file) if gz else raw_file
+    pos = start
+    if start > 0:
+      f.seek(start - 1)
+      if f.read(1) != b"\n":
+        f.readline()  # the rest of a line that started before `start`
+      pos = f.tell()
+      skipping = not _previous_line_blank(f, pos)  # inside a document that started before
+      f.seek(pos)
+    else:
+      stats.files += 1
+      skipping = False
+    lines: list[str] = []
+    for raw in f:
+      offset, pos = pos, pos + len(raw)
+      line, invalid = _decode(raw)
+      if not line.strip():
+        skipping = False
+        if lines:
+          if (doc := _finish(lines, stats, max_sentence_chars)) is not None:
+            yield doc
+          lines = []
+        continue
+      if skipping:
+        continue
+      if not lines and stop is not None and offset >= stop:
+        break  # the next range's first document
+      stats.invalid_utf8_lines += invalid
+      lines.append(line)
+    if lines and (doc := _finish(lines, stats, max_sentence_chars)) is not None:
+      yield doc
+
+
 def text_file_documents(spec: str | os.PathLike | Sequence[str | os.PathLike],
                         stats: CorpusStats | None = None,
                         max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Iterator[Document]:
@@ -194,20 +294,7 @@ def text_file_documents(spec: str | os.PathLike | Sequence[str | os.PathLike],
   (the original ran a file's last document into the next file's first)."""
   stats = CorpusStats() if stats is None else stats
   for path in input_files(spec):
-    stats.files += 1
-    lines: list[str] = []
-    with files_lib.path(path).open("rb") as raw:
-      f = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
-      for raw_line in f:
-        line = decode_utf8(raw_line, stats)
-        if line.strip():
-          lines.append(line)
-        elif lines:
-          if (doc := _finish(lines, stats, max_sentence_chars)) is not None:
-            yield doc
-          lines = []
-    if lines and (doc := _finish(lines, stats, max_sentence_chars)) is not None:
-      yield doc
+    yield from text_range_documents(path, 0, None, stats, max_sentence_chars)
 
 
 # ----------------------------------------------------------------------------- TFDS
@@ -235,17 +322,22 @@ def _tfds_source(name: str, split: str, data_dir: str | None, download: bool):
 def tfds_documents(name: str, split: str = "train", *, feature: str = "text",
                    data_dir: str | None = None, examples_per_document: int = 1,
                    download: bool = False, stats: CorpusStats | None = None,
-                   max_sentence_chars: int = MAX_SENTENCE_CHARS) -> Iterator[Document]:
+                   max_sentence_chars: int = MAX_SENTENCE_CHARS, start: int = 0,
+                   stop: int | None = None) -> Iterator[Document]:
   """Documents of a prepared TFDS text dataset read through `tfds.data_source` (ArrayRecord).
 
   Each example's `feature` text is split with `split_sentences(wrapped=False)` (Wikipedia's text has
   one paragraph per line); `examples_per_document` > 1 joins consecutive examples into one document,
-  for datasets that hold one sentence per example.
+  for datasets that hold one sentence per example. `start`/`stop` read examples [start, stop) only
+  (multiples of `examples_per_document`, so documents are never cut).
   """
   stats = CorpusStats() if stats is None else stats
   source = _tfds_source(name, split, data_dir, download)
+  if start % examples_per_document or (stop is not None and stop % examples_per_document
+                                       and stop < len(source)):
+    raise ValueError(f"examples [{start}, {stop}) cut documents of {examples_per_document}")
   sentences: list[str] = []
-  for i in range(len(source)):
+  for i in range(start, len(source) if stop is None else min(stop, len(source))):
     text = source[i][feature]
     text = decode_utf8(text, stats) if isinstance(text, bytes) else str(text)
     sentences.extend(split_sentences(text, wrapped=False))
@@ -339,7 +431,8 @@ def embedded_split(title: str) -> str:
 
 def embedded_documents(split: str = "train", stats: CorpusStats | None = None,
                        max_sentence_chars: int = MAX_SENTENCE_CHARS,
-                       with_titles: bool = False) -> Iterator[Document | tuple[str, Document]]:
+                       with_titles: bool = False, start: int = 0,
+                       stop: int | None = None) -> Iterator[Document | tuple[str, Document]]:
   """A real English corpus present wherever Python is: the standard library's documentation.
 
   One document per pydoc topic (`pydoc_data.topics`, the language reference as `help()` shows it)
@@ -347,14 +440,14 @@ def embedded_documents(split: str = "train", stats: CorpusStats | None = None,
   comment blocks, in source order, read from the `.py` files without importing anything (plus the
   docstrings of modules compiled into the interpreter). Sentences come from `split_sentences`.
   Deterministic for a given Python installation (documents sorted by title); the text differs
-  between Python versions. `split` is "train", "eval" (`embedded_split`) or "all".
+  between Python versions. `split` is "train", "eval" (`embedded_split`) or "all"; `start` and
+  `stop` take that split's titles [start, stop) only.
   """
   if split not in ("train", "eval", "all"):
     raise ValueError(f"split={split!r}: the embedded corpus has 'train', 'eval' and 'all'")
   stats = CorpusStats() if stats is None else stats
-  for title, sentences in _embedded_corpus():
-    if split != "all" and embedded_split(title) != split:
-      continue
+  entries = [(t, s) for t, s in _embedded_corpus() if split == "all" or embedded_split(t) == split]
+  for title, sentences in entries[start:stop]:
     if (doc := _finish(sentences, stats, max_sentence_chars)) is not None:
       yield (title, doc) if with_titles else doc
 
@@ -374,3 +467,170 @@ def read_documents(spec: str, *, split: str = "train", stats: CorpusStats | None
                           data_dir=tfds_data_dir, examples_per_document=examples_per_document,
                           stats=stats, max_sentence_chars=max_sentence_chars)
   return text_file_documents(spec, stats, max_sentence_chars)
+
+
+# ----------------------------------------------------------------------------- spaces and units
+
+def held_out(index: int) -> bool:
+  """Whether document `index` of a space without a named eval split is held out for eval (about
+  HOLDOUT_PERCENT% of documents, by a CRC32 of the index)."""
+  return zlib.crc32(str(index).encode()) % 100 < HOLDOUT_PERCENT
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """A piece of a document space that one worker reads: the documents whose start lies in
+  [start, stop) of a text file (bytes), a TFDS split (examples) or the embedded corpus's split
+  (titles); stop None is the end."""
+
+  kind: str  # "file" | "tfds" | "embedded"
+  name: str  # a path, a TFDS name, or "embedded"
+  split: str = ""  # the TFDS or embedded split
+  start: int = 0
+  stop: int | None = None
+  size: int = 0  # bytes of text (files) or examples / titles: for progress
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+  """A pretraining corpus: its source, and where its eval split comes from.
+
+  Its documents form one space ("all": eval is a `held_out` share of the indices) or two ("train"
+  and "eval", from `eval_files`, `tfds_eval_split`, or the embedded corpus's own split).
+  """
+
+  source: str  # "files" | "tfds" | "embedded"
+  files: str = ""
+  eval_files: str = ""
+  tfds_name: str = ""
+  tfds_feature: str = "text"
+  tfds_data_dir: str = ""
+  tfds_eval_split: str = ""
+  max_sentence_chars: int = MAX_SENTENCE_CHARS
+
+  def __post_init__(self):
+    if self.source not in ("files", "tfds", "embedded"):
+      raise ValueError(f"source={self.source!r}: use 'files', 'tfds' or 'embedded'")
+    if self.source == "files" and not self.files:
+      raise ValueError("data.source='files' needs data.files (a comma list of files or globs)")
+    if self.source == "tfds" and not self.tfds_name:
+      raise ValueError("data.source='tfds' needs data.tfds_name")
+
+  @classmethod
+  def parse(cls, spec: str, eval_spec: str = "", **kwargs) -> "CorpusSpec":
+    """From a command line's "FILES", "tfds:NAME[:EVAL_SPLIT]" or "embedded" (and eval files)."""
+    if spec == "embedded":
+      return cls("embedded", **kwargs)
+    if spec.startswith("tfds:"):
+      name, _, eval_split = spec.removeprefix("tfds:").partition(":")
+      return cls("tfds", tfds_name=name, tfds_eval_split=eval_split, **kwargs)
+    return cls("files", files=spec, eval_files=eval_spec, **kwargs)
+
+  @property
+  def spaces(self) -> tuple[str, ...]:
+    """("all",) when eval is held out of one space, else ("train", "eval")."""
+    separate = (self.source == "embedded" or (self.source == "files" and self.eval_files)
+                or (self.source == "tfds" and self.tfds_eval_split))
+    return ("train", "eval") if separate else ("all",)
+
+  def space_of(self, split: str) -> str:
+    if split not in ("train", "eval"):
+      raise ValueError(f"split={split!r}: use 'train' or 'eval'")
+    return "all" if self.spaces == ("all",) else split
+
+  def split_of(self, space: str, index: int) -> str:
+    """The split of document `index` of `space`."""
+    if space != "all":
+      return space
+    return "eval" if held_out(index) else "train"
+
+  def _tfds_split(self, space: str) -> str:
+    return self.tfds_eval_split if space == "eval" else "train"
+
+  def documents(self, space: str, stats: CorpusStats | None = None) -> Iterator[Document]:
+    """Every document of `space` in order, read in this process (index = position)."""
+    stats = CorpusStats() if stats is None else stats
+    if self.source == "embedded":
+      return embedded_documents(space, stats, self.max_sentence_chars)
+    if self.source == "tfds":
+      return tfds_documents(self.tfds_name, self._tfds_split(space), feature=self.tfds_feature,
+                            data_dir=self.tfds_data_dir or None, stats=stats,
+                            max_sentence_chars=self.max_sentence_chars)
+    return text_file_documents(self.eval_files if space == "eval" else self.files, stats,
+                               self.max_sentence_chars)
+
+  def units(self, space: str, unit_bytes: int = 32 << 20, unit_examples: int = 10_000,
+            unit_titles: int = 100) -> list[Unit]:
+    """`space` cut into read units in order: text files in byte ranges of about `unit_bytes`
+    (a .gz file whole), TFDS in `unit_examples` examples, the embedded corpus in `unit_titles`."""
+    if self.source == "files":
+      out = []
+      for path in input_files(self.eval_files if space == "eval" else self.files):
+        size = file_size(path)
+        n = 1 if path.endswith(".gz") else max(1, -(-size // unit_bytes))
+        cuts = [size * k // n for k in range(n)] + [None]
+        out += [Unit("file", path, "", a, b, (size if b is None else b) - a)
+                for a, b in zip(cuts[:-1], cuts[1:])]
+      return out
+    if self.source == "tfds":
+      split = self._tfds_split(space)
+      total = len(_tfds_source(self.tfds_name, split, self.tfds_data_dir or None, False))
+      return [Unit("tfds", self.tfds_name, split, a, min(a + unit_examples, total),
+                   min(unit_examples, total - a)) for a in range(0, total, unit_examples)]
+    total = sum(1 for t, _ in _embedded_corpus() if embedded_split(t) == space)
+    return [Unit("embedded", "embedded", space, a, min(a + unit_titles, total),
+                 min(unit_titles, total - a)) for a in range(0, total, unit_titles)]
+
+  def unit_documents(self, unit: Unit, stats: CorpusStats | None = None) -> Iterator[Document]:
+    """The documents of one read unit, in order."""
+    stats = CorpusStats() if stats is None else stats
+    if unit.kind == "file":
+      return text_range_documents(unit.name, unit.start, unit.stop, stats, self.max_sentence_chars)
+    if unit.kind == "tfds":
+      return tfds_documents(unit.name, unit.split, feature=self.tfds_feature,
+                            data_dir=self.tfds_data_dir or None, stats=stats,
+                            max_sentence_chars=self.max_sentence_chars, start=unit.start,
+                            stop=unit.stop)
+    return embedded_documents(unit.split, stats, self.max_sentence_chars, start=unit.start,
+                              stop=unit.stop)
+
+  def split_documents(self, split: str, stats: CorpusStats | None = None
+                      ) -> Iterator[tuple[int, Document]]:
+    """(index, document) of `split`, read in this process. Every document of the split's space is
+    read, so once exhausted `stats.documents` (of fresh stats) is the size of the space."""
+    space = self.space_of(split)
+    for index, doc in enumerate(self.documents(space, stats)):
+      if self.split_of(space, index) == split:
+        yield index, doc
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+def document_digest(document: Sequence[str]) -> bytes:
+  """16 bytes that change with any character or sentence break of `document`."""
+  h = hashlib.blake2b(digest_size=16)
+  for sentence in document:
+    data = sentence.encode("utf-8", "surrogatepass")
+    h.update(len(data).to_bytes(8, "little"))
+    h.update(data)
+  return h.digest()
+
+
+@dataclasses.dataclass
+class Fingerprint:
+  """What a split's documents are, in order: the sum mod 2**128 of a hash of each document's
+  index and digest, so that pieces read anywhere combine in any order to the same value."""
+
+  documents: int = 0
+  total: int = 0
+
+  def add(self, index: int, digest: bytes) -> None:
+    h = hashlib.blake2b(index.to_bytes(8, "little") + digest, digest_size=16).digest()
+    self.total = (self.total + int.from_bytes(h, "little")) % (1 << 128)
+    self.documents += 1
+
+  def merge(self, other: "Fingerprint") -> "Fingerprint":
+    return Fingerprint(self.documents + other.documents, (self.total + other.total) % (1 << 128))
+
+  def hexdigest(self) -> str:
+    return f"{self.documents}-{self.total:032x}"

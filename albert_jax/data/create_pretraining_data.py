@@ -5,10 +5,18 @@
       --spm_model=vocab/spiece.model --output=data/train.array_record --max_seq_length=128 \
       --dupe_factor=10 --seed=12345
 
-writes `dupe_factor` differently cut and masked copies of the corpus, shuffled, one record per
-example, and OUTPUT.stats.json (corpus and pair counts, config) that `report.py` prints. `--input`
-is files (the original format), "tfds:NAME" or "embedded" (see corpus.read_documents). Like the
-original, it holds the tokenized corpus and all examples (compactly encoded) in memory.
+writes `dupe_factor` differently cut and masked copies of the corpus's train split (or --split=eval),
+shuffled, one record per example, and OUTPUT.stats.json (corpus and pair counts, config,
+fingerprints) that `report.py` prints. `--input` is files (the original format),
+"tfds:NAME[:EVAL_SPLIT]" or "embedded" (corpus.CorpusSpec.parse). Like the original, it holds the
+tokenized corpus and all examples (compactly encoded) in memory.
+
+Why this is not a mode of `prepare`: static masks are the original's offline format, kept for
+comparisons with it and for training on fixed masks (`data.static_examples`); at scale, training
+masks dynamically and reads what `python -m albert_jax.data.prepare` cut. Both read the corpus
+(its documents, their indices, the held-out split) through `corpus.CorpusSpec` and cut pairs with
+`examples.make_segment_pairs`, the definition training uses, so there is one definition of the
+data and two ways of writing it, not two pipelines.
 
 Record formats (`read_examples` reads both; features are those of `examples.mask_examples`):
   .jsonl         one JSON object per line: the seven features, padded, as lists
@@ -147,14 +155,18 @@ class Progress:
 
 def create_examples(documents: list[list[np.ndarray]], tables: examples_lib.VocabTables,
                     config: examples_lib.ExampleConfig, seed: int, dupe_factor: int,
-                    pair_stats: examples_lib.PairStats | None = None) -> list[bytes]:
-  """`dupe_factor` copies of the corpus, each cut (seed [seed, 0, copy]) and masked (generator
-  [seed, 1, copy]) anew, encoded and shuffled (generator [seed, 2])."""
+                    pair_stats: examples_lib.PairStats | None = None, *,
+                    indices: list[int] | None = None,
+                    space_size: int | None = None) -> list[bytes]:
+  """`dupe_factor` copies of the corpus, each cut (seed [seed, 0, copy], `make_segment_pairs`'s
+  `indices` and `space_size`) and masked (generator [seed, 1, copy]) anew, encoded and shuffled
+  (generator [seed, 2])."""
   records: list[bytes] = []
   progress = None
   for copy in range(dupe_factor):
-    pairs = examples_lib.make_segment_pairs(documents, [seed, 0, copy], config,
-                                           word_start=tables.word_start, stats=pair_stats)
+    pairs = examples_lib.make_segment_pairs(documents, [seed, 0, copy], config, indices=indices,
+                                           space_size=space_size, word_start=tables.word_start,
+                                           stats=pair_stats)
     if progress is None:
       progress = Progress("Examples", total=len(pairs) * dupe_factor)
     rng = np.random.default_rng([seed, 1, copy])
@@ -173,28 +185,40 @@ def create_examples(documents: list[list[np.ndarray]], tables: examples_lib.Voca
 def run(input_spec: str, spm_model: str, output: str, *, config: examples_lib.ExampleConfig,
         seed: int = 12345, dupe_factor: int = 10, fmt: str | None = None, split: str = "train",
         do_lower_case: bool = True, max_sentence_chars: int = corpus.MAX_SENTENCE_CHARS,
-        tfds_feature: str = "text", tfds_data_dir: str | None = None) -> dict:
+        tfds_feature: str = "text", tfds_data_dir: str | None = None,
+        eval_input: str = "") -> dict:
   """The whole job: read, tokenize, cut, mask, write; returns (and writes) OUTPUT.stats.json."""
+  from albert_jax.data import prepared  # the fingerprints training compares
   tokenizer = AlbertTokenizer(spm_model, do_lower_case=do_lower_case)
   tables = examples_lib.tokenizer_tables(tokenizer)
   corpus_stats, pair_stats = corpus.CorpusStats(), examples_lib.PairStats()
-  documents = corpus.read_documents(input_spec, split=split, stats=corpus_stats,
-                                    max_sentence_chars=max_sentence_chars,
-                                    tfds_feature=tfds_feature, tfds_data_dir=tfds_data_dir)
+  spec = corpus.CorpusSpec.parse(input_spec, eval_input, tfds_feature=tfds_feature,
+                                 tfds_data_dir=tfds_data_dir or "",
+                                 max_sentence_chars=max_sentence_chars)
   progress = Progress("Documents tokenized")
-  tokenized = []
-  for doc in documents:
-    tokenized.extend(examples_lib.tokenize_documents([doc], tokenizer, corpus_stats))
+  fingerprint = corpus.Fingerprint()
+  tokenized, indices = [], []
+  for index, doc in spec.split_documents(split, corpus_stats):
+    fingerprint.add(index, corpus.document_digest(doc))
+    for tokens in examples_lib.tokenize_documents([doc], tokenizer, corpus_stats):
+      tokenized.append(tokens)
+      indices.append(index)
     progress.update(corpus_stats.documents)
   progress.update(corpus_stats.documents, force=True)
   if not tokenized:
-    raise ValueError(f"No documents with text in {input_spec!r}")
-  records = create_examples(tokenized, tables, config, seed, dupe_factor, pair_stats)
+    raise ValueError(f"No documents with text in the {split} split of {input_spec!r}")
+  records = create_examples(tokenized, tables, config, seed, dupe_factor, pair_stats,
+                            indices=indices, space_size=corpus_stats.documents)
   count = write_examples(records, output, fmt)
   log.info("Wrote %d examples to %s", count, output)
-  summary = {"examples": count, "input": input_spec, "spm_model": spm_model, "seed": seed,
-             "dupe_factor": dupe_factor, "config": dataclasses.asdict(config),
-             "corpus": corpus_stats.as_dict(), "pairs": dataclasses.asdict(pair_stats)}
+  settings = {"seed": seed, "dupe_factor": dupe_factor, "split": split,
+              "config": dataclasses.asdict(config)}
+  vocabulary = prepared.vocabulary_fingerprint(tokenizer)
+  summary = {"examples": count, "input": input_spec, "spm_model": spm_model, **settings,
+             "corpus": corpus_stats.as_dict(), "pairs": dataclasses.asdict(pair_stats),
+             "corpus_fingerprint": fingerprint.hexdigest(), "vocabulary": vocabulary,
+             "fingerprint": prepared.fingerprint({split: fingerprint.hexdigest()}, vocabulary,
+                                                 settings)}
   files.write_json(f"{output}.stats.json", summary)
   return summary
 
@@ -212,14 +236,16 @@ def main(argv):
   run(f.input, f.spm_model, f.output, config=config, seed=f.seed, dupe_factor=f.dupe_factor,
       fmt=f.format, split=f.split, do_lower_case=f.do_lower_case,
       max_sentence_chars=f.max_sentence_chars, tfds_feature=f.tfds_feature,
-      tfds_data_dir=f.tfds_data_dir)
+      tfds_data_dir=f.tfds_data_dir, eval_input=f.eval_input)
 
 
 def define_flags():
   """Flags only for the CLI, so importing `read_examples` registers none."""
-  flags.DEFINE_string("input", None, "Text files (comma list, globs, dirs; .gz), 'tfds:NAME' or "
-                      "'embedded'.")
-  flags.DEFINE_string("split", "train", "Split of a TFDS or the embedded corpus.")
+  flags.DEFINE_string("input", None, "Text files (comma list, globs, dirs; .gz), "
+                      "'tfds:NAME[:EVAL_SPLIT]' or 'embedded'.")
+  flags.DEFINE_string("eval_input", "", "Text files of the eval split (default: hold out "
+                      f"{corpus.HOLDOUT_PERCENT}% of --input's documents, as training does).")
+  flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split of the corpus to write.")
   flags.DEFINE_string("tfds_feature", "text", "Text feature of a TFDS dataset.")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
   flags.DEFINE_string("spm_model", None, "SentencePiece model (spiece.model).")

@@ -194,6 +194,8 @@ def tokenize_documents(documents: Iterable[Sequence[str]], tokenizer: Any,
 
 def _rng(seed: Seed, *extra: int) -> np.random.Generator:
   if isinstance(seed, np.random.Generator):
+    if extra:
+      raise TypeError("Pairs are cut with a generator per document: give the seed, not a Generator")
     return seed
   words = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
   return np.random.default_rng([*map(int, words), *extra])
@@ -232,37 +234,93 @@ def _split_at_word(tokens: np.ndarray, rng: np.random.Generator,
   return [tokens[:k], tokens[k:]]
 
 
-def _random_document_b(documents, index, target_b_length, rng, faithful):
-  """Sentences of another document from a random start, until `target_b_length` tokens."""
+class Candidates:
+  """The documents a random segment B may come from: indices [0, n) of a document space that
+  `__contains__` (those of the split being cut, with tokens), `count` of them."""
+
+  def __init__(self, n: int, members: Any, count: int):
+    self.n, self.members, self.count = n, members, count
+
+  def __contains__(self, index: int) -> bool:
+    return index in self.members
+
+
+def draw_other_document(rng: np.random.Generator, index: int, candidates: Candidates,
+                        faithful: bool) -> int:
+  """A uniformly drawn candidate other than `index`, by drawing indices of the space until one is
+  a candidate. `faithful`: the original's 10 tries at a document other than `index`, after which
+  it keeps the last one drawn (even `index`)."""
+
+  def draw():
+    while True:
+      other = int(rng.integers(candidates.n))
+      if other in candidates:
+        return other
+
   if faithful:
     for _ in range(10):
-      other = int(rng.integers(len(documents)))
+      other = draw()
       if other != index:
         break
-  else:
-    if len(documents) < 2:
-      raise ValueError("A random-document segment B needs a corpus of at least two documents")
-    other = int(rng.integers(len(documents) - 1))
-    other += other >= index
-  doc = documents[other]
+    return other
+  if candidates.count < 2:
+    raise ValueError("A random-document segment B needs a split of at least two documents")
+  while (other := draw()) == index:
+    pass
+  return other
+
+
+class PendingPair(NamedTuple):
+  """A pair whose B comes from another document: finished by `complete_pair` with that one."""
+
+  tokens_a: np.ndarray
+  sentence_order_label: int
+  target_b_length: int
+  other: int  # index of the document B comes from
+  rng_state: dict  # the pair's own generator (after drawing `other`)
+
+
+def complete_pair(pending: PendingPair, other_document: Sequence[np.ndarray],
+                  config: ExampleConfig, stats: "PairStats | None" = None) -> SegmentPair:
+  """B: sentences of `other_document` from a random one until `target_b_length` tokens; then the
+  pair truncated to fit, both with the pair's own generator."""
+  rng = np.random.default_rng()
+  rng.bit_generator.state = pending.rng_state
   out, length = [], 0
-  for sentence in doc[int(rng.integers(len(doc))):]:
+  for sentence in other_document[int(rng.integers(len(other_document))):]:
     out.append(sentence)
     length += len(sentence)
-    if length >= target_b_length:
+    if length >= pending.target_b_length:
       break
-  return np.concatenate(out)
+  return _truncated(pending.tokens_a, np.concatenate(out), pending.sentence_order_label, rng,
+                    config, stats)
 
 
-def _document_pairs(documents, index, rng, config, word_start, stats):
-  """The pairs of one document: `create_instances_from_document` without the masking."""
-  document = documents[index]
+def _truncated(tokens_a, tokens_b, label, rng, config, stats) -> SegmentPair:
+  total = len(tokens_a) + len(tokens_b)
+  tokens_a, tokens_b = truncate_seq_pair(tokens_a, tokens_b, config.max_seq_length - 3, rng)
+  if stats is not None:
+    stats.tokens_truncated += total - len(tokens_a) - len(tokens_b)
+  return SegmentPair(tokens_a, tokens_b, label)
+
+
+def document_pairs(document: Sequence[np.ndarray], index: int, seed: int | Sequence[int],
+                   config: ExampleConfig, *, candidates: Candidates,
+                   word_start: np.ndarray | None = None,
+                   stats: "PairStats | None" = None) -> list[SegmentPair | PendingPair]:
+  """The pairs of document `index` of its space: `create_instances_from_document` without the
+  masking, with a generator seeded from (*seed, index). A pair whose B comes from a random other
+  document (NSP, and faithful's one-segment chunks) draws it, B and its truncation from its own
+  generator (*seed, index, 1, k), k its place among the document's pairs, and is returned as a
+  `PendingPair`: so no draw of this document depends on another document's content."""
+  stats = PairStats() if stats is None else stats
+  rng = _rng(seed, index)
   faithful = config.mode == "faithful"
   max_num_tokens = config.max_seq_length - 3  # [CLS] A [SEP] B [SEP]
   target = max_num_tokens
   if rng.random() < config.short_seq_prob:
     target = int(rng.integers(2, max_num_tokens, endpoint=True))
-  pairs = []
+  pairs: list[SegmentPair | PendingPair] = []
   chunk, length, i = [], 0, 0
   while i < len(document):
     chunk.append(document[i])
@@ -276,52 +334,62 @@ def _document_pairs(documents, index, rng, config, word_start, stats):
       if chunk:
         a_end = 1 if len(chunk) == 1 else int(rng.integers(1, len(chunk) - 1, endpoint=True))
         tokens_a = np.concatenate(chunk[:a_end])
+        stats.pairs += 1
         if len(chunk) == 1 or (config.random_next_sentence and rng.random() < 0.5):
-          label = 1
-          tokens_b = _random_document_b(documents, index, target - len(tokens_a), rng, faithful)
+          own = _rng(seed, index, 1, len(pairs))
+          other = draw_other_document(own, index, candidates, faithful)
+          pairs.append(PendingPair(tokens_a, 1, target - len(tokens_a), other,
+                                   own.bit_generator.state))
           stats.random_document_b += 1
+          stats.label_1 += 1
           if not split:  # the sentences of B not used go back to the document
             i -= len(chunk) - a_end
-        elif not config.random_next_sentence and rng.random() < 0.5:
-          label = 1
-          tokens_a, tokens_b = np.concatenate(chunk[a_end:]), tokens_a
         else:
           label = 0
           tokens_b = np.concatenate(chunk[a_end:])
-        total = len(tokens_a) + len(tokens_b)
-        tokens_a, tokens_b = truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
-        stats.tokens_truncated += total - len(tokens_a) - len(tokens_b)
-        stats.pairs += 1
-        stats.label_1 += label
-        pairs.append(SegmentPair(tokens_a, tokens_b, label))
+          if not config.random_next_sentence and rng.random() < 0.5:
+            label, tokens_a, tokens_b = 1, tokens_b, tokens_a
+          stats.label_1 += label
+          pairs.append(_truncated(tokens_a, tokens_b, label, rng, config, stats))
       chunk, length = [], 0
     i += 1
   return pairs
 
 
-def make_segment_pairs(documents: Sequence[Sequence[np.ndarray]], seed: Seed,
+def make_segment_pairs(documents: Sequence[Sequence[np.ndarray]], seed: int | Sequence[int],
                        config: ExampleConfig = ExampleConfig(), *,
+                       indices: Sequence[int] | None = None, space_size: int | None = None,
                        word_start: np.ndarray | None = None,
                        stats: PairStats | None = None) -> list[SegmentPair]:
   """Segment pairs of every document, in document order, as the original cuts them.
 
   `documents` are non-empty lists of non-empty sentences of token ids (`tokenize_documents`; pieces
-  work too, as arrays or lists of str, for inspection). Sentences accumulate into
-  a chunk until it reaches the target length (`max_seq_length - 3`, or with probability
-  `short_seq_prob` a random length from 2, for the whole document); A is the chunk's first 1..k-1
-  sentences (uniformly), B the rest; A and B swap with probability 0.5 (label 1); the longer one is
-  truncated until both fit. `word_start` (`VocabTables.word_start`) is where the fixed mode may
-  split a one-sentence chunk (anywhere without it). Document d draws from a generator seeded with
-  (*seed, d), so its pairs do not depend on the other documents' (unless it needs a random one);
-  a Generator as `seed` is shared by all documents instead.
+  work too, as arrays or lists of str, for inspection); `indices` their indices in their space
+  (default 0, 1, ...) of `space_size` documents (default: up to the last index), the others being
+  other splits' or empty. Sentences accumulate into a chunk until it reaches the target length
+  (`max_seq_length - 3`, or with probability `short_seq_prob` a random length from 2, for the whole
+  document); A is the chunk's first 1..k-1 sentences (uniformly), B the rest; A and B swap with
+  probability 0.5 (label 1); the longer one is truncated until both fit. `word_start`
+  (`VocabTables.word_start`) is where the fixed mode may split a one-sentence chunk (anywhere
+  without it). Pairs depend on the seed and each document's index only (`document_pairs`): the
+  same whichever documents are cut together, in whichever order, by whichever process.
   """
   if not all(documents):
     raise ValueError("Empty document: drop them first (tokenize_documents does)")
   stats = PairStats() if stats is None else stats
-  documents = [[np.asarray(s) for s in doc] for doc in documents]
+  indices = list(range(len(documents))) if indices is None else [int(i) for i in indices]
+  by_index = {i: [np.asarray(s) for s in doc] for i, doc in zip(indices, documents)}
+  if len(by_index) != len(documents):
+    raise ValueError("Two documents with one index")
+  space_size = max(indices, default=-1) + 1 if space_size is None else space_size
+  candidates = Candidates(space_size, by_index, len(by_index))
   pairs = []
-  for index in range(len(documents)):
-    pairs.extend(_document_pairs(documents, index, _rng(seed, index), config, word_start, stats))
+  for index, doc in by_index.items():
+    for pair in document_pairs(doc, index, seed, config, candidates=candidates,
+                               word_start=word_start, stats=stats):
+      if isinstance(pair, PendingPair):
+        pair = complete_pair(pair, by_index[pair.other], config, stats)
+      pairs.append(pair)
   return pairs
 
 

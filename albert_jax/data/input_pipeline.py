@@ -13,25 +13,29 @@ example once, in a permutation drawn from (seed, e). A batch is a pure function 
 a Grain MapDataset, made in a thread or in Grain worker processes), so the stream is the same for
 any `num_workers`, and process p of P takes rows [p*B/P, (p+1)*B/P). Dynamic masking masks
 MASK_CHUNK rows at a time with a Generator seeded from (seed, epoch, g, chunk): a host masks only
-the chunks holding its rows, and no mask depends on the process count. Segment pairs are cut once
-(seed); masks are fresh every epoch. Every process holds the tokenized corpus;
-for corpora too big for that, write examples with create_pretraining_data.py (`static_examples`).
-The state also records what the stream is made from (`stream_spec`: seed, batch, lengths,
-masking, fingerprints of the corpus and vocabulary); `set_state` refuses a different one
-(order.StreamChanged) unless allowed (config.allow_data_change).
+the chunks holding its rows, and no mask depends on the process count. Segment pairs are cut once,
+each document's from (seed, its index in the corpus); masks are fresh every epoch.
+
+Where the pairs come from (`data.source`): "files", "tfds" or "embedded" read, tokenize and cut the
+corpus in every process at start (memory and start-up grow with the corpus); "prepared" reads the
+pairs `python -m albert_jax.data.prepare` cut (data/prepared.py) by index, in constant start-up
+and memory. Both give the same pairs for the same corpus, vocabulary and seed, so the same batches.
+`get_state()` is {"next_batch": g, "stream": {...}}: g, and what decides the stream (seed, batch,
+lengths, masking, source, fingerprints of the corpus and the vocabulary);
+`set_state` refuses a different stream (order.StreamChanged) unless allowed
+(config.allow_data_change).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
 import sys
 import time
-import zlib
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -41,19 +45,17 @@ import numpy as np
 from albert_jax import files
 from albert_jax.data import corpus, examples as examples_lib
 from albert_jax.data import create_pretraining_data as cpd
-from albert_jax.data import order
+from albert_jax.data import order, prepared as prepared_lib
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("embedded", "files", "tfds")
+SOURCES = ("embedded", "files", "tfds", "prepared")
 MASKINGS = ("dynamic", "static")
 # Rows masked together. Masks depend on it (mask_examples draws for a whole batch), so it is part
 # of the data's definition; 64 rows mask at 85-95% of the speed of 256, and hosts with fewer rows
 # than that mask some rows they drop.
 MASK_CHUNK = 64
-# Share of documents (by a CRC32 of their index) held out for eval when no eval split is named.
-HOLDOUT_PERCENT = corpus.EMBEDDED_EVAL_PERCENT
 SPM_WAIT_SECONDS = 3 * 3600  # how long other processes wait for process 0's vocabulary
 
 Batch = dict[str, np.ndarray]
@@ -62,9 +64,10 @@ Batch = dict[str, np.ndarray]
 def default_data_config() -> ml_collections.ConfigDict:
   """`config.data`: the corpus, the vocabulary, how pairs are cut and masked, and the loader."""
   return ml_collections.ConfigDict(dict(
-      source="embedded",  # "embedded" | "files" | "tfds"
+      source="embedded",  # "embedded" | "files" | "tfds" | "prepared"
+      prepared="",  # a directory of `python -m albert_jax.data.prepare` (source "prepared")
       files="",  # comma list of text files, globs or directories (source "files")
-      eval_files="",  # "": hold out HOLDOUT_PERCENT% of the documents of `files`
+      eval_files="",  # "": hold out corpus.HOLDOUT_PERCENT% of the documents of `files`
       tfds_name="",  # e.g. "wikipedia/20230601.en" (source "tfds")
       tfds_feature="text",
       tfds_data_dir="",
@@ -98,39 +101,27 @@ def example_config(data_cfg: ml_collections.ConfigDict) -> examples_lib.ExampleC
 
 # ----------------------------------------------------------------------------- corpus, vocabulary
 
-def _held_out(documents: Iterator[corpus.Document], split: str) -> Iterator[corpus.Document]:
-  """The documents of `split` when eval is a hash-chosen HOLDOUT_PERCENT% of them."""
-  for index, doc in enumerate(documents):
-    if (zlib.crc32(str(index).encode()) % 100 < HOLDOUT_PERCENT) == (split == "eval"):
-      yield doc
+def corpus_spec(data_cfg: ml_collections.ConfigDict) -> corpus.CorpusSpec:
+  """The corpus `data_cfg` names (sources "files", "tfds", "embedded")."""
+  if data_cfg.source not in SOURCES:
+    raise ValueError(f"data.source={data_cfg.source!r}: use one of {SOURCES}")
+  if data_cfg.source == "prepared":
+    raise ValueError("data.source='prepared' reads pairs, not documents")
+  spec = corpus.CorpusSpec(data_cfg.source, files=data_cfg.files, eval_files=data_cfg.eval_files,
+                           tfds_name=data_cfg.tfds_name, tfds_feature=data_cfg.tfds_feature,
+                           tfds_data_dir=data_cfg.tfds_data_dir,
+                           tfds_eval_split=data_cfg.tfds_eval_split)
+  for names in (spec.files, spec.eval_files):
+    if spec.source == "files" and names:
+      corpus.input_files(names)  # a missing file fails here, not at the first batch
+  return spec
 
 
 def read_documents(data_cfg: ml_collections.ConfigDict, split: str,
                    stats: corpus.CorpusStats | None = None) -> Iterator[corpus.Document]:
   """Text documents of the "train" or "eval" split of `data_cfg`'s corpus (eval never in train)."""
-  if split not in ("train", "eval"):
-    raise ValueError(f"split={split!r}: use 'train' or 'eval'")
-  stats = corpus.CorpusStats() if stats is None else stats
-  if data_cfg.source == "embedded":
-    return corpus.embedded_documents(split, stats)
-  if data_cfg.source == "files":
-    if not data_cfg.files:
-      raise ValueError("data.source='files' needs data.files (a comma list of files or globs)")
-    corpus.input_files(data_cfg.files)  # a missing file fails here, not at the first batch
-    if data_cfg.eval_files:
-      return corpus.text_file_documents(data_cfg.eval_files if split == "eval" else data_cfg.files,
-                                        stats)
-    return _held_out(corpus.text_file_documents(data_cfg.files, stats), split)
-  if data_cfg.source == "tfds":
-    if not data_cfg.tfds_name:
-      raise ValueError("data.source='tfds' needs data.tfds_name")
-    read = functools.partial(corpus.tfds_documents, data_cfg.tfds_name,
-                             feature=data_cfg.tfds_feature,
-                             data_dir=data_cfg.tfds_data_dir or None, stats=stats)
-    if data_cfg.tfds_eval_split:
-      return read(data_cfg.tfds_eval_split if split == "eval" else "train")
-    return _held_out(read("train"), split)
-  raise ValueError(f"data.source={data_cfg.source!r}: use one of {SOURCES}")
+  spec = corpus_spec(data_cfg)
+  return (doc for _, doc in spec.split_documents(split, stats))
 
 
 def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -141,6 +132,8 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathL
   if data_cfg.static_examples:
     raise ValueError("data.static_examples needs config.spm_model: the vocabulary they were made "
                      "with")
+  if data_cfg.source == "prepared":
+    return prepared_vocabulary(data_cfg)
   path = files.path(workdir) / VOCAB_FILE
   if not path.is_file():
     if process_index is None:
@@ -163,45 +156,14 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathL
   return AlbertTokenizer(path)
 
 
-# ----------------------------------------------------------------------------- the stream
-
-def vocabulary_fingerprint(tokenizer: AlbertTokenizer) -> str:
-  """A checksum of the SentencePiece model and the normalisation the tokenizer applies."""
-  digest = hashlib.sha256(tokenizer.sp_model.serialized_model_proto())
-  digest.update(repr((tokenizer.do_lower_case, tokenizer.remove_space,
-                      tokenizer.keep_accents)).encode())
-  return digest.hexdigest()[:16]
-
-
-def corpus_fingerprint(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What the training documents are, as stream fields (contents, not file names)."""
-  if data_cfg.static_examples:
-    return {"static_examples": corpus.files_fingerprint(data_cfg.static_examples)}
-  if data_cfg.source == "embedded":
-    return {"corpus": corpus.embedded_fingerprint()}
-  if data_cfg.source == "files":
-    return {"corpus": corpus.files_fingerprint(data_cfg.files),
-            "eval_held_out": not data_cfg.eval_files}  # else every document of `files` trains
-  return {"corpus": f"tfds:{data_cfg.tfds_name}:{data_cfg.tfds_feature}",
-          "eval_held_out": not data_cfg.tfds_eval_split}
-
-
-def stream_spec(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokenizer, *,
-                global_batch_size: int, seed: int) -> dict[str, Any]:
-  """Everything the stream of global training batches depends on (not the process or worker
-  count: those only say who makes which rows). Stored with the data state; see order.py."""
-  config = example_config(data_cfg)
-  spec = dict(seed=seed, global_batch_size=global_batch_size, source=data_cfg.source,
-              max_seq_length=config.max_seq_length, max_predictions=config.max_predictions,
-              vocabulary=vocabulary_fingerprint(tokenizer), **corpus_fingerprint(data_cfg))
-  if not data_cfg.static_examples:  # pre-masked files: their fingerprint covers all of this
-    spec.update(masking=data_cfg.masking, mask_chunk=MASK_CHUNK, mode=config.mode,
-                masked_lm_prob=config.masked_lm_prob, short_seq_prob=config.short_seq_prob,
-                ngram=config.ngram, favor_shorter_ngram=config.favor_shorter_ngram,
-                random_next_sentence=config.random_next_sentence)
-    if data_cfg.masking == "static":
-      spec["dupe_factor"] = data_cfg.dupe_factor
-  return order.canonical(spec)
+def prepared_vocabulary(data_cfg: ml_collections.ConfigDict) -> AlbertTokenizer:
+  """The vocabulary a prepared corpus was cut with (DIR/spiece.model)."""
+  if not data_cfg.prepared:
+    raise ValueError("data.source='prepared' needs data.prepared (a directory written by "
+                     "`python -m albert_jax.data.prepare`)")
+  manifest = prepared_lib.load_manifest(data_cfg.prepared)
+  return AlbertTokenizer(Path(data_cfg.prepared) / prepared_lib.VOCAB_FILE,
+                         do_lower_case=manifest["do_lower_case"])
 
 
 # ----------------------------------------------------------------------------- examples
@@ -249,10 +211,11 @@ def _static_records(path: str, config: examples_lib.ExampleConfig) -> Sequence[b
   return records
 
 
-def _examples(data_cfg, tokenizer, split: str, seed: int):
-  """(examples, tables, stats): a PairTable and the VocabTables to mask it with, or pre-masked
-  records (`encode_example` bytes) and None."""
+def _examples(data_cfg, tokenizer, split: str, pair_seed: int):
+  """(examples, tables, stats, fingerprints): a PairTable or a prepared PairSource and the
+  VocabTables to mask it with, or pre-masked records (`encode_example` bytes) and None."""
   config = example_config(data_cfg)
+  vocabulary = prepared_lib.vocabulary_fingerprint(tokenizer)
   if split == "train" and data_cfg.static_examples:
     records = _static_records(data_cfg.static_examples, config)
     stats = {}
@@ -260,25 +223,70 @@ def _examples(data_cfg, tokenizer, split: str, seed: int):
       with open(f"{data_cfg.static_examples}.stats.json", encoding="utf-8") as f:
         stats = json.load(f)
     return records, None, {"corpus": stats.get("corpus"), "pairs": stats.get("pairs"),
-                           "examples_per_epoch": len(records)}
+                           "examples_per_epoch": len(records)}, {
+        "static_examples": corpus.files_fingerprint(data_cfg.static_examples),
+        "vocabulary": stats.get("vocabulary", vocabulary)}
+  if data_cfg.source == "prepared":
+    return _prepared_examples(data_cfg, tokenizer, split, config, vocabulary)
+  spec = corpus_spec(data_cfg)
   corpus_stats, pair_stats = corpus.CorpusStats(), examples_lib.PairStats()
-  docs = examples_lib.tokenize_documents(read_documents(data_cfg, split, corpus_stats), tokenizer,
-                              corpus_stats)
+  fingerprint = corpus.Fingerprint()
+  docs, indices = [], []
+  for index, doc in spec.split_documents(split, corpus_stats):
+    fingerprint.add(index, corpus.document_digest(doc))
+    for tokenized in examples_lib.tokenize_documents([doc], tokenizer, corpus_stats):
+      docs.append(tokenized)
+      indices.append(index)
+  space_size = corpus_stats.documents  # every document of the split's space was read
   if not docs:
     raise ValueError(f"The {split} split of data.source={data_cfg.source!r} has no document with "
                      "text")
   tables = examples_lib.tokenizer_tables(tokenizer)
   if split == "train" and data_cfg.masking == "static":
-    examples = cpd.create_examples(docs, tables, config, seed, data_cfg.dupe_factor, pair_stats)
+    examples = cpd.create_examples(docs, tables, config, pair_seed, data_cfg.dupe_factor,
+                                   pair_stats, indices=indices, space_size=space_size)
     tables = None
   else:
-    examples = PairTable.pack(examples_lib.make_segment_pairs(docs, [seed, 0], config,
-                                                   word_start=tables.word_start, stats=pair_stats))
+    examples = PairTable.pack(examples_lib.make_segment_pairs(
+        docs, [pair_seed, 0], config, indices=indices, space_size=space_size,
+        word_start=tables.word_start, stats=pair_stats))
   if not len(examples):
     raise ValueError(f"The {split} split of data.source={data_cfg.source!r} gave no example")
   return examples, tables, {"corpus": corpus_stats.as_dict(), "documents": len(docs),
                             "pairs": dataclasses.asdict(pair_stats),
-                            "examples_per_epoch": len(examples)}
+                            "examples_per_epoch": len(examples)}, {
+      "corpus": fingerprint.hexdigest(), "vocabulary": vocabulary}
+
+
+def _prepared_examples(data_cfg, tokenizer, split, config, vocabulary):
+  """`_examples` of a prepared directory, after checking it was cut as `data_cfg` would cut it."""
+  if not data_cfg.prepared:
+    raise ValueError("data.source='prepared' needs data.prepared (a directory written by "
+                     "`python -m albert_jax.data.prepare`)")
+  if data_cfg.masking != "dynamic":
+    raise ValueError("data.source='prepared' masks dynamically: set data.masking='dynamic' (for "
+                     "static masks use create_pretraining_data.py and data.static_examples)")
+  manifest = prepared_lib.load_manifest(data_cfg.prepared)
+  prepared_lib.check_settings(manifest, config, data_cfg.prepared)
+  if manifest["vocabulary"] != vocabulary:
+    raise ValueError(f"{data_cfg.prepared} was cut with another vocabulary than the job's "
+                     f"(fingerprint {manifest['vocabulary'][:12]}..., the job's {vocabulary[:12]}"
+                     f"...): leave config.spm_model empty to use {prepared_lib.VOCAB_FILE} there")
+  source = prepared_lib.PairSource(data_cfg.prepared, split, manifest)
+  if not len(source):
+    raise ValueError(f"{data_cfg.prepared} holds no {split} pair")
+  info = manifest["splits"][split]
+  return source, examples_lib.tokenizer_tables(tokenizer), {
+      "corpus": info["corpus"], "documents": info["documents"], "pairs": info["pair_stats"],
+      "examples_per_epoch": len(source)}, {
+      "corpus": info["fingerprint"], "vocabulary": vocabulary,
+      "prepared": manifest["fingerprint"], "pair_seed": manifest["settings"]["seed"]}
+
+
+def _pairs_at(examples, indices) -> list:
+  if hasattr(examples, "pairs_at"):
+    return examples.pairs_at(indices)
+  return [examples[i] for i in indices]
 
 
 def _host_batch(g: int, *, examples: Sequence, batch_size: int, rows: tuple[int, int], seed: int,
@@ -287,13 +295,13 @@ def _host_batch(g: int, *, examples: Sequence, batch_size: int, rows: tuple[int,
   lo, hi = rows
   first, n = g * batch_size, len(examples)
   if tables is None:
-    records = [cpd.decode_example(examples[i])
-               for i in order.examples_at(range(first + lo, first + hi), n, seed)]
+    records = [cpd.decode_example(r)
+               for r in _pairs_at(examples, order.examples_at(range(first + lo, first + hi), n, seed))]
     return {k: np.stack([r[k] for r in records]) for k in examples_lib.FEATURE_NAMES}
   parts = []
   for j in range(lo // MASK_CHUNK, -(-hi // MASK_CHUNK)):
     start, stop = first + j * MASK_CHUNK, first + min((j + 1) * MASK_CHUNK, batch_size)
-    pairs = [examples[i] for i in order.examples_at(range(start, stop), n, seed)]
+    pairs = _pairs_at(examples, order.examples_at(range(start, stop), n, seed))
     rng = np.random.default_rng([seed, 1, start // n, g, j])
     parts.append(examples_lib.mask_examples(pairs, rng, tables, config))
   offset = lo - lo // MASK_CHUNK * MASK_CHUNK
@@ -301,16 +309,20 @@ def _host_batch(g: int, *, examples: Sequence, batch_size: int, rows: tuple[int,
           for k in examples_lib.FEATURE_NAMES}
 
 
-def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index, process_count):
-  """(MapDataset of per-host batches by global batch index, stats)."""
+def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index, process_count,
+             pair_seed=None):
+  """(MapDataset of per-host batches by global batch index, stats, stream). Pairs are cut with
+  `pair_seed` (default `seed`; a prepared corpus's own seed), ordered and masked with `seed`."""
   if data_cfg.source not in SOURCES:
     raise ValueError(f"data.source={data_cfg.source!r}: use one of {SOURCES}")
   if data_cfg.masking not in MASKINGS:
     raise ValueError(f"data.masking={data_cfg.masking!r}: use one of {MASKINGS}")
   if data_cfg.masking == "static" and data_cfg.dupe_factor < 1:
     raise ValueError(f"data.dupe_factor={data_cfg.dupe_factor}: static masking needs 1 or more")
-  if not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"seed={seed!r}: use an integer >= 0")
+  pair_seed = seed if pair_seed is None else pair_seed
+  for name, value in (("seed", seed), ("pair_seed", pair_seed)):
+    if not isinstance(value, (int, np.integer)) or value < 0:
+      raise ValueError(f"{name}={value!r}: use an integer >= 0")
   if process_index is None or process_count is None:
     import jax  # here: the data code does not otherwise need JAX
     process_index = jax.process_index() if process_index is None else process_index
@@ -321,15 +333,26 @@ def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index,
     raise ValueError(f"global_batch_size={global_batch_size} does not split into {process_count} "
                      "equal per-process batches")
   per_host = global_batch_size // process_count
-  examples, tables, stats = _examples(data_cfg, tokenizer, split, seed)
+  config = example_config(data_cfg)
+  examples, tables, stats, fingerprints = _examples(data_cfg, tokenizer, split, pair_seed)
   make = functools.partial(
       _host_batch, examples=examples, batch_size=global_batch_size,
       rows=(process_index * per_host, (process_index + 1) * per_host), seed=seed, tables=tables,
-      config=example_config(data_cfg))
-  stats.update(split=split, masking="static" if tables is None else "dynamic",
-               global_batch_size=global_batch_size, per_host_batch_size=per_host,
-               batches_per_epoch=len(examples) / global_batch_size)
-  return grain.MapDataset.range(sys.maxsize).map(make), stats
+      config=config)
+  masking = "static" if tables is None else "dynamic"
+  stats.update(split=split, masking=masking, global_batch_size=global_batch_size,
+               per_host_batch_size=per_host, batches_per_epoch=len(examples) / global_batch_size)
+  # What decides the stream, flat and JSON: a resume that changes one of these changes the data.
+  stream = {"source": data_cfg.source, "seed": int(seed), "pair_seed": int(pair_seed),
+            "global_batch_size": int(global_batch_size), "max_seq_length": config.max_seq_length,
+            "max_predictions": config.max_predictions, "masked_lm_prob": config.masked_lm_prob,
+            "short_seq_prob": config.short_seq_prob, "ngram": config.ngram,
+            "favor_shorter_ngram": config.favor_shorter_ngram,
+            "random_next_sentence": config.random_next_sentence, "mode": config.mode,
+            "masking": masking, **fingerprints}
+  if split == "train" and data_cfg.masking == "static" and not data_cfg.static_examples:
+    stream["dupe_factor"] = int(data_cfg.dupe_factor)
+  return grain.MapDataset.range(sys.maxsize).map(make), stats, stream
 
 
 # ----------------------------------------------------------------------------- iterators
@@ -349,6 +372,7 @@ class BatchIterator(grain.DatasetIterator):
     self._next = 0
     self._it = None
     self.stats = stats  # corpus and pair counts, examples per epoch: for the trainer's log
+    self.stream = dict(stream or {})  # what decides the stream (saved with the position)
 
   def _iterator(self) -> grain.DatasetIterator:
     if self._it is None:
@@ -372,7 +396,7 @@ class BatchIterator(grain.DatasetIterator):
     return batch
 
   def get_state(self) -> dict[str, Any]:
-    return {"next_batch": self._next, "stream": self.stream}
+    return {"next_batch": self._next, "stream": dict(self.stream)}
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Continues at state["next_batch"]; order.StreamChanged if state["stream"] differs."""
@@ -406,24 +430,37 @@ def train_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokeniz
   if data_cfg.num_workers < 0 or data_cfg.prefetch < 0:
     raise ValueError(f"data.num_workers={data_cfg.num_workers}, data.prefetch={data_cfg.prefetch}"
                      ": use 0 or more")
-  batches, stats = _batches(data_cfg, tokenizer, "train", global_batch_size, seed, process_index,
-                            process_count)
+  batches, stats, stream = _batches(data_cfg, tokenizer, "train", global_batch_size, seed,
+                                    process_index, process_count, _pair_seed(data_cfg, seed))
   log.info("Training data: %s", json.dumps(stats))
-  stream = stream_spec(data_cfg, tokenizer, global_batch_size=global_batch_size, seed=seed)
   return BatchIterator(batches, num_workers=data_cfg.num_workers, prefetch=data_cfg.prefetch,
                        stats=stats, stream=stream, allow_change=allow_change)
 
 
+def _pair_seed(data_cfg, seed: int) -> int:
+  """Pairs are cut with the job's seed, or for a prepared corpus with the seed it was cut with."""
+  if data_cfg.source == "prepared" and data_cfg.prepared and not data_cfg.static_examples:
+    pair_seed = prepared_lib.load_manifest(data_cfg.prepared)["settings"]["seed"]
+    if pair_seed != seed:
+      log.info("Pairs of %s were cut with seed %d; order and masks use seed %d",
+               data_cfg.prepared, pair_seed, seed)
+    return pair_seed
+  return seed
+
+
 def eval_batches(data_cfg: ml_collections.ConfigDict, tokenizer: AlbertTokenizer, *,
                  global_batch_size: int, seed: int, process_index: int | None = None,
-                 process_count: int | None = None) -> list[Batch]:
+                 process_count: int | None = None, pair_seed: int | None = None) -> list[Batch]:
   """`data_cfg.eval_batches` per-host batches of held-out documents with fixed masks: the same
   every call, so eval metrics compare across steps. Past one epoch of the eval set the examples
-  come again, reshuffled and masked anew."""
+  come again, reshuffled and masked anew. Pairs are cut with `pair_seed` (default `seed`; the
+  pretraining task passes the training seed, as `prepare` cuts both splits with one seed),
+  shuffled and masked with `seed`."""
   if data_cfg.eval_batches <= 0:
     return []
-  batches, stats = _batches(data_cfg, tokenizer, "eval", global_batch_size, seed, process_index,
-                            process_count)
+  pair_seed = _pair_seed(data_cfg, seed if pair_seed is None else pair_seed)
+  batches, stats, _ = _batches(data_cfg, tokenizer, "eval", global_batch_size, seed,
+                               process_index, process_count, pair_seed)
   if data_cfg.eval_batches * global_batch_size > stats["examples_per_epoch"]:
     log.warning("Eval: %d batches of %d from %d examples; some come twice with other masks",
                 data_cfg.eval_batches, global_batch_size, stats["examples_per_epoch"])

@@ -47,9 +47,13 @@ def example_spec(data_cfg) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def tokenizer(config, workdir):
-  """config.spm_model, else config.init_from's, else WORKDIR/spiece.model: trained on the
-  training corpus the first time (then reused, so a rerun resumes with the same vocabulary)."""
+  """config.spm_model, else config.init_from's, else a prepared corpus's (data.prepared), else
+  WORKDIR/spiece.model: trained on the training corpus the first time (then reused, so a rerun
+  resumes with the same vocabulary). The pipeline refuses a vocabulary other than the one a
+  prepared corpus was cut with."""
   found = common.find_vocabulary(config)
+  if found is None and config.data.source == "prepared":
+    found = input_pipeline.prepared_vocabulary(config.data)
   if found is not None:
     return common.keep_copy(found, workdir)
   return input_pipeline.build_tokenizer(config.data, workdir)
@@ -59,9 +63,11 @@ def data(config, tok):
   train = input_pipeline.train_iterator(config.data, tok, global_batch_size=config.batch_size,
                                         seed=config.seed,
                                         allow_change=config.get("allow_data_change", False))
+  # Held-out pairs are cut with the training seed (as `prepare` cuts both splits), and shuffled
+  # and masked with another.
   batches = input_pipeline.eval_batches(config.data, tok,
                                         global_batch_size=config.eval_batch_size or config.batch_size,
-                                        seed=config.seed + 1)
+                                        seed=config.seed + 1, pair_seed=config.seed)
   return train, ([common.EvalSet("eval", batches)] if batches else [])
 
 

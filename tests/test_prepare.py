@@ -1,0 +1,201 @@
+"""`prepare` (Apache Beam, local runner) and training on what it writes: the same batches, stats
+and held-out set as the raw corpus with the same seed, in every way pairs are cut; the same bytes
+from one worker or two processes (the CLI); the manifest and its fingerprints; what training
+refuses; a tiny training run's losses equal on both sources."""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+
+from albert_jax.data import corpus, examples, input_pipeline, prepare, prepared
+from albert_jax.data.tokenizer import AlbertTokenizer
+from albert_jax.data.train_tokenizer import train_spm
+
+REPO = Path(__file__).resolve().parents[1]
+SEQ = 64
+UNIT_BYTES = 20_000  # 8 read units of the tiny corpus, so ranges cut its files
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """Two text files of ~240 documents (the embedded eval split in 8-sentence documents), a
+  500-piece vocabulary, and the corpus prepared once (fixed mode, seed 0)."""
+  root = tmp_path_factory.mktemp("prepare")
+  docs = [d[i:i + 8] for d in corpus.embedded_documents("eval") for i in range(0, len(d), 8)]
+  (root / "text").mkdir()
+  for name, part in (("a.txt", docs[:120]), ("b.txt", docs[120:])):
+    (root / "text" / name).write_text("\n\n".join("\n".join(d) for d in part) + "\n")
+  model = str(train_spm([s for d in docs for s in d], 500, root / "spm"))
+  out = str(root / "prepared")
+  _prepare(f"{root}/text/*.txt", model, out)
+  return root, model, out
+
+
+def _prepare(files, model, out, eval_files="", seed=0, group_size=1, **config):
+  return prepare.run(corpus.CorpusSpec.parse(files, eval_files), model, out,
+                     config=examples.ExampleConfig(max_seq_length=SEQ, **config), seed=seed,
+                     unit_bytes=UNIT_BYTES, group_size=group_size)
+
+
+def _cfg(**overrides):
+  return ml_collections.ConfigDict({**input_pipeline.default_data_config().to_dict(),
+                                    "max_seq_length": SEQ, "prefetch": 0, "eval_batches": 3,
+                                    **overrides})
+
+
+def _iterators(files_cfg, prepared_cfg, tok, seed=0, batch=16):
+  make = lambda cfg: input_pipeline.train_iterator(cfg, tok, global_batch_size=batch, seed=seed,
+                                                   process_index=0, process_count=1)
+  return make(files_cfg), make(prepared_cfg)
+
+
+def _same(a, b):
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _assert_same_data(files_cfg, prepared_cfg, tok):
+  raw, ready = _iterators(files_cfg, prepared_cfg, tok)
+  assert raw.stats == ready.stats  # corpus counts, documents, pair statistics, pairs
+  steps = int(raw.stats["batches_per_epoch"]) + 3  # across the end of epoch 0
+  for g in range(steps):
+    assert _same(next(raw), next(ready)), g
+  evals = [input_pipeline.eval_batches(cfg, tok, global_batch_size=8, seed=1, pair_seed=0,
+                                       process_index=0, process_count=1)
+           for cfg in (files_cfg, prepared_cfg)]
+  assert len(evals[0]) == 3 and all(map(_same, *evals))
+  return raw, ready
+
+
+def test_prepared_pairs_give_the_batches_of_the_raw_files(tiny):
+  root, model, out = tiny
+  tok = AlbertTokenizer(model)
+  raw, ready = _assert_same_data(_cfg(source="files", files=f"{root}/text/*.txt"),
+                                 _cfg(source="prepared", prepared=out), tok)
+  # The stream the checkpoint records: the same corpus and vocabulary fingerprints.
+  manifest = prepared.load_manifest(out)
+  assert ready.get_state() == {"next_batch": raw.get_state()["next_batch"], "stream": {
+      **raw.stream, "source": "prepared", "prepared": manifest["fingerprint"]}}
+  assert raw.stream["corpus"] == manifest["splits"]["train"]["fingerprint"]
+  assert raw.stream["vocabulary"] == manifest["vocabulary"]
+  # Grain worker processes get the source pickled: readers reopen there.
+  source = prepared.PairSource(out, "train")
+  again = pickle.loads(pickle.dumps(source))
+  assert all(np.array_equal(a, b) for i in (0, 5, len(source) - 1)
+             for a, b in zip(source[i][:2], again.pairs_at([i])[0][:2]))
+
+
+@pytest.mark.parametrize("kind", ["faithful", "nsp", "eval_files"])
+def test_every_way_of_cutting_pairs_gives_the_raw_files_batches(tiny, tmp_path, kind):
+  """faithful (one-segment chunks take B from a random document) and NSP go through the join of
+  pending pairs with their documents; named eval files make two document spaces (and the shards
+  there hold 16 records a chunk)."""
+  root, model, _ = tiny
+  changes = {"faithful": {"mode": "faithful"}, "nsp": {"random_next_sentence": True},
+             "eval_files": {}}[kind]
+  files, eval_files = f"{root}/text/*.txt", ""
+  if kind == "eval_files":
+    files, eval_files = f"{root}/text/a.txt", f"{root}/text/b.txt"
+  manifest = _prepare(files, model, str(tmp_path), eval_files,
+                      group_size=16 if kind == "eval_files" else 1, **changes)
+  if kind != "eval_files":
+    assert manifest["splits"]["train"]["pair_stats"]["random_document_b"] > 50
+  else:
+    assert manifest["corpus"]["spaces"] == ["train", "eval"]
+  _assert_same_data(_cfg(source="files", files=files, eval_files=eval_files, **changes),
+                    _cfg(source="prepared", prepared=str(tmp_path), **changes), AlbertTokenizer(model))
+
+
+@pytest.mark.slow
+def test_cli_with_two_worker_processes_writes_the_same_bytes(tiny, tmp_path):
+  root, model, out = tiny
+  result = subprocess.run(
+      [sys.executable, "-m", "albert_jax.data.prepare", f"--input={root}/text/*.txt",
+       f"--spm_model={model}", f"--output={tmp_path}", f"--max_seq_length={SEQ}",
+       f"--unit_mb={UNIT_BYTES / (1 << 20)}", "--direct_num_workers=2",
+       "--direct_running_mode=multi_processing"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Tokenized all unit 8/8" in result.stderr and "Prepared" in result.stderr
+  names = sorted(os.listdir(out))
+  assert names == sorted(os.listdir(tmp_path))  # no temporary file left either
+  for name in names:
+    assert (Path(out) / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+def test_manifest_and_fingerprints(tiny, tmp_path):
+  root, model, out = tiny
+  manifest = prepared.load_manifest(out)
+  train, evals = manifest["splits"]["train"], manifest["splits"]["eval"]
+  assert manifest["settings"] == {"seed": 0, "max_seq_length": SEQ, "short_seq_prob": 0.1,
+                                  "random_next_sentence": False, "mode": "fixed",
+                                  "max_sentence_chars": 8192, "holdout_percent": 5}
+  assert manifest["token_dtype"] == "<u2" and manifest["vocab_size"] == 500
+  assert manifest["corpus"]["read_units"] == {"all": 8}
+  assert manifest["corpus"]["text_bytes"] == sum(
+      p.stat().st_size for p in (root / "text").iterdir())
+  assert train["corpus"]["files"] == 2 and train["corpus"]["documents"] == (
+      train["documents"] + evals["documents"])  # both splits read from one space
+  assert train["pairs"] == len(prepared.PairSource(out, "train")) > 700
+  assert train["pairs"] == sum(s["pairs"] for s in train["shards"])
+  assert 0.45 < train["label_1_share"] < 0.55 and 40 < train["mean_pair_tokens"] <= SEQ - 3
+  assert [s["file"] for s in train["shards"]] == [
+      prepared.shard_name("train", u, 8) for u in range(8)]
+  assert (Path(out) / "spiece.model").read_bytes() == Path(model).read_bytes()
+  # Another seed: other pairs, the same corpus.
+  other = _prepare(f"{root}/text/*.txt", model, str(tmp_path / "seed1"), seed=1)
+  assert other["fingerprint"] != manifest["fingerprint"]
+  assert other["splits"]["train"]["fingerprint"] == train["fingerprint"]
+  assert [s["pairs"] for s in other["splits"]["train"]["shards"]] != [
+      s["pairs"] for s in train["shards"]]
+  with pytest.raises(FileExistsError, match="overwrite"):
+    _prepare(f"{root}/text/*.txt", model, out)
+
+
+def test_training_refuses_what_does_not_match_the_prepared_pairs(tiny, tmp_path):
+  root, model, out = tiny
+  tok = AlbertTokenizer(model)
+  sentences = [s for d in corpus.embedded_documents("eval") for s in d][:3000]
+  other_vocab = AlbertTokenizer(train_spm(sentences, 300, tmp_path / "spm"))
+  cases = [
+      (_cfg(source="prepared", prepared=out, max_seq_length=128), tok, ValueError,
+       "max_seq_length 64"),
+      (_cfg(source="prepared", prepared=out, mode="faithful"), tok, ValueError, "mode"),
+      (_cfg(source="prepared", prepared=out), other_vocab, ValueError, "another vocabulary"),
+      (_cfg(source="prepared", prepared=out, masking="static"), tok, ValueError, "dynamic"),
+      (_cfg(source="prepared", prepared=str(tmp_path)), tok, FileNotFoundError, "manifest"),
+      (_cfg(source="prepared"), tok, ValueError, "data.prepared"),
+  ]
+  for cfg, t, error, match in cases:
+    with pytest.raises(error, match=match):
+      input_pipeline.train_iterator(cfg, t, global_batch_size=8, seed=0, process_index=0,
+                                    process_count=1)
+  # Without config.spm_model the job takes the prepared vocabulary.
+  assert input_pipeline.prepared_vocabulary(_cfg(source="prepared", prepared=out)).vocab_size == 500
+
+
+@pytest.mark.slow
+def test_tiny_training_run_has_the_same_losses_on_prepared_data(tiny, tmp_path, spm_model):
+  """train_and_evaluate on the raw files and on the prepared pairs: the same losses, step by step,
+  and the same held-out eval."""
+  from albert_jax import metrics, train
+  from conftest import tiny_config
+  root, _, _ = tiny
+  out = str(tmp_path / "prepared")
+  prepare.run(corpus.CorpusSpec.parse(f"{root}/text/*.txt"), str(spm_model), out,
+              config=examples.ExampleConfig(max_seq_length=32), seed=0, unit_bytes=UNIT_BYTES)
+  changes = {"total_steps": 6, "log_every_steps": 2, "eval_every_steps": 6,
+             "checkpoint_every_steps": 6, "export_hf": False}
+  runs = {}
+  for name, data in (("files", {"data.source": "files", "data.files": f"{root}/text/*.txt"}),
+                     ("prepared", {"data.source": "prepared", "data.prepared": out})):
+    train.train_and_evaluate(tiny_config(spm_model, **changes, **data), str(tmp_path / name))
+    runs[name] = [{k: v for k, v in row.items() if "loss" in k or "accuracy" in k}
+                  for row in metrics.read_metrics(tmp_path / name)]
+  assert len(runs["files"]) == 5 and runs["files"] == runs["prepared"]
+  assert any("eval/loss" in row for row in runs["files"])
