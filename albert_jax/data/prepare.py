@@ -46,6 +46,7 @@ import apache_beam as beam
 import numpy as np
 from absl import app, flags
 
+from albert_jax import files as files_lib
 from albert_jax.data import corpus, examples as examples_lib, prepared
 from albert_jax.data.tokenizer import AlbertTokenizer
 
@@ -405,8 +406,7 @@ def run(spec: corpus.CorpusSpec, spm_model: str, output: str, *,
   """Prepares `spec` into `output`; returns the manifest (None when `output` is a bucket)."""
   from apache_beam.options.pipeline_options import PipelineOptions
   tokenizer = AlbertTokenizer(spm_model, do_lower_case=do_lower_case)
-  with open(spm_model, "rb") as f:
-    spm_bytes = f.read()
+  spm_bytes = files_lib.path(spm_model).read_bytes()  # local or gs://
   local = "://" not in output
   from apache_beam.io.filesystems import FileSystems
   manifest_path = FileSystems.join(output, prepared.MANIFEST)
