@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test clean
+.PHONY: demo test test-all clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ demo: $(VENV)/.installed
 	$(PY) -m albert_jax.inference fill-mask --model $(DEMO_WORKDIR)/hf \
 	    "The [MASK] statement is used to leave a loop early."
 
-# Two workers: most tests are bound by single-threaded XLA compiles.
+# Two workers: most tests are bound by single-threaded XLA compiles. `test` is what CI runs
+# (under 5 minutes on 2 cores); `test-all` adds the tests marked heavy (pytest.ini), ~10 more.
 test: $(VENV)/.installed-test
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not heavy" tests $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist worksteal tests $(PYTEST_ARGS)
 
 clean:

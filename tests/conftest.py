@@ -2,10 +2,24 @@
 and one persistent XLA compilation cache for the session, shared with the subprocesses the
 end-to-end tests start (each would otherwise compile the same train step again)."""
 
+import fcntl
+import json
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The tests compile hundreds of tiny CPU programs, and LLVM's optimisation of their machine code
+# is most of each compile and nothing the tests check: XLA's HLO passes still run, and LLVM may
+# not reorder float arithmetic at any level, so results are the same. (~30% off the suite.)
+# Subprocesses that compile for TPU drop it (`tpu_env`).
+CPU_FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def cpu_flags(devices: int) -> str:
+  return f"--xla_force_host_platform_device_count={devices} {CPU_FAST_COMPILE}"
+
+
+os.environ.setdefault("XLA_FLAGS", cpu_flags(8))
 # The CPU, even with libtpu installed (the TPU tests compile in subprocesses, for devices that
 # are not here).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -48,11 +62,33 @@ OVERRIDES = {
 }
 
 
+def once_per_session(tmp_path_factory, name, make):
+  """`make(directory)`'s JSON result, made once per test session: with pytest-xdist the first
+  worker to ask makes it in the session's shared temporary root, the others wait and reuse it.
+  What it writes in `directory` must not be changed by the tests that use it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # pytest-of-USER/pytest-N: the workers' common root
+  done = root / f"{name}.json"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if done.exists():
+      return json.loads(done.read_text())
+    directory = root / name
+    shutil.rmtree(directory, ignore_errors=True)  # a worker that failed half-way
+    directory.mkdir()
+    result = make(directory)
+    done.write_text(json.dumps(result, default=float))
+    return result
+
+
 @pytest.fixture(scope="session")
 def spm_model(tmp_path_factory):
   """A 500-piece vocabulary of the embedded corpus, shared by every run here."""
-  sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
-  return train_spm(sentences, 500, tmp_path_factory.mktemp("spm"))
+  def make(directory):
+    sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
+    return str(train_spm(sentences, 500, directory))
+  return Path(once_per_session(tmp_path_factory, "spm", make))
 
 
 def tiny_config(spm_model, **changes):
@@ -84,9 +120,10 @@ def abstract_state(workdir, step, mesh, rule_name):
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, spm_model):
   """An uninterrupted in-process run: (workdir, summary)."""
-  workdir = tmp_path_factory.mktemp("reference")
-  summary = train.train_and_evaluate(tiny_config(spm_model), str(workdir))
-  return workdir, summary
+  def make(workdir):
+    return train.train_and_evaluate(tiny_config(spm_model), str(workdir))
+  workdir, summary = once_per_session(tmp_path_factory, "reference", lambda d: (str(d), make(d)))
+  return Path(workdir), summary
 
 
 @pytest.fixture(scope="session")
@@ -142,3 +179,12 @@ def gcs_bucket():
         os.environ[k] = v
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def tpu_env(**extra) -> dict:
+  """The environment for a subprocess that compiles for a TPU topology: this one's, without the
+  session's CPU compile cache and CPU-only compile flags."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(CPU_FAST_COMPILE, "").strip()
+  env.update(extra)
+  return env

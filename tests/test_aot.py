@@ -14,6 +14,7 @@ import pytest
 
 from albert_jax import aot
 from albert_jax import model as M
+from conftest import tpu_env
 
 import pretrain  # configs/, put on sys.path by conftest
 
@@ -29,7 +30,7 @@ TINY = ["--config=configs/pretrain.py:tiny", "--config.data.vocab_size=1000"]
 def run_aot(tmp_path, *args, expect_ok=True):
   """(return code, report dict or None, output) of the CLI with `args` and --json."""
   out = tmp_path / "report.json"
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR",)}
+  env = tpu_env()
   proc = subprocess.run([sys.executable, "-m", "albert_jax.aot", *args, f"--json={out}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   output = proc.stdout + proc.stderr
@@ -72,7 +73,7 @@ def test_unknown_slices_are_refused_with_the_choices(name, message):
 def test_libtpu_describes_the_slice(name, chips, hosts, kind):
   """One device per chip (v4/v5p megacore), hosts as Cloud TPU VMs have them (4 chips, 8 on a
   single-host v5e/v6e slice)."""
-  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env = tpu_env()
   code = ("from albert_jax import aot; d = aot.slice_devices(aot.parse_slice('%s')); "
           "print('RESULT', len(d), len({x.process_index for x in d}), d[0].device_kind)" % name)
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
@@ -160,7 +161,7 @@ def test_bad_meshes_batches_and_slices_are_named(tmp_path, args, message):
 # ----------------------------------------------------------------------------- the presets
 
 @needs_libtpu
-@pytest.mark.slow
+@pytest.mark.heavy  # ~1.5 minutes of TPU compile per preset: `make test-all`
 @pytest.mark.parametrize("size", sorted(pretrain.SLICES))
 def test_every_preset_fits_the_slice_its_config_recommends(tmp_path, size):
   """configs/pretrain.py:SIZE as it is (the paper's 4096 x 512) on its SLICES entry."""

@@ -20,6 +20,7 @@ from albert_jax import attention as A
 from albert_jax import model as M
 from albert_jax import sharding
 from helpers import random_params
+from conftest import tpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 heads (tensor=2 leaves 2 per device), head_dim 8; seq 128, the smallest splash block.
@@ -222,8 +223,8 @@ print("RESULT " + json.dumps(result))
 def _compile_for_v5p(*attentions):
   if importlib.util.find_spec("libtpu") is None:
     pytest.skip("libtpu is not installed (pip install 'jax[tpu]'): cannot compile for TPU")
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR")}
+  env = tpu_env()
+  env.pop("JAX_PLATFORMS", None)
   env.update(TPU_SKIP_MDS_QUERY="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1",
              PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_V5P, *attentions], env=env,
@@ -240,7 +241,7 @@ def test_pretraining_step_with_splash_compiles_for_a_v5p_slice():
   assert result["splash"]["kernel"] and result["splash"]["temp_bytes"] > 0
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # two v5p compiles at seq 512: `make test-all`
 def test_splash_needs_fewer_tpu_temporaries_than_xla():
   """The point of the kernel: no [batch, heads, length, length] scores in HBM."""
   result = _compile_for_v5p("splash", "xla")

@@ -23,7 +23,7 @@ import pytest
 from albert_jax import checkpointing, metrics
 from albert_jax.data import corpus
 
-from conftest import REPO, free_port
+from conftest import REPO, cpu_flags, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def launch(workdir, n, devices, small_corpus, *, fault=None, entry=None, env=Non
                f"--process_id={i}"]
     procs.append(subprocess.Popen(
         args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        env={**os.environ, "XLA_FLAGS": cpu_flags(devices),
              "ALBERT_FAULT": fault or "none:0", **(env or {})}))
   return procs
 
@@ -107,6 +107,7 @@ def single(tmp_path_factory, small_corpus):
   return workdir
 
 
+@pytest.mark.heavy  # eleven process launches, ~4 minutes: `make test-all`
 def test_preempting_either_process_a_stuck_peer_and_a_new_process_count_lose_nothing(
     tmp_path, small_corpus, single):
   """One run of 16 steps in four launches (T2, T13, T10):
@@ -177,7 +178,7 @@ def test_dead_peers_end_every_process_within_the_timeouts(tmp_path, small_corpus
          f"--coordinator_address=localhost:{port}", "--num_processes=2", "--process_id=0",
          *[f"{k}={v}" for k, v in timeouts.items()]],
         cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", **env})
+        env={**os.environ, "XLA_FLAGS": cpu_flags(1), **env})
     assert proc.returncode != 0 and time.time() - start < 5 + 30, proc.stdout[-2000:]
     return
   dying = 1 if case == "a peer dies" else 0
@@ -188,7 +189,7 @@ def test_dead_peers_end_every_process_within_the_timeouts(tmp_path, small_corpus
        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
        *[f"{k}={v}" for k, v in timeouts.items()]],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", **env})
+      env={**os.environ, "XLA_FLAGS": cpu_flags(1), **env})
       for i in range(2)]
   codes, outs = finish([procs[dying]])
   died = time.time()

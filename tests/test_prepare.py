@@ -179,7 +179,7 @@ def test_training_refuses_what_does_not_match_the_prepared_pairs(tiny, tmp_path)
   assert input_pipeline.prepared_vocabulary(_cfg(source="prepared", prepared=out)).vocab_size == 500
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # two training runs; test_prepare's other tests compare the batches
 def test_tiny_training_run_has_the_same_losses_on_prepared_data(tiny, tmp_path, spm_model):
   """train_and_evaluate on the raw files and on the prepared pairs: the same losses, step by step,
   and the same held-out eval."""
