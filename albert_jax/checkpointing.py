@@ -156,6 +156,24 @@ CHECKPOINTS_DIR = "checkpoints"
 ITEMS = ("params", "train_state", "data", "albert_config", "fingerprints")
 
 
+# Orbax's replica-parallel save splits each replicated shard among its replicas by slicing it on
+# device, one eager dispatch (and compile) per slice: for the many small arrays of an ALBERT
+# state that is seconds of a run's first save and nothing gained (tiny writes). Slices under
+# 1 MiB are written whole by one replica; large arrays on a pod still write in parallel.
+MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
+
+
+def _array_handler():
+  """Orbax's default jax.Array handler (built as Orbax builds it) with the threshold above."""
+  from orbax.checkpoint._src.metadata import array_metadata_store
+  return ocp.type_handlers.ArrayHandler(
+      min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES,
+      array_metadata_store=array_metadata_store.Store())
+
+
+ocp.type_handlers.register_type_handler(jax.Array, _array_handler(), override=True)
+
+
 def make_manager(workdir, *, max_to_keep: int | None, async_save: bool = True):
   """The Orbax CheckpointManager of a training run (WORKDIR/checkpoints, local or gs://)."""
   options = ocp.CheckpointManagerOptions(

@@ -27,6 +27,22 @@ TENSORBOARD_DIR = "tensorboard"
 SYNC_SECONDS = 30  # TensorBoard event files: flushed (and uploaded to a bucket) this often
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch: where torch is installed tensorboardX
+  imports it (1.3 s at every start, and this package never imports torch), though scalars need
+  none of it. A torch imported before stays as it is."""
+  import sys
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's fallback
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsWriter:
   """Appends {"step": ..., name: value} rows to metrics.jsonl and scalars to TensorBoard."""
 
@@ -37,7 +53,7 @@ class MetricsWriter:
     self.path = files.path(workdir) / METRICS_FILE
     self.remote = files.is_remote(workdir)
     self._lines = self._truncate_after(resume_step)  # kept in memory only for a bucket
-    from tensorboardX import SummaryWriter
+    SummaryWriter = _summary_writer_class()
     tensorboard = files.path(workdir) / TENSORBOARD_DIR
     if self.remote:  # event files written here, uploaded every SYNC_SECONDS and at the end
       self._tb_local, self._tb_remote = Path(tempfile.mkdtemp(prefix="albert-tb-")), tensorboard
