@@ -171,7 +171,18 @@ def _array_handler():
       array_metadata_store=array_metadata_store.Store())
 
 
-ocp.type_handlers.register_type_handler(jax.Array, _array_handler(), override=True)
+def _register_array_handler():
+  import logging as std_logging
+  absl_logger = std_logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)  # Orbax warns on every override, at every start
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, _array_handler(), override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
+_register_array_handler()
 
 
 def make_manager(workdir, *, max_to_keep: int | None, async_save: bool = True):
