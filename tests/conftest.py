@@ -188,3 +188,9 @@ def tpu_env(**extra) -> dict:
   env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(CPU_FAST_COMPILE, "").strip()
   env.update(extra)
   return env
+
+
+def pytest_collection_modifyitems(items):
+  """The end-to-end runs first (stable otherwise), so that with two workers the long tests start
+  early and the short ones fill in at the end instead of one long test running alone."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -132,6 +132,7 @@ def test_a_step_too_big_for_the_chip_is_reported_as_not_fitting(tmp_path):
 
 
 @needs_libtpu
+@pytest.mark.heavy  # a second TPU compile; the v5p-8 one stays in `make test`
 def test_a_fine_tuning_step_compiles_over_two_slices(tmp_path):
   """GLUE's step (shapes from the task config, no data) on two v5p-8 slices: 8 chips, the
   data axis over the slices."""

@@ -17,6 +17,8 @@ from albert_jax.data import corpus
 from albert_jax.data.train_tokenizer import train_spm
 from albert_jax.tasks import squad
 
+from conftest import once_per_session
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,13 +36,16 @@ def load_config(name, arg):
   return module.get_config(arg)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vocab(tmp_path_factory):
-  """A vocabulary that knows the sentiment words of the GLUE-format task."""
-  sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
-  sentences += [f"the film was {w} and the plot {v}" for w in POSITIVE + NEGATIVE
-                for v in ("moved", "dragged")]
-  return train_spm(sentences, 600, tmp_path_factory.mktemp("spm"))
+  """A vocabulary that knows the sentiment words of the GLUE-format task (a quarter of the
+  embedded corpus: seconds; made once for both test workers)."""
+  def make(directory):
+    sentences = [s for doc in corpus.embedded_documents("train") for s in doc][::4]
+    sentences += [f"the film was {w} and the plot {v}" for w in POSITIVE + NEGATIVE
+                  for v in ("moved", "dragged")]
+    return str(train_spm(sentences, 600, directory))
+  return Path(once_per_session(tmp_path_factory, "finetune_vocab", make))
 
 
 def tiny(config, vocab, **changes):
@@ -214,6 +219,7 @@ def test_squad_run_writes_predictions_and_official_metrics(tmp_path, vocab, vers
       assert key in results, results
 
 
+@pytest.mark.heavy  # one of a few task runs kept out of `make test` (tasks unit-tested apart)
 def test_squad_v2_original_head_from_an_hf_directory(tmp_path, vocab):
   """The original SQuAD 2.0 head through the loop, started from an HF pretraining directory:
   the backbone is the checkpoint's (lr 0), the prediction files and the official metrics are
@@ -274,6 +280,7 @@ def write_race(root: Path):
   return root
 
 
+@pytest.mark.heavy  # RACE features and metrics are unit-tested in test_race
 def test_race_run_reports_accuracy_per_level(tmp_path, vocab):
   data = write_race(tmp_path / "RACE")
   config = tiny(load_config("finetune_race", "all"), vocab,
@@ -287,6 +294,7 @@ def test_race_run_reports_accuracy_per_level(tmp_path, vocab):
       results["accuracy"])  # four questions per level
 
 
+@pytest.mark.heavy  # NER features and metrics are unit-tested in test_ner
 def test_ner_run_reports_entity_f1(tmp_path, vocab):
   lines = ["-DOCSTART- -X- -X- O", ""]
   rng = random.Random(0)

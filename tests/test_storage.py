@@ -124,6 +124,7 @@ def test_pretraining_in_a_bucket_killed_and_resumed_loses_nothing(gcs_bucket, bu
   assert sorted(checkpointing.make_manager(workdir, max_to_keep=None).all_steps()) == [6, 12, 18]
 
 
+@pytest.mark.heavy  # the pretraining run in a bucket stays in `make test`
 def test_fine_tuning_and_a_sweep_with_bucket_paths(gcs_bucket, reference, tmp_path, monkeypatch):
   """GLUE files, init_from (an HF export) and the workdir in the bucket: the run writes its
   prediction files, best/ and eval_results.json there. A sweep's root in the bucket."""

@@ -205,6 +205,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, spm
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)), step
 
 
+@pytest.mark.heavy  # init_from in fine-tuning (test_finetune) stays in `make test`
 def test_init_from_hf_and_from_an_orbax_run(tmp_path, spm_model, reference):
   config = tiny_config(spm_model)
   cfg = init_from.model_config(config, tasks.get(config.task), 500)
