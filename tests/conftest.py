@@ -191,6 +191,14 @@ def tpu_env(**extra) -> dict:
 
 
 def pytest_collection_modifyitems(items):
-  """The end-to-end runs first (stable otherwise), so that with two workers the long tests start
-  early and the short ones fill in at the end instead of one long test running alone."""
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+  """Order for two workers (pytest-xdist gives each half of the list, then they steal): first the
+  test that makes the shared `reference` run, then the end-to-end runs that do not need it, the
+  short tests, and last the runs that use it, so no worker waits on the other's reference run
+  and the long tests do not start at the very end alone."""
+  def group(item):
+    slow = item.get_closest_marker("slow") is not None
+    uses_reference = "reference" in getattr(item, "fixturenames", ())
+    if item.name == "test_end_to_end_run_learns_and_writes_everything":
+      return 0
+    return (1 if not uses_reference else 3) if slow else 2
+  items.sort(key=group)

@@ -113,6 +113,7 @@ def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, vocab):
   assert sum(predicted[k] == v for k, v in expected.items()) >= 14, predicted
 
 
+@pytest.mark.heavy  # resume is tested in make test by the pretraining chains
 def test_glue_resumes_without_losing_the_best(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 128, 32)
   changes = {"data.data_dir": str(data), "data.max_seq_length": 24, "total_steps": 20,
@@ -134,6 +135,7 @@ def test_glue_resumes_without_losing_the_best(tmp_path, vocab):
 
 # ----------------------------------------------------------------------------- init_from
 
+@pytest.mark.heavy  # init_from an Orbax run stays in make test; HF re-heading in test_hf_convert
 def test_init_from_an_hf_directory_keeps_the_backbone(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 64, 16)
   config = tiny(load_config("finetune_glue", "sst2"), vocab,

@@ -199,3 +199,9 @@ def test_tiny_training_run_has_the_same_losses_on_prepared_data(tiny, tmp_path, 
                   for row in metrics.read_metrics(tmp_path / name)]
   assert len(runs["files"]) == 5 and runs["files"] == runs["prepared"]
   assert any("eval/loss" in row for row in runs["files"])
+
+
+def test_a_prepared_directory_in_a_bucket_is_refused_saying_what_to_do():
+  from albert_jax.data import prepared
+  with pytest.raises(ValueError, match="ArrayRecord.*local files.*FUSE"):
+    prepared.PairSource("gs://bucket/prepared", "train")

@@ -192,6 +192,7 @@ def test_restore_onto_a_different_mesh(reference):
 
 # ----------------------------------------------------------------------------- failures
 
+@pytest.mark.heavy  # the in-step guard is tested in make test (test_faults)
 def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, spm_model):
   config = tiny_config(spm_model, **{"optim.name": "adamw_optax", "optim.lr": 1e30,
                                      "optim.warmup_steps": 0, "optim.clip_norm": 0.0,

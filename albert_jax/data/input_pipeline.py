@@ -35,7 +35,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -162,7 +161,7 @@ def prepared_vocabulary(data_cfg: ml_collections.ConfigDict) -> AlbertTokenizer:
     raise ValueError("data.source='prepared' needs data.prepared (a directory written by "
                      "`python -m albert_jax.data.prepare`)")
   manifest = prepared_lib.load_manifest(data_cfg.prepared)
-  return AlbertTokenizer(Path(data_cfg.prepared) / prepared_lib.VOCAB_FILE,
+  return AlbertTokenizer(files.path(data_cfg.prepared) / prepared_lib.VOCAB_FILE,
                          do_lower_case=manifest["do_lower_case"])
 
 

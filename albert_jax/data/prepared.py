@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from albert_jax import files
 from albert_jax.data import examples as examples_lib
 
 MANIFEST = "manifest.json"
@@ -69,13 +70,12 @@ def fingerprint(corpus_fingerprints: dict[str, str], vocabulary: str, settings: 
 
 
 def load_manifest(directory: str | os.PathLike) -> dict:
-  path = os.path.join(os.fspath(directory), MANIFEST)
-  if not os.path.isfile(path):
+  path = files.path(directory) / MANIFEST
+  if not path.is_file():
     raise FileNotFoundError(
         f"{path} not found: data.prepared must be a directory written by `python -m "
         "albert_jax.data.prepare` (the manifest is written last, so an unfinished run has none)")
-  with open(path, encoding="utf-8") as f:
-    manifest = json.load(f)
+  manifest = json.loads(path.read_text())
   if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
     raise ValueError(f"{path}: format {manifest.get('format')!r} version "
                      f"{manifest.get('version')!r}; this reader knows {FORMAT!r} {VERSION}")
@@ -97,6 +97,11 @@ class PairSource(Sequence):
 
   def __init__(self, directory: str | os.PathLike, split: str, manifest: dict | None = None):
     import grain  # here: writing pairs (prepare's workers) does not need it
+    if files.is_remote(directory):
+      raise ValueError(
+          f"data.prepared={directory}: training reads prepared shards with ArrayRecord, which "
+          "opens local files only; copy the directory to local disk (gcloud storage cp -r) or "
+          "use a Cloud Storage FUSE mount (/gcs/BUCKET/...)")
     self.directory = os.fspath(directory)
     manifest = load_manifest(directory) if manifest is None else manifest
     self.dtype = manifest["token_dtype"]
