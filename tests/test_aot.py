@@ -95,6 +95,7 @@ def test_out_of_memory_messages_are_read():
 # ----------------------------------------------------------------------------- compiling
 
 @needs_libtpu
+@pytest.mark.slow  # three TPU compiles in a subprocess
 def test_tiny_pretraining_step_compiles_for_v5p_8(tmp_path):
   _, report, output = run_aot(tmp_path, *TINY, "--topology=v5p-8")
   assert report["fits"] is True and "fits" in output
@@ -120,6 +121,7 @@ def test_tiny_pretraining_step_compiles_for_v5p_8(tmp_path):
 
 
 @needs_libtpu
+@pytest.mark.slow  # a TPU compile in a subprocess
 def test_a_step_too_big_for_the_chip_is_reported_as_not_fitting(tmp_path):
   """XLA refuses to compile a program larger than HBM: reported, exit 0, with what it needed."""
   code, report, output = run_aot(tmp_path, *TINY, "--topology=v5e-8", "--noestimate",

@@ -234,6 +234,7 @@ def _compile_for_v5p(*attentions):
   return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+@pytest.mark.slow  # a TPU compile at seq 512 in a subprocess
 def test_pretraining_step_with_splash_compiles_for_a_v5p_slice():
   result = _compile_for_v5p("splash")
   assert (result["platform"], result["chips"]) == ("tpu", 4)
