@@ -426,7 +426,8 @@ def test_duplicate_safetensors_keys_are_rejected(tmp_path):
     hf_convert.load(d)
 
 
-def test_pytorch_bin_needs_torch_and_never_unpickles(tmp_path, monkeypatch):
+def _malicious_pytorch_bin(tmp_path):
+  """(a model directory whose pytorch_model.bin runs `touch MARKER` when unpickled, MARKER)."""
   d = tmp_path / "bin"
   d.mkdir()
   (d / "config.json").write_text(json.dumps(TINY.to_hf_dict()))
@@ -438,6 +439,11 @@ def test_pytorch_bin_needs_torch_and_never_unpickles(tmp_path, monkeypatch):
 
   with open(d / "pytorch_model.bin", "wb") as f:
     pickle.dump({"embeddings.word_embeddings.weight": Evil()}, f)
+  return d, marker
+
+
+def test_pytorch_bin_needs_torch_and_never_unpickles(tmp_path, monkeypatch):
+  d, marker = _malicious_pytorch_bin(tmp_path)
   with pytest.raises(ValueError, match="weights_only=True"):
     hf_convert.load(d)
   assert not marker.exists()
@@ -512,17 +518,7 @@ def test_a_parameter_that_is_not_floating_point_is_refused(tmp_path):
 def test_torch_older_than_2_6_is_refused_for_pytorch_model_bin(tmp_path, monkeypatch):
   """T15: before 2.6, torch.load(weights_only=True) can run a crafted file's code
   (CVE-2025-32434): the file is not opened at all, and the message says what to do."""
-  d = tmp_path / "bin"
-  d.mkdir()
-  (d / "config.json").write_text(json.dumps(TINY.to_hf_dict()))
-  marker = tmp_path / "pwned"
-
-  class Evil:
-    def __reduce__(self):
-      return (os.system, (f"touch {marker}",))
-
-  with open(d / "pytorch_model.bin", "wb") as f:
-    pickle.dump({"embeddings.word_embeddings.weight": Evil()}, f)
+  d, marker = _malicious_pytorch_bin(tmp_path)
   loads = []
   monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
   monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")

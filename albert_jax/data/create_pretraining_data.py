@@ -196,14 +196,8 @@ def run(input_spec: str, spm_model: str, output: str, *, config: examples_lib.Ex
                                  tfds_data_dir=tfds_data_dir or "",
                                  max_sentence_chars=max_sentence_chars)
   progress = Progress("Documents tokenized")
-  fingerprint = corpus.Fingerprint()
-  tokenized, indices = [], []
-  for index, doc in spec.split_documents(split, corpus_stats):
-    fingerprint.add(index, corpus.document_digest(doc))
-    for tokens in examples_lib.tokenize_documents([doc], tokenizer, corpus_stats):
-      tokenized.append(tokens)
-      indices.append(index)
-    progress.update(corpus_stats.documents)
+  tokenized, indices, fingerprint = examples_lib.tokenize_split(spec, split, tokenizer,
+                                                                corpus_stats, progress.update)
   progress.update(corpus_stats.documents, force=True)
   if not tokenized:
     raise ValueError(f"No documents with text in the {split} split of {input_spec!r}")
@@ -216,8 +210,8 @@ def run(input_spec: str, spm_model: str, output: str, *, config: examples_lib.Ex
   vocabulary = prepared.vocabulary_fingerprint(tokenizer)
   summary = {"examples": count, "input": input_spec, "spm_model": spm_model, **settings,
              "corpus": corpus_stats.as_dict(), "pairs": dataclasses.asdict(pair_stats),
-             "corpus_fingerprint": fingerprint.hexdigest(), "vocabulary": vocabulary,
-             "fingerprint": prepared.fingerprint({split: fingerprint.hexdigest()}, vocabulary,
+             "corpus_fingerprint": fingerprint, "vocabulary": vocabulary,
+             "fingerprint": prepared.fingerprint({split: fingerprint}, vocabulary,
                                                  settings)}
   files.write_json(f"{output}.stats.json", summary)
   return summary

@@ -201,6 +201,23 @@ def _rng(seed: Seed, *extra: int) -> np.random.Generator:
   return np.random.default_rng([*map(int, words), *extra])
 
 
+def tokenize_split(spec: Any, split: str, tokenizer: Any, stats: Any,
+                   on_document: Any = None) -> tuple[list, list[int], str]:
+  """(token ids of each document with text, its index in the corpus, the split's fingerprint) for
+  one split of a `corpus.CorpusSpec`; `on_document(documents read so far)` after each."""
+  from albert_jax.data import corpus  # here: the cutting and masking above need no corpus
+  fingerprint = corpus.Fingerprint()
+  docs, indices = [], []
+  for index, doc in spec.split_documents(split, stats):
+    fingerprint.add(index, corpus.document_digest(doc))
+    for tokens in tokenize_documents([doc], tokenizer, stats):
+      docs.append(tokens)
+      indices.append(index)
+    if on_document is not None:
+      on_document(stats.documents)
+  return docs, indices, fingerprint.hexdigest()
+
+
 def truncate_seq_pair(tokens_a: np.ndarray, tokens_b: np.ndarray, max_num_tokens: int,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """The original's truncation, vectorised: one token at a time from the longer segment (B on a

@@ -229,13 +229,7 @@ def _examples(data_cfg, tokenizer, split: str, pair_seed: int):
     return _prepared_examples(data_cfg, tokenizer, split, config, vocabulary)
   spec = corpus_spec(data_cfg)
   corpus_stats, pair_stats = corpus.CorpusStats(), examples_lib.PairStats()
-  fingerprint = corpus.Fingerprint()
-  docs, indices = [], []
-  for index, doc in spec.split_documents(split, corpus_stats):
-    fingerprint.add(index, corpus.document_digest(doc))
-    for tokenized in examples_lib.tokenize_documents([doc], tokenizer, corpus_stats):
-      docs.append(tokenized)
-      indices.append(index)
+  docs, indices, fingerprint = examples_lib.tokenize_split(spec, split, tokenizer, corpus_stats)
   space_size = corpus_stats.documents  # every document of the split's space was read
   if not docs:
     raise ValueError(f"The {split} split of data.source={data_cfg.source!r} has no document with "
@@ -254,7 +248,7 @@ def _examples(data_cfg, tokenizer, split: str, pair_seed: int):
   return examples, tables, {"corpus": corpus_stats.as_dict(), "documents": len(docs),
                             "pairs": dataclasses.asdict(pair_stats),
                             "examples_per_epoch": len(examples)}, {
-      "corpus": fingerprint.hexdigest(), "vocabulary": vocabulary}
+      "corpus": fingerprint, "vocabulary": vocabulary}
 
 
 def _prepared_examples(data_cfg, tokenizer, split, config, vocabulary):
