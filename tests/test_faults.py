@@ -157,15 +157,20 @@ def test_a_changed_optimizer_is_refused_not_taken_for_corruption(tmp_path, spm_m
 
 
 def test_a_changed_data_stream_is_refused_unless_allowed(tmp_path, spm_model, reference):
-  """T19 through the trainer: another seed would silently make another stream of batches."""
-  workdir = copy_run(reference, tmp_path)
+  """T19 through the trainer: other pair settings would silently make another stream of batches.
+  (A setting the step does not see, so the allowed run reuses the reference's compiled step.)"""
+  workdir = copy_run(reference, tmp_path, keep=(6, 12, 18))
+  changed = {"data.short_seq_prob": 0.5}
   with pytest.raises(order.StreamChanged) as e:
-    train.train_and_evaluate(tiny_config(spm_model, seed=1, total_steps=25), str(workdir))
-  assert "seed: checkpoint 0, now 1" in str(e.value)
+    train.train_and_evaluate(tiny_config(spm_model, **changed), str(workdir))
+  assert "short_seq_prob: checkpoint 0.1, now 0.5" in str(e.value)
   assert "--config.allow_data_change=True" in str(e.value)
   summary = train.train_and_evaluate(
-      tiny_config(spm_model, seed=1, total_steps=25, allow_data_change=True), str(workdir))
-  assert summary["step"] == 25 and max(losses(workdir)) == 25
+      tiny_config(spm_model, allow_data_change=True, **changed), str(workdir))
+  ours, ref = losses(workdir), losses(reference[0])
+  assert summary["step"] == 24 and sorted(ours) == list(range(1, 25))
+  assert [ours[s] for s in range(1, 19)] == [ref[s] for s in range(1, 19)]
+  assert [ours[s] for s in range(19, 25)] != [ref[s] for s in range(19, 25)]  # other batches
 
 
 def test_fine_tuning_data_that_changed_is_refused_unless_allowed():

@@ -162,6 +162,7 @@ def single_device_reference():
   return params, batches, metrics, final
 
 
+@pytest.mark.slow  # the real train step compiled on each mesh
 @pytest.mark.parametrize("sizes,rule_name", [
     ({"data": 8, "fsdp": 1, "tensor": 1}, "data_parallel"),
     ({"data": 2, "fsdp": 2, "tensor": 2}, "fsdp_tensor"),
@@ -181,6 +182,7 @@ def test_sharded_step_equals_single_device(single_device_reference, sizes, rule_
   assert _norm(kernel_sharding.spec) == _norm(expected)
 
 
+@pytest.mark.slow  # the real train step compiled with accumulation
 def test_gradient_accumulation_equals_the_full_batch(single_device_reference):
   params, batches, ref_metrics, ref_params = single_device_reference
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
