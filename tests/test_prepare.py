@@ -3,6 +3,7 @@ and held-out set as the raw corpus with the same seed, in every way pairs are cu
 from one worker or two processes (the CLI); the manifest and its fingerprints; what training
 refuses; a tiny training run's losses equal on both sources."""
 
+import json
 import os
 import pickle
 import subprocess
@@ -205,3 +206,19 @@ def test_a_prepared_directory_in_a_bucket_is_refused_saying_what_to_do():
   from albert_jax.data import prepared
   with pytest.raises(ValueError, match="ArrayRecord.*local files.*FUSE"):
     prepared.PairSource("gs://bucket/prepared", "train")
+
+
+@pytest.mark.slow  # a local Cloud Storage server
+def test_a_corpus_in_a_bucket_prepares_to_the_same_bytes(tiny, tmp_path, gcs_bucket):
+  """prepare --input='gs://...': the corpus read through files.path (gcsfs), the same pairs."""
+  from albert_jax import files
+  root, model, out = tiny
+  for name in ("a.txt", "b.txt"):
+    files.copy(root / "text" / name, f"{gcs_bucket}/prepare/{name}")
+  manifest = _prepare(f"{gcs_bucket}/prepare/*.txt", model, str(tmp_path / "from_bucket"))
+  local = json.loads((Path(out) / "manifest.json").read_text())
+  assert manifest["fingerprint"] == local["fingerprint"]
+  shards = sorted(p.name for p in Path(out).glob("*.array_record"))
+  assert shards and shards == sorted(p.name for p in (tmp_path / "from_bucket").glob("*.array_record"))
+  for name in shards:
+    assert (tmp_path / "from_bucket" / name).read_bytes() == (Path(out) / name).read_bytes(), name
