@@ -49,6 +49,14 @@ def _fs(p: PathLike):
   return fsspec.core.url_to_fs(os.fspath(p))[0]
 
 
+def info(p: PathLike) -> dict:
+  """What the file system knows of a file: its "size" in bytes and, for an object in a bucket,
+  Cloud Storage's "crc32c" (base64) among the rest."""
+  if is_remote(p):
+    return _fs(p).info(os.fspath(p))
+  return {"size": os.path.getsize(p)}
+
+
 def open_text(p: PathLike, encoding: str = "utf-8", **kwargs) -> io.TextIOWrapper:
   """A text file for reading, local or in a bucket (`kwargs`: `newline`, `errors`)."""
   if not is_remote(p):

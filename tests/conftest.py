@@ -191,14 +191,18 @@ def tpu_env(**extra) -> dict:
 
 
 def pytest_collection_modifyitems(items):
-  """Order for two workers (pytest-xdist gives each half of the list, then they steal): first the
-  test that makes the shared `reference` run, then the end-to-end runs that do not need it, the
-  short tests, and last the runs that use it, so no worker waits on the other's reference run
+  """Order for two workers (pytest-xdist gives each half of the list, then they steal): first one
+  test that makes the shared `reference` run, then the slow tests that do not need it, the
+  others, and last the slow tests that use it, so no worker waits on the other's reference run
   and the long tests do not start at the very end alone."""
+  uses_reference = [item for item in items if "reference" in getattr(item, "fixturenames", ())]
+  first = uses_reference[0] if uses_reference else None
+  uses_reference = set(uses_reference)
+
   def group(item):
-    slow = item.get_closest_marker("slow") is not None
-    uses_reference = "reference" in getattr(item, "fixturenames", ())
-    if item.name == "test_end_to_end_run_learns_and_writes_everything":
+    if item is first:
       return 0
-    return (1 if not uses_reference else 3) if slow else 2
+    if item.get_closest_marker("slow") is None:
+      return 2
+    return 3 if item in uses_reference else 1
   items.sort(key=group)

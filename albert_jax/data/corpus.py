@@ -189,9 +189,7 @@ def files_fingerprint(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> 
   read for it."""
   digest = hashlib.sha256()
   for name in input_files(spec):
-    crc = None
-    if files_lib.is_remote(name):
-      crc = files_lib._fs(name).info(name).get("crc32c")
+    crc = files_lib.info(name).get("crc32c")
     if crc is None:
       import google_crc32c  # a dependency already (TF1 checkpoints): C, gigabytes a second
       checksum = google_crc32c.Checksum()
@@ -201,18 +199,6 @@ def files_fingerprint(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> 
       crc = base64.b64encode(checksum.digest()).decode()
     digest.update(f"{crc}\n".encode())
   return digest.hexdigest()[:16]
-
-
-def open_binary(path: str):
-  """The one place corpus files are opened, for reading bytes (local paths or gs://, seekable)."""
-  return files_lib.path(path).open("rb")
-
-
-def file_size(path: str) -> int:
-  """Bytes in `path` (read units are planned from it)."""
-  if files_lib.is_remote(path):
-    return int(files_lib._fs(path).size(path))
-  return os.path.getsize(path)
 
 
 def _decode(raw: bytes) -> tuple[str, bool]:
@@ -252,7 +238,7 @@ def text_range_documents(path: str, start: int = 0, stop: int | None = None,
   gz = path.endswith(".gz")
   if gz and (start, stop) != (0, None):
     raise ValueError(f"{path}: a .gz file is read whole, not from byte {start}")
-  with open_binary(path) as raw_file:
+  with files_lib.path(path).open("rb") as raw_file:  # local or gs://, seekable
     f = gzip.open(raw_file) if gz else raw_file
     pos = start
     if start > 0:
@@ -566,7 +552,7 @@ class CorpusSpec:
     if self.source == "files":
       out = []
       for path in input_files(self.eval_files if space == "eval" else self.files):
-        size = file_size(path)
+        size = int(files_lib.info(path)["size"])
         n = 1 if path.endswith(".gz") else max(1, -(-size // unit_bytes))
         cuts = [size * k // n for k in range(n)] + [None]
         out += [Unit("file", path, "", a, b, (size if b is None else b) - a)

@@ -63,6 +63,8 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from albert_jax.data import corpus
+
 MODES = ("fixed", "faithful")
 WORD_START = "▁"  # SentencePiece's mark of a piece that starts after whitespace
 Seed = int | Sequence[int] | np.random.Generator
@@ -205,7 +207,6 @@ def tokenize_split(spec: Any, split: str, tokenizer: Any, stats: Any,
                    on_document: Any = None) -> tuple[list, list[int], str]:
   """(token ids of each document with text, its index in the corpus, the split's fingerprint) for
   one split of a `corpus.CorpusSpec`; `on_document(documents read so far)` after each."""
-  from albert_jax.data import corpus  # here: the cutting and masking above need no corpus
   fingerprint = corpus.Fingerprint()
   docs, indices = [], []
   for index, doc in spec.split_documents(split, stats):

@@ -155,12 +155,16 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathL
   return AlbertTokenizer(path)
 
 
-def prepared_vocabulary(data_cfg: ml_collections.ConfigDict) -> AlbertTokenizer:
-  """The vocabulary a prepared corpus was cut with (DIR/spiece.model)."""
+def _prepared_manifest(data_cfg: ml_collections.ConfigDict) -> dict:
   if not data_cfg.prepared:
     raise ValueError("data.source='prepared' needs data.prepared (a directory written by "
                      "`python -m albert_jax.data.prepare`)")
-  manifest = prepared_lib.load_manifest(data_cfg.prepared)
+  return prepared_lib.load_manifest(data_cfg.prepared)
+
+
+def prepared_vocabulary(data_cfg: ml_collections.ConfigDict) -> AlbertTokenizer:
+  """The vocabulary a prepared corpus was cut with (DIR/spiece.model)."""
+  manifest = _prepared_manifest(data_cfg)
   return AlbertTokenizer(files.path(data_cfg.prepared) / prepared_lib.VOCAB_FILE,
                          do_lower_case=manifest["do_lower_case"])
 
@@ -253,13 +257,10 @@ def _examples(data_cfg, tokenizer, split: str, pair_seed: int):
 
 def _prepared_examples(data_cfg, tokenizer, split, config, vocabulary):
   """`_examples` of a prepared directory, after checking it was cut as `data_cfg` would cut it."""
-  if not data_cfg.prepared:
-    raise ValueError("data.source='prepared' needs data.prepared (a directory written by "
-                     "`python -m albert_jax.data.prepare`)")
+  manifest = _prepared_manifest(data_cfg)
   if data_cfg.masking != "dynamic":
     raise ValueError("data.source='prepared' masks dynamically: set data.masking='dynamic' (for "
                      "static masks use create_pretraining_data.py and data.static_examples)")
-  manifest = prepared_lib.load_manifest(data_cfg.prepared)
   prepared_lib.check_settings(manifest, config, data_cfg.prepared)
   if manifest["vocabulary"] != vocabulary:
     raise ValueError(f"{data_cfg.prepared} was cut with another vocabulary than the job's "
