@@ -15,8 +15,6 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_lib
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
 IMPLEMENTATIONS = ("xla", "splash", "cudnn", "auto")
 SPLASH_BLOCKS = (512, 256, 128)  # tried in order; the largest that divides the length is used
@@ -106,12 +104,21 @@ def splash_block(length: int) -> int:
                    f"multiple of {SPLASH_BLOCKS[-1]}, or use attention='xla')")
 
 
+def _splash_modules():
+  """jax's splash kernel and mask modules, imported on first use: GPU and CPU runs never import
+  the TPU kernels, so a jax release that moves them breaks splash alone."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask
+  return splash_attention_kernel, splash_attention_mask
+
+
 def _splash_kernel(heads: int, length: int, interpret: bool):
   """The kernel for [heads, length, head_dim] inputs: no static mask (padding comes as segment
   ids), one block size for the forward pass and the backward one, which computes dq, dk and dv
   in one kernel (fused: 0.1 GiB fewer temporaries per v5p chip for albert-large at 32 x 512, the
   same cost-model time). Built at each trace, not cached: it holds arrays, which are tracers of
   the trace that built it."""
+  splash_lib, mask_lib = _splash_modules()
   block = splash_block(length)
   mask = mask_lib.MultiHeadMask([mask_lib.FullMask((length, length)) for _ in range(heads)])
   sizes = splash_lib.BlockSizes(
@@ -132,7 +139,7 @@ def _splash_local(q, k, v, mask, *, interpret: bool):
   # softmax would divide by zero), and the row's output is discarded anyway.
   real = mask.astype(bool)
   kv_ids = jnp.where(jnp.any(real, axis=-1, keepdims=True), real, True).astype(jnp.int32)
-  segments = splash_lib.SegmentIds(q=jnp.ones((batch, length), jnp.int32), kv=kv_ids)
+  segments = _splash_modules()[0].SegmentIds(q=jnp.ones((batch, length), jnp.int32), kv=kv_ids)
   # [batch, length, heads, head_dim] -> [batch, heads, length, head_dim], the kernel's layout
   q, k, v = (jnp.swapaxes(x, 1, 2) for x in (_scale(q), k, v))
   out = jax.vmap(kernel)(q, k, v, segments)

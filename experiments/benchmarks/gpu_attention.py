@@ -4,13 +4,17 @@
         [--batch=32] [--attention=xla,cudnn] [--remat_policy=NAME] [--rounds=4] [--steps=5]
     python -m experiments.benchmarks.gpu_attention --smoke    # tiny model, xla only: runs on CPU
 
-One run of a few minutes (two compiles dominate it): for each attention implementation, the real
+One run of a few minutes (the compiles dominate it). First the numerics: each implementation in
+bf16 against `xla` in float32 (albert-`--check`, 8 right-padded rows: outputs at real tokens and
+gradients, relative errors), and the chip's measured bf16 matrix rate. Then, for each attention
+implementation, the real
 `train.train_step` (LAMB, MLM at the masked positions + SOP, bf16 compute, float32 state donated)
 is compiled, its first step's loss taken from the same state and batch (the implementations must
 agree), then `--rounds` rounds of `--steps` steps each, the implementations alternating and the
 order rotating. Prints the median step time over rounds, tokens/s, MFU = 3 x
 `model.pretraining_flops_per_example` x batch / step time / peak (H200 dense bf16: 989 TFLOP/s),
-compile time, the executable's temporary memory and the cudnn/xla step-time ratio; writes the same
+the same over the measured matrix rate, compile time, the executable's temporary memory and the
+cudnn/xla step-time ratio; writes the same
 as JSON to `--json`, by default $OUT/gpu_attention.json when $OUT is set. Needs only jax[cuda] and
 this repository (run from its root).
 """
@@ -48,11 +52,65 @@ def padded_batch(cfg: M.AlbertConfig, batch: int, seq: int) -> dict[str, jax.Arr
   return {k: jnp.asarray(v) for k, v in host.items()}
 
 
+def relative_error(a, ref) -> float:
+  """||a - ref|| / ||ref|| over every leaf, in float64 on the host."""
+  a, ref = (np.concatenate([np.asarray(x, np.float64).ravel()
+                            for x in jax.tree_util.tree_leaves(t)]) for t in (a, ref))
+  return float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
+
+
+def check_numerics(size: str, batch: int, seq: int, attentions: list[str]) -> dict[str, dict]:
+  """Each attention in bf16 against `xla` in float32 (the reference): the backbone's outputs at
+  real tokens and the gradients of a random projection of them, on a right-padded batch.
+  `cudnn` is right when its error is of the size bf16 `xla`'s is."""
+  cfg = M.preset(size) if size != "smoke" else M.AlbertConfig(**SMOKE_MODEL)
+  host = padded_batch(cfg, batch, seq)
+  mask = host["attention_mask"].astype(jnp.float32)[..., None]
+  probe = jax.random.normal(jax.random.key(2), (batch, seq, cfg.hidden_size)) * mask
+  params = M.init_params(M.AlbertModel(cfg), 0)
+
+  def run(dtype, attention):
+    module = M.AlbertModel(cfg, dtype=dtype, attention=attention)
+
+    def loss(p):
+      out = module.apply({"params": p}, host["input_ids"], host["attention_mask"],
+                         host["token_type_ids"]).last_hidden_state.astype(jnp.float32) * mask
+      return jnp.sum(out * probe), out
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return out, grads
+
+  ref_out, ref_grads = run(jnp.float32, "xla")
+  errors = {}
+  for name in attentions:
+    out, grads = run(jnp.bfloat16, name)
+    errors[name] = dict(output=relative_error(out, ref_out), grads=relative_error(grads, ref_grads))
+    print(f"{name} bf16 vs xla float32 (albert-{size}, {batch} x {seq}, padded): outputs "
+          f"{errors[name]['output']:.2e}, gradients {errors[name]['grads']:.2e} (relative)",
+          flush=True)
+  return errors
+
+
+def matmul_tflops(n: int = 8192, reps: int = 20) -> float:
+  """The chip's measured bf16 matrix rate: n x n x n products of random matrices, after warm-up
+  (the ceiling MFU is also quoted against)."""
+  a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.bfloat16) for i in (3, 4))
+  product = jax.jit(lambda a, b: a @ b)
+  product(a, b).block_until_ready()
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    for _ in range(reps):
+      out = product(a, b)
+    out.block_until_ready()
+    times.append((time.perf_counter() - start) / reps)
+  return 2 * n**3 / min(times) / 1e12
+
+
 class Peer:
   """The jitted train step for one attention implementation, with its own donated state."""
 
-  def __init__(self, cfg, attention, params, batch, remat_policy):
-    runtime = dict(dtype=jnp.bfloat16, attention=attention)
+  def __init__(self, cfg, attention, params, batch, remat_policy, **runtime):
+    runtime.update(dtype=jnp.bfloat16, attention=attention)
     if remat_policy:
       runtime["remat_policy"] = remat_policy
     module = M.AlbertForPreTraining(cfg, **runtime)
@@ -92,6 +150,8 @@ def main():
   parser.add_argument("--rounds", type=int, default=4)
   parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
   parser.add_argument("--peak_tflops", type=float, default=989.0, help="H200 dense bf16")
+  parser.add_argument("--check", default="base",
+                      help="size for the numerics check against float32 xla ('' skips it)")
   parser.add_argument("--json", default="")
   args = parser.parse_args()
   if args.smoke:
@@ -105,10 +165,18 @@ def main():
   print(f"{device.device_kind} ({device.platform}), jax {jax.__version__}; albert-{args.size} "
         f"batch {args.batch} x seq {args.seq}, bf16", flush=True)
 
+  result = dict(device=device.device_kind, jax=jax.__version__, size=args.size, seq=args.seq,
+                batch=args.batch, peak_tflops=args.peak_tflops, peers={})
+  names = args.attention.split(",")
+  if args.check:
+    result["check"] = check_numerics("smoke" if args.smoke else args.check, 8, args.seq, names)
+  result["matmul_tflops"] = matmul_tflops(1024 if args.smoke else 8192)
+  print(f"bf16 matrix product (measured): {result['matmul_tflops']:.0f} TFLOP/s", flush=True)
+
   batch = padded_batch(cfg, args.batch, args.seq)
   params = M.init_params(M.AlbertForPreTraining(cfg), 0)
   peers, first_loss = {}, {}
-  for name in args.attention.split(","):
+  for name in names:
     peers[name] = Peer(cfg, name, params, batch, args.remat_policy)
     _, first_loss[name] = peers[name].run(1)  # the same state and batch for every peer
     print(f"{name}: compiled in {peers[name].compile_s:.1f} s, temp "
@@ -117,23 +185,24 @@ def main():
     peer.run(2)
 
   times = {name: [] for name in peers}
-  names = list(peers)
   for r in range(args.rounds):
     for name in names[r % len(names):] + names[:r % len(names)]:
       times[name].append(peers[name].run(args.steps)[0])
 
   flops = 3 * args.batch * M.pretraining_flops_per_example(cfg, args.seq, max_predictions(args.seq))
-  result = dict(device=device.device_kind, jax=jax.__version__, size=args.size, seq=args.seq,
-                batch=args.batch, peak_tflops=args.peak_tflops, flops_per_step=flops, peers={})
+  result["flops_per_step"] = flops
   for name in names:
     step_s = statistics.median(times[name])
     result["peers"][name] = dict(
         step_s=step_s, tokens_per_s=args.batch * args.seq / step_s,
-        mfu=flops / step_s / (args.peak_tflops * 1e12), compile_s=peers[name].compile_s,
+        mfu=flops / step_s / (args.peak_tflops * 1e12),
+        of_measured_matmul=flops / step_s / (result["matmul_tflops"] * 1e12),
+        compile_s=peers[name].compile_s,
         temp_gib=peers[name].temp_gib, first_loss=first_loss[name], round_step_s=times[name])
     row = result["peers"][name]
     print(f"{name:6s} step {1000 * step_s:7.1f} ms  {row['tokens_per_s']:10,.0f} tok/s  "
-          f"MFU {100 * row['mfu']:5.1f}%  (rounds: "
+          f"MFU {100 * row['mfu']:5.1f}% ({100 * row['of_measured_matmul']:.1f}% of the measured "
+          f"matmul rate)  (rounds: "
           f"{', '.join(f'{1000 * t:.1f}' for t in times[name])} ms)", flush=True)
   for name in names:
     if name != "xla" and "xla" in peers:
