@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -177,9 +178,16 @@ def expected_hf_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
 def _expected_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
   """Flax path -> shape for `head`, traced without allocating anything (and without the
   activation sharding constraints of a mesh the caller may be inside: shapes are all we need)."""
+  return dict(_traced_shapes(cfg, head))
+
+
+@functools.lru_cache(maxsize=32)
+def _traced_shapes(cfg: AlbertConfig, head: str) -> tuple[tuple[str, tuple], ...]:
+  """`_expected_shapes`, traced once per (config, head) in a process (a trace of the model's
+  init takes about a second; conversions and every export ask again)."""
   with jax.set_mesh(None):
     abstract = nn.unbox(abstract_params(make_model(cfg, head)))
-  return {k: tuple(v.shape) for k, v in flatten(abstract).items()}
+  return tuple((k, tuple(v.shape)) for k, v in flatten(abstract).items())
 
 
 # ----------------------------------------------------------------------------- reading HF files

@@ -8,11 +8,13 @@ import os
 import shutil
 import tempfile
 
-# The tests compile hundreds of tiny CPU programs, and LLVM's optimisation of their machine code
-# is most of each compile and nothing the tests check: XLA's HLO passes still run, and LLVM may
-# not reorder float arithmetic at any level, so results are the same. (~30% off the suite.)
-# Subprocesses that compile for TPU drop it (`tpu_env`).
-CPU_FAST_COMPILE = "--xla_backend_optimization_level=0"
+# The tests compile hundreds of tiny CPU programs, and code generation is most of each compile
+# and nothing the tests check: XLA's HLO passes still run. LLVM at -O0 (it may not reorder float
+# arithmetic at any level, so results are the same: ~30% off the suite), and fusions emitted by
+# XLA:CPU's classic elemental emitter instead of its MLIR fusion emitters (the tiny train step:
+# 3.3 s instead of 5.5 s; `python -m experiments.benchmarks.test_costs`). Subprocesses that
+# compile for TPU drop both (`tpu_env`).
+CPU_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def cpu_flags(devices: int) -> str:
