@@ -87,16 +87,17 @@ def write_sst2(directory: Path, n_train: int, n_dev: int, seed: int = 0):
 
 def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, vocab):
   data = write_sst2(tmp_path / "SST-2", 512, 96)
-  # From scratch the model sits ~100 steps on the 50% plateau before it finds the words.
+  # From scratch at this learning rate the model finds the words in 40-80 steps (1.0 accuracy
+  # by step 80 for four seeds tried; at 1e-3 it sat ~100 steps on the 50% plateau).
   config = tiny(load_config("finetune_glue", "task=sst2,model=base"), vocab,
-                **{"data.data_dir": str(data), "data.max_seq_length": 16, "total_steps": 300,
-                   "eval_every_steps": 100, "optim.lr": 1e-3, "data.predict_split": "test"})
+                **{"data.data_dir": str(data), "data.max_seq_length": 16, "total_steps": 120,
+                   "eval_every_steps": 40, "optim.lr": 3e-3, "data.predict_split": "test"})
   workdir = tmp_path / "run"
   summary = train.train_and_evaluate(config, str(workdir))
   results = json.loads((workdir / "eval_results.json").read_text())
   assert results == summary["eval_results"]
   assert results["accuracy"] >= 0.95, results
-  assert results["best_step"] in (100, 200, 300)
+  assert results["best_step"] in (40, 80, 120)
   # The kept best model is an HF directory whose eval row matches eval_results.json.
   best = json.loads((workdir / "best.json").read_text())
   assert best["step"] == results["best_step"]
@@ -106,7 +107,7 @@ def test_glue_learns_a_separable_task_and_keeps_the_best(tmp_path, vocab):
   preds = (workdir / "predictions" / f"step_{results['best_step']}" / "eval")
   assert any(preds.iterdir())
   # The GLUE leaderboard file for the unlabelled test split: index, predicted label.
-  rows = (workdir / "predictions" / "step_300" / "predict" / "SST-2.tsv").read_text().split("\n")
+  rows = (workdir / "predictions" / "step_120" / "predict" / "SST-2.tsv").read_text().split("\n")
   assert rows[0] == "index\tprediction"
   predicted = dict(r.split("\t") for r in rows[1:] if r)
   expected = {str(i): "1" if i < len(POSITIVE) else "0" for i in range(16)}
