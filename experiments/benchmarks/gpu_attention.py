@@ -139,12 +139,17 @@ class Peer:
     return (time.perf_counter() - start) / steps, loss
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--smoke", action="store_true", help="tiny model, xla only (CPU check)")
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+  """--size, --seq, --batch: the step measured (albert-large, 32 x 512 by default)."""
   parser.add_argument("--size", default="large")
   parser.add_argument("--seq", type=int, default=512)
   parser.add_argument("--batch", type=int, default=32)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--smoke", action="store_true", help="tiny model, xla only (CPU check)")
+  add_shape_arguments(parser)
   parser.add_argument("--attention", default="", help="'': xla,cudnn (--smoke: xla)")
   parser.add_argument("--remat_policy", default="", help="'': the model's default")
   parser.add_argument("--rounds", type=int, default=4)

@@ -28,7 +28,8 @@ import tempfile
 import jax
 
 from albert_jax import model as M
-from experiments.benchmarks.gpu_attention import SMOKE_MODEL, Peer, padded_batch
+from experiments.benchmarks.gpu_attention import (SMOKE_MODEL, Peer, add_shape_arguments,
+                                                   padded_batch)
 
 KINDS = (  # the first whose words appear in a kernel's name (lower case) names its kind
     ("attention", ("fmha", "flash", "cudnn", "softmax")),
@@ -102,9 +103,7 @@ def trace(peer: Peer, steps: int, name: str, out: str) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--smoke", action="store_true", help="tiny model (CPU check)")
-  parser.add_argument("--size", default="large")
-  parser.add_argument("--seq", type=int, default=512)
-  parser.add_argument("--batch", type=int, default=32)
+  add_shape_arguments(parser)
   parser.add_argument("--variants", default="scan:xla,scan:cudnn,loop:cudnn")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
