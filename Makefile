@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	    "The [MASK] statement is used to leave a loop early."
 
 # Two workers: most tests are bound by single-threaded XLA compiles. `test` is what CI runs
-# (about 4 minutes on 2 cores); `test-all` adds the tests marked heavy (pytest.ini).
+# (4-5 minutes on 2 cores); `test-all` adds the tests marked heavy (pytest.ini).
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "not heavy" tests $(PYTEST_ARGS)
 

@@ -183,8 +183,8 @@ def _expected_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
 
 @functools.lru_cache(maxsize=32)
 def _traced_shapes(cfg: AlbertConfig, head: str) -> tuple[tuple[str, tuple], ...]:
-  """`_expected_shapes`, traced once per (config, head) in a process (a trace of the model's
-  init takes about a second; conversions and every export ask again)."""
+  """`_expected_shapes`, traced once per (config, head) in a process: loads, conversions and
+  exports of the same model ask again, and each would trace the model's init."""
   with jax.set_mesh(None):
     abstract = nn.unbox(abstract_params(make_model(cfg, head)))
   return tuple((k, tuple(v.shape)) for k, v in flatten(abstract).items())

@@ -12,8 +12,8 @@ import tempfile
 # and nothing the tests check: XLA's HLO passes still run. LLVM at -O0 (it may not reorder float
 # arithmetic at any level, so results are the same: ~30% off the suite), and fusions emitted by
 # XLA:CPU's classic elemental emitter instead of its MLIR fusion emitters (the tiny train step:
-# 3.3 s instead of 5.5 s; `python -m experiments.benchmarks.test_costs`). Subprocesses that
-# compile for TPU drop both (`tpu_env`).
+# 2.95 s instead of 4.44 s at -O0 alone; `python -m experiments.benchmarks.test_costs`).
+# Subprocesses that compile for TPU drop both (`tpu_env`).
 CPU_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
