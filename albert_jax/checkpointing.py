@@ -66,11 +66,12 @@ def _restore_params_on_host(params_dir):
 
 
 def save_model_dir(path, config: AlbertConfig, params, head: str, spm_model=None,
-                   overwrite: bool = False):
-  """Writes a model directory (see the module docstring) all at once."""
+                   overwrite: bool = False, sources=()):
+  """Writes a model directory (see the module docstring) all at once; `sources`: the paths
+  `params` were read from (files.atomic_directory refuses an output that overlaps one)."""
   if head not in HEADS:
     raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
-  with files.atomic_directory(path, overwrite) as tmp:
+  with files.atomic_directory(path, overwrite, sources=sources) as tmp:
     params = jax.tree_util.tree_map(np.asarray, params)
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(tmp / PARAMS_DIR, params)

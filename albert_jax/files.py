@@ -7,7 +7,8 @@ of it, and a failure leaves the old content as it was. In a bucket a file is one
 upload is all-or-nothing by itself; a directory is written locally, uploaded under a temporary
 prefix, then moved into place object by object (a bucket has no atomic directory rename: a kill
 during that move can leave the destination part old, part new, the complete copy still under
-the temporary prefix).
+the temporary prefix). A directory written from sources (a conversion's input) is refused
+before anything is touched when it is one of them, holds one or lies inside one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import contextlib
 import glob as glob_lib
 import io
 import json
+import logging
 import os
+import posixpath
 import shutil
 import tempfile
 import uuid
@@ -25,6 +28,7 @@ from typing import Iterator
 
 from etils import epath
 
+log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 
@@ -161,21 +165,128 @@ def rmtree(p: PathLike) -> None:
     shutil.rmtree(p, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- outputs apart from
+# their sources
+
+class OverlappingPaths(ValueError):
+  """An output that is, holds or lies inside a path it is made from: replacing it would delete
+  or change its own source (`orbax-to-hf RUN RUN --overwrite` would delete the run)."""
+
+
+def _normal_url(url: PathLike) -> str:
+  """A URL as a comparable prefix: scheme and bucket lower-case (bucket names are), repeated,
+  trailing, `.` and `..` path parts gone."""
+  scheme, rest = os.fspath(url).split("://", 1)
+  bucket, _, key = rest.partition("/")
+  key = posixpath.normpath("/" + key.lstrip("/")).rstrip("/")
+  return f"{scheme.lower()}://{bucket.lower()}{key}"
+
+
+def _within(inner: PathLike, outer: PathLike) -> bool:
+  """Whether `inner` is `outer` or lies below it: local paths resolved (links followed), URLs
+  normalised; a local path and a URL never overlap."""
+  if is_remote(inner) or is_remote(outer):
+    if not (is_remote(inner) and is_remote(outer)):
+      return False
+    inner, outer = _normal_url(inner), _normal_url(outer)
+    return inner == outer or inner.startswith(outer + "/")
+  inner, outer = os.path.realpath(inner), os.path.realpath(outer)
+  if inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep):
+    return True
+  if not os.path.exists(outer):
+    return False
+  # The same directory under another name (a bind mount, a case-insensitive disk).
+  while not (os.path.exists(inner) and os.path.samefile(inner, outer)):
+    if os.path.dirname(inner) == inner:
+      return False
+    inner = os.path.dirname(inner)
+  return True
+
+
+def _named(p: PathLike) -> str:
+  p = os.fspath(p)
+  real = p if is_remote(p) else os.path.realpath(p)
+  return p if real in (p, os.path.abspath(p)) else f"{p} (that is {real})"
+
+
+def check_apart(output: PathLike, sources) -> None:
+  """Refuses (OverlappingPaths) an `output` that is one of `sources`, holds one or lies inside
+  one: writing it would replace or change what it is read from. `None` sources are skipped."""
+  for source in sources:
+    if source is None:
+      continue
+    holds, inside = _within(source, output), _within(output, source)
+    if holds or inside:
+      relation = "is" if holds and inside else "holds" if holds else "lies inside"
+      raise OverlappingPaths(
+          f"the output {_named(output)} {relation} the source {_named(source)}: writing it "
+          "would replace or change what it is read from; choose another output directory")
+
+
 # ----------------------------------------------------------------------------- directories
 
 @contextlib.contextmanager
-def atomic_directory(p: PathLike, overwrite: bool = False,
-                     skip_if_empty: bool = False) -> Iterator[Path]:
+def atomic_directory(p: PathLike, overwrite: bool = False, skip_if_empty: bool = False,
+                     sources=()) -> Iterator[Path]:
   """Yields a temporary local directory that becomes `p` only if the block succeeds (and, with
   `skip_if_empty`, wrote something).
 
-  An existing `p` is refused unless `overwrite`, and is replaced only after the new content is
-  complete: a failure at any point leaves it untouched. In a bucket, see the module docstring.
+  `sources`: the paths the content is read from; an output that is one, holds one or lies inside
+  one is refused (OverlappingPaths) before anything is touched. An existing `p` is refused unless
+  `overwrite`, and is replaced only after the new content is complete: a failure at any point
+  leaves it untouched. In a bucket, see the module docstring.
   """
+  check_apart(p, sources)
   if is_remote(p):
     with _remote_directory(p, overwrite, skip_if_empty) as tmp:
       yield tmp
+  else:
+    with _local_directory(p, overwrite, skip_if_empty) as tmp:
+      yield tmp
+
+
+@contextlib.contextmanager
+def staged_directory(p: PathLike, overwrite: bool = False, sources=()) -> Iterator[str]:
+  """Yields a directory beside `p` (on its disk, or under a temporary prefix in its bucket) for
+  content that other processes write there (Beam's workers); it becomes `p` only when the block
+  succeeds, and is removed when it fails. `overwrite` and `sources` as for `atomic_directory`.
+
+  A staging directory a killed run left (`.NAME.tmp-*`) is named in a warning, not removed: it
+  may be another run's, still writing.
+  """
+  check_apart(p, sources)
+  target = path(p)
+  stale = _leftovers(target)
+  if stale:
+    log.warning("Staging directories of %s from earlier runs that did not finish (or still run): "
+                "%s; remove them if no run uses them", p, ", ".join(stale))
+  if not is_remote(p):
+    with _local_directory(p, overwrite, False) as tmp:
+      yield str(tmp)
     return
+  if target.exists() and not overwrite:
+    raise FileExistsError(f"{p} already exists; pass --overwrite (overwrite=True) to replace it")
+  staged = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    yield os.fspath(staged)
+    _replace_remote(staged, target)
+  finally:
+    if staged.exists():
+      rmtree(staged)
+
+
+def _leftovers(target: epath.Path) -> list[str]:
+  """The staging directories (`.NAME.tmp-*`) beside `target`."""
+  prefix = f".{target.name}.tmp-"
+  if is_remote(target):
+    return [m for m in glob(f"{target.parent}/{prefix}*") if os.path.basename(m).startswith(prefix)]
+  if not os.path.isdir(target.parent):
+    return []
+  return sorted(str(target.parent / n) for n in os.listdir(target.parent) if n.startswith(prefix))
+
+
+@contextlib.contextmanager
+def _local_directory(p: PathLike, overwrite: bool, skip_if_empty: bool) -> Iterator[Path]:
   p = Path(p).absolute()
   if p.exists() and not overwrite:
     raise FileExistsError(f"{p} already exists; pass --overwrite (overwrite=True) to replace it")
@@ -217,9 +328,14 @@ def _remote_directory(p: PathLike, overwrite: bool, skip_if_empty: bool) -> Iter
     for f in sorted(Path(local).rglob("*")):
       if f.is_file():
         upload(f, staged / f.relative_to(local).as_posix())
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    if target.exists():
-      move(target, old)
-    move(staged, target)
-    if path(old).exists():
-      rmtree(old)
+    _replace_remote(staged, target)
+
+
+def _replace_remote(staged: epath.Path, target: epath.Path) -> None:
+  """Moves the complete `staged` prefix to `target`, the old `target` aside first."""
+  old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+  if target.exists():
+    move(target, old)
+  move(staged, target)
+  if path(old).exists():
+    rmtree(old)

@@ -16,6 +16,8 @@ keeps the backbone and initialises the head.
 The original TF1 releases (RELEASE_DIR, a TF-Hub module or a checkpoint prefix) are read by
 `tf1_release` without TensorFlow; `--config` (a preset such as base-v2, or an albert_config.json)
 is needed only for a TF-Hub module, which carries no config.
+An OUT_DIR that is the source, holds it or lies inside it (links followed) is refused before
+anything is read or written: `--overwrite` would otherwise replace the source with its copy.
 """
 
 from __future__ import annotations
@@ -490,8 +492,10 @@ def load(path, head: str | None = None, seed: int = 0) -> tuple[AlbertConfig, di
 
 
 def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=None,
-         overwrite: bool = False) -> Path:
-  """Writes an HF directory for `params`; `tokenizer`: an AlbertTokenizer or a spiece.model path.
+         overwrite: bool = False, sources=()) -> Path:
+  """Writes an HF directory for `params`; `tokenizer`: an AlbertTokenizer or a spiece.model path;
+  `sources`: the paths `params` were read from (an output that is one, holds one or lies inside
+  one is refused, files.OverlappingPaths).
 
   Everything is written to a temporary directory first and renamed into place. A head
   transformers has no class for (squad_v2_original) is refused: `save_model` writes it as an
@@ -507,7 +511,7 @@ def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=
   tensors = to_hf_state_dict(config, params, head)
   if tokenizer is not None and not isinstance(tokenizer, AlbertTokenizer):
     tokenizer = AlbertTokenizer(tokenizer, model_max_length=config.max_position_embeddings)
-  with files.atomic_directory(path, overwrite) as tmp:
+  with files.atomic_directory(path, overwrite, sources=sources) as tmp:
     hf_config = {"architectures": [HEADS[head][1]], **config.to_hf_dict()}
     files.write_json(tmp / "config.json", hf_config)
     safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -517,15 +521,15 @@ def save(config: AlbertConfig, params, path, head: str | None = None, tokenizer=
 
 
 def save_model(config: AlbertConfig, params, path, head: str, tokenizer=None,
-               overwrite: bool = False) -> str:
+               overwrite: bool = False, sources=()) -> str:
   """Writes `path` as an HF directory (`save`) or, for a head transformers has no class for
   (squad_v2_original), as an albert-jax model directory; returns "hf" or "albert-jax".
   `load_any`, `from_pretrained` and `config.init_from` read both."""
   if has_hf_class(head):
-    save(config, params, path, head, tokenizer, overwrite)
+    save(config, params, path, head, tokenizer, overwrite, sources)
     return "hf"
   spm = tokenizer.vocab_file if isinstance(tokenizer, AlbertTokenizer) else tokenizer
-  checkpointing.save_model_dir(path, config, params, head, spm, overwrite)
+  checkpointing.save_model_dir(path, config, params, head, spm, overwrite, sources)
   return "albert-jax"
 
 
@@ -577,25 +581,34 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   try:
+    # Every path the command reads: the output may overlap none (checked before loading, and
+    # again by the write).
+    sources = [args.src, args.spm_model]
+    if getattr(args, "config", None) and files.path(args.config).is_file():
+      sources.append(args.config)
+    files.check_apart(args.dst, sources)
     if args.command == "hf-to-orbax":
       config, params, head = load(args.src, args.head)
       spm = args.spm_model or checkpointing.spm_model_in(args.src)
-      checkpointing.save_model_dir(args.dst, config, params, head, spm, args.overwrite)
+      sources.append(spm)
+      checkpointing.save_model_dir(args.dst, config, params, head, spm, args.overwrite, sources)
     elif args.command == "orbax-to-hf":
       config, params, head = load_any(args.src, args.head)
       spm = args.spm_model or checkpointing.spm_model_in(args.src)
-      save(config, params, args.dst, head, spm, args.overwrite)
+      sources.append(spm)
+      save(config, params, args.dst, head, spm, args.overwrite, sources)
     else:
       from albert_jax import tf1_release
       config, params, head = tf1_release.load_release(args.src, args.head, config=args.config)
       spm = args.spm_model or tf1_release.find_release(args.src).spm_model
+      sources.append(spm)
       if spm is None:
         log.warning("%s has no SentencePiece model (30k-clean.model): writing no tokenizer",
                     args.src)
       if args.command == "tf-to-hf":
-        save(config, params, args.dst, head, spm and str(spm), args.overwrite)
+        save(config, params, args.dst, head, spm and str(spm), args.overwrite, sources)
       else:
-        checkpointing.save_model_dir(args.dst, config, params, head, spm, args.overwrite)
+        checkpointing.save_model_dir(args.dst, config, params, head, spm, args.overwrite, sources)
   except (FileNotFoundError, FileExistsError, KeyError, ValueError, ImportError) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 1

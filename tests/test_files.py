@@ -1,7 +1,10 @@
 """All-or-nothing writes (files.py) where the loop uses them: prediction files appear whole or not
-at all, and best/ holds its own record, so the model and the record never disagree."""
+at all, and best/ holds its own record, so the model and the record never disagree. Outputs that
+overlap their sources are refused untouched; staged directories replace theirs only when complete."""
 
 import json
+import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -67,3 +70,103 @@ def test_best_model_and_its_record_are_one_directory(tmp_path):
   (tmp_path / "best.json").write_text(json.dumps({"step": 3, "metrics": {"eval/score": 0.1}}))
   again = train._Best(files.path(tmp_path), "eval/score", cfg, head, None)
   assert again.record["step"] == 10 and not again.improves({"eval/score": 0.4})
+
+
+# ----------------------------------------------------------------------------- outputs that are
+# their own sources
+
+def _tree(root):
+  """Every entry under `root`: file bytes, link targets, directories (links not followed)."""
+  out = {}
+  for directory, dirs, names in os.walk(root):
+    for name in dirs + names:
+      p = Path(directory) / name
+      key = str(p.relative_to(root))
+      out[key] = (f"-> {os.readlink(p)}" if p.is_symlink()
+                  else p.read_bytes() if p.is_file() else "dir")
+  return out
+
+
+def _run_dir(root):
+  """A directory a conversion would read: a checkpoint and a metrics file."""
+  (root / "checkpoints" / "12").mkdir(parents=True)
+  (root / "checkpoints" / "12" / "params").write_bytes(b"weights")
+  (root / "metrics.jsonl").write_text('{"step": 12}\n')
+  return root
+
+
+@pytest.mark.parametrize("case", ["same", "inside", "holds", "link_to_source", "source_is_link"])
+def test_an_output_that_overlaps_a_source_is_refused_before_anything_is_touched(tmp_path, case):
+  """The output is the source, lies inside it, holds it, or is the same directory through a
+  symbolic link (either way round): refused before the block runs, nothing created or moved."""
+  src = _run_dir(tmp_path / "runs" / "a")
+  source, out = src, {"same": src, "inside": src / "hf", "holds": tmp_path / "runs",
+                      "link_to_source": tmp_path / "link", "source_is_link": src}[case]
+  if case == "link_to_source":
+    out.symlink_to(src)
+  if case == "source_is_link":
+    source = tmp_path / "link"
+    source.symlink_to(src)
+  before = _tree(tmp_path)
+  ran = []
+  with pytest.raises(files.OverlappingPaths) as refusal:
+    with files.atomic_directory(out, overwrite=True, sources=[tmp_path / "elsewhere", source]):
+      ran.append(True)
+  assert not ran and _tree(tmp_path) == before
+  message = str(refusal.value)
+  assert str(out) in message and str(source) in message
+  assert "choose another output directory" in message
+  assert isinstance(refusal.value, ValueError)  # what the CLIs report as `error: ...`
+
+
+def test_outputs_beside_their_sources_are_written(tmp_path):
+  """A shared name prefix is no overlap (runs/a vs runs/ab), nor is a source in another place."""
+  src = _run_dir(tmp_path / "runs" / "a")
+  for out in (tmp_path / "runs" / "ab", tmp_path / "run"):
+    with files.atomic_directory(out, sources=[src, src / "metrics.jsonl"]) as tmp:
+      (tmp / "f").write_text("new")
+    assert (out / "f").read_text() == "new"
+  assert (src / "metrics.jsonl").read_text() == '{"step": 12}\n'
+
+
+@pytest.mark.parametrize("out,source", [
+    ("gs://bucket/runs/a", "gs://bucket/runs/a/"),
+    ("gs://bucket/runs/a/", "gs://bucket//runs/./a"),
+    ("gs://bucket/runs/a/hf", "gs://bucket/runs/a"),
+    ("gs://bucket/runs", "gs://bucket/runs/x/../a/checkpoints/12"),
+    ("GS://Bucket/runs/a", "gs://bucket/runs/a"),  # bucket names are lower-case anyway
+])
+def test_bucket_outputs_are_compared_with_their_sources_as_normalised_urls(out, source):
+  """Refused before any request (no bucket is reachable here)."""
+  with pytest.raises(files.OverlappingPaths, match="choose another output directory"):
+    with files.atomic_directory(out, overwrite=True, sources=[source]):
+      pass
+
+
+def test_urls_that_only_share_a_prefix_do_not_overlap(tmp_path):
+  files.check_apart("gs://bucket/runs/ab", ["gs://bucket/runs/a", "gs://other/runs/ab",
+                                            "s3://bucket/runs/ab", tmp_path, None])
+  files.check_apart(tmp_path / "out", ["gs://bucket" + str(tmp_path / "out")])
+
+
+def test_a_staged_directory_replaces_its_destination_only_when_complete(tmp_path):
+  """staged_directory: the place other processes write into (Beam's workers) lies beside the
+  destination; a failure leaves the old content byte for byte and no staging behind."""
+  out = _run_dir(tmp_path / "out")
+  before = _tree(tmp_path)
+  with pytest.raises(RuntimeError, match="planted"):
+    with files.staged_directory(out, overwrite=True) as staging:
+      assert os.path.dirname(staging) == str(tmp_path) and staging != str(out)
+      Path(staging, "metrics.jsonl").write_text("half")
+      raise RuntimeError("planted")
+  assert _tree(tmp_path) == before
+  with files.staged_directory(out, overwrite=True) as staging:
+    Path(staging, "new").write_text("whole")
+  assert _tree(tmp_path) == {"out": "dir", "out/new": b"whole"}
+  with pytest.raises(FileExistsError, match="overwrite"):
+    with files.staged_directory(out):
+      pass
+  with pytest.raises(files.OverlappingPaths):
+    with files.staged_directory(out, overwrite=True, sources=[out / "new"]):
+      pass
+  assert _tree(tmp_path) == {"out": "dir", "out/new": b"whole"}

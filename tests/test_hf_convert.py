@@ -19,7 +19,7 @@ import transformers
 
 import albert_jax
 from helpers import perturb, random_params
-from albert_jax import checkpointing, hf_convert
+from albert_jax import checkpointing, files, hf_convert
 from albert_jax import model as M
 
 TINY = M.AlbertConfig(vocab_size=97, embedding_size=8, hidden_size=16, num_hidden_layers=3,
@@ -587,3 +587,74 @@ def test_existing_destination_needs_overwrite(tmp_path):
   hf_convert.save(cfg, perturb(params, 1), d, overwrite=True)
   assert _snapshot(d) != before
   assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# ----------------------------------------------------------------------------- outputs that are
+# their own sources
+
+RELEASE = Path(__file__).parent / "data" / "tf1_release"
+
+
+def _listing(root):
+  """Every path under `root` (links not followed) with its bytes or link target."""
+  out = {}
+  for directory, dirs, names in os.walk(root):
+    for name in dirs + names:
+      p = Path(directory) / name
+      out[str(p.relative_to(root))] = (f"-> {os.readlink(p)}" if p.is_symlink()
+                                       else p.read_bytes() if p.is_file() else "dir")
+  return out
+
+
+def _source(command, root):
+  """What `command` reads, with files a conversion does not read (they must survive too)."""
+  if command.startswith("tf-"):
+    import shutil
+    shutil.copytree(RELEASE, root, ignore=shutil.ignore_patterns("hub", "reference.npz"))
+  elif command == "orbax-to-hf":
+    checkpointing.save_model_dir(root, TINY, random_params(TINY, "pretraining", 0), "pretraining")
+  else:
+    hf_convert.save(TINY, random_params(TINY, "pretraining", 0), root, head="pretraining")
+  (root / "metrics.jsonl").write_text('{"step": 12, "loss": 3.5}\n')
+  return root
+
+
+@pytest.mark.parametrize("command,case", [
+    *((c, case) for c in ("orbax-to-hf", "tf-to-hf")
+      for case in ("same", "inside", "holds", "link_to_source", "source_is_link")),
+    ("hf-to-orbax", "same"), ("tf-to-orbax", "holds")])
+def test_an_output_that_overlaps_its_source_is_refused_and_the_source_kept(tmp_path, capsys,
+                                                                          command, case):
+  """`orbax-to-hf RUN RUN --overwrite` deleted the run, `tf-to-hf REL REL --overwrite` the
+  release: an output that is the source, lies in it, holds it, or is it through a link, is
+  refused (exit 1, both paths named) with the source byte for byte as it was."""
+  src = _source(command, tmp_path / "models" / "src")
+  source, out = src, {"same": src, "inside": src / "hf", "holds": tmp_path / "models",
+                      "link_to_source": tmp_path / "link", "source_is_link": src}[case]
+  if case == "link_to_source":
+    out.symlink_to(src)
+  if case == "source_is_link":
+    source = tmp_path / "link"
+    source.symlink_to(src)
+  before = _listing(tmp_path)
+  assert hf_convert.main([command, str(source), str(out), "--overwrite"]) == 1
+  assert _listing(tmp_path) == before  # nothing written, moved or left behind
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and str(out) in err and str(source) in err, err
+  assert "choose another output directory" in err
+
+
+def test_the_writers_refuse_an_output_that_overlaps_the_sources_they_are_given(tmp_path):
+  """save, save_model and save_model_dir pass `sources` to the write, which refuses the overlap
+  before it touches anything (the CLI checks first too, before loading)."""
+  src = _source("orbax-to-hf", tmp_path / "models" / "src")
+  config, params, head = hf_convert.load_any(src)
+  before = _listing(tmp_path)
+  for write in (
+      lambda: hf_convert.save(config, params, src, head, overwrite=True, sources=[src / "params"]),
+      lambda: hf_convert.save_model(config, params, src / "hf", head, sources=[src]),
+      lambda: checkpointing.save_model_dir(src.parent, config, params, head, overwrite=True,
+                                           sources=[src])):
+    with pytest.raises(files.OverlappingPaths, match="choose another output directory"):
+      write()
+  assert _listing(tmp_path) == before
