@@ -170,3 +170,24 @@ def test_a_staged_directory_replaces_its_destination_only_when_complete(tmp_path
     with files.staged_directory(out, overwrite=True, sources=[out / "new"]):
       pass
   assert _tree(tmp_path) == {"out": "dir", "out/new": b"whole"}
+
+
+@pytest.mark.slow  # a local Cloud Storage server
+def test_a_staged_directory_in_a_bucket_replaces_its_destination_only_when_complete(gcs_bucket):
+  """Beam's workers write a gs:// output's shards under a temporary prefix in the same bucket."""
+  root = f"{gcs_bucket}/staged"
+  out = f"{root}/out"
+  files.write_text(f"{out}/old.txt", "old")
+  with pytest.raises(RuntimeError, match="planted"):
+    with files.staged_directory(out, overwrite=True) as staging:
+      assert staging.startswith(f"{root}/.out.tmp-")
+      files.write_text(f"{staging}/new.txt", "half")
+      raise RuntimeError("planted")
+  assert files.files_below(root) == [f"{out}/old.txt"]
+  with pytest.raises(files.OverlappingPaths):
+    with files.staged_directory(out, overwrite=True, sources=[f"{out}/old.txt"]):
+      pass
+  with files.staged_directory(out, overwrite=True) as staging:
+    files.write_text(f"{staging}/new.txt", "whole")
+  assert files.files_below(root) == [f"{out}/new.txt"]
+  assert files.path(f"{out}/new.txt").read_text() == "whole"

@@ -1,7 +1,8 @@
 """`prepare` (Apache Beam, local runner) and training on what it writes: the same batches, stats
 and held-out set as the raw corpus with the same seed, in every way pairs are cut; the same bytes
 from one worker or two processes (the CLI); the manifest and its fingerprints; what training
-refuses; a tiny training run's losses equal on both sources."""
+refuses; a tiny training run's losses equal on both sources; a mistaken or failed --overwrite
+leaves the corpus that was there byte for byte."""
 
 import json
 import os
@@ -222,3 +223,85 @@ def test_a_corpus_in_a_bucket_prepares_to_the_same_bytes(tiny, tmp_path, gcs_buc
   assert shards and shards == sorted(p.name for p in (tmp_path / "from_bucket").glob("*.array_record"))
   for name in shards:
     assert (tmp_path / "from_bucket" / name).read_bytes() == (Path(out) / name).read_bytes(), name
+
+
+# ----------------------------------------------------------------------------- a failed --overwrite
+
+def _listing(root):
+  return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else "dir"
+          for p in sorted(Path(root).rglob("*"))}
+
+
+@pytest.fixture
+def finished(tiny, tmp_path):
+  """A copy of the finished prepared corpus, alone in its parent (so leftovers show)."""
+  import shutil
+  out = tmp_path / "corpus" / "prepared"
+  shutil.copytree(tiny[2], out)
+  return out, _listing(out.parent)
+
+
+def test_prepare_overwrite_with_a_missing_input_leaves_the_corpus_as_it_was(tiny, finished):
+  """`prepare --input=typo.txt --overwrite` deleted manifest.json before it read its inputs."""
+  root, model, _ = tiny
+  out, before = finished
+  result = subprocess.run(
+      [sys.executable, "-m", "albert_jax.data.prepare", f"--input={root}/typo.txt",
+       f"--spm_model={model}", f"--output={out}", f"--max_seq_length={SEQ}", "--overwrite"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "typo.txt" in result.stderr, result.stderr[-3000:]
+  assert _listing(out.parent) == before
+
+
+@pytest.mark.parametrize("mistake", ["no_such_input", "garbage_vocabulary", "unit_bytes_0",
+                                     "group_size_0", "output_holds_the_input"])
+def test_prepare_validates_everything_before_touching_the_output(tiny, finished, mistake):
+  root, model, _ = tiny
+  out, before = finished
+  inputs, kwargs = f"{root}/text/*.txt", {}
+  if mistake == "no_such_input":
+    inputs = f"{root}/text/a.txt,{root}/typo.txt"
+  if mistake == "garbage_vocabulary":
+    model = out.parent / "garbage.model"
+    model.write_bytes(b"not a SentencePiece model")
+    before = _listing(out.parent)
+  if mistake in ("unit_bytes_0", "group_size_0"):
+    kwargs = {mistake.rsplit("_", 1)[0]: 0}
+  if mistake == "output_holds_the_input":
+    inputs = str(out / "spiece.model")
+  with pytest.raises((ValueError, FileNotFoundError, OSError, RuntimeError)):
+    prepare.run(corpus.CorpusSpec.parse(inputs), str(model), str(out),
+                config=examples.ExampleConfig(max_seq_length=SEQ), overwrite=True,
+                **{"unit_bytes": UNIT_BYTES, **kwargs})
+  assert _listing(out.parent) == before
+
+
+def test_prepare_that_fails_midway_leaves_the_corpus_and_no_staging(tiny, finished, monkeypatch,
+                                                                    caplog):
+  """A shard written, then a failure: the previous manifest and shards byte for byte, no staging
+  directory left; a staging directory a killed run left is no obstacle to the next run."""
+  root, model, _ = tiny
+  out, before = finished
+  written = []
+
+  def fail_after_one(*args, **kwargs):
+    if written:
+      raise OSError("planted: disk full after one shard")
+    written.append(real(*args, **kwargs))
+    return written[-1]
+  real = prepare._write_shard
+  monkeypatch.setattr(prepare, "_write_shard", fail_after_one)
+  spec = corpus.CorpusSpec.parse(f"{root}/text/*.txt")
+  run = lambda: prepare.run(spec, model, str(out), config=examples.ExampleConfig(
+      max_seq_length=SEQ), seed=1, unit_bytes=UNIT_BYTES, overwrite=True)
+  with pytest.raises(Exception, match="planted"):
+    run()
+  assert written and _listing(out.parent) == before
+  monkeypatch.undo()
+  killed = out.parent / f".{out.name}.tmp-killed"  # as a SIGKILLed run would leave it
+  killed.mkdir()
+  (killed / "train-00000-of-00008.array_record").write_bytes(b"half")
+  manifest = run()
+  assert manifest["settings"]["seed"] == 1 and prepared.load_manifest(out) == manifest
+  assert sorted(p.name for p in out.parent.iterdir()) == [killed.name, "prepared"]
+  assert str(killed) in caplog.text  # named, for whoever wants the space back

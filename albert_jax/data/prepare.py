@@ -28,6 +28,11 @@ with the same seed and vocabulary (tests/test_prepare.py). The pipeline:
      joined with it (CoGroupByKey on its index), completed, and grouped back by unit.
   4. The manifest, last: shards and their counts, corpus and pair statistics, settings, and the
      fingerprints of the corpus (per split), the vocabulary and the settings.
+All of it goes to a staging directory beside the output (`.NAME.tmp-*`, in its bucket for a
+gs:// output) that replaces the output only when complete, and only once the inputs, the
+vocabulary and the flags have been checked: a typo, a failure or a kill leaves the corpus that
+was there as it was (in a bucket, a kill during that final move excepted: see files.py). An
+output that is an input, holds one or lies inside one is refused.
 Progress: a log line per read unit (documents, MB, MB/s), Beam counters, and a summary at the end.
 """
 
@@ -403,19 +408,20 @@ def run(spec: corpus.CorpusSpec, spm_model: str, output: str, *,
         config: examples_lib.ExampleConfig, seed: int = 0, do_lower_case: bool = True,
         unit_bytes: int = 32 << 20, unit_examples: int = 10_000, group_size: int = 1,
         pipeline_args: Iterable[str] = (), overwrite: bool = False) -> dict | None:
-  """Prepares `spec` into `output`; returns the manifest (None when `output` is a bucket)."""
+  """Prepares `spec` into `output`; returns the manifest (None when `output` is a bucket).
+
+  Everything is checked before `output` is touched (`_check`); the new corpus is written into a
+  staging directory beside it that replaces it only when complete (files.staged_directory), so a
+  run that fails or is killed leaves the corpus already there as it was.
+  """
   from apache_beam.options.pipeline_options import PipelineOptions
   tokenizer = AlbertTokenizer(spm_model, do_lower_case=do_lower_case)
   spm_bytes = files_lib.path(spm_model).read_bytes()  # local or gs://
-  local = "://" not in output
-  from apache_beam.io.filesystems import FileSystems
-  manifest_path = FileSystems.join(output, prepared.MANIFEST)
-  if FileSystems.exists(manifest_path):
-    if not overwrite:
-      raise FileExistsError(f"{output} already holds a prepared corpus; pass --overwrite")
-    FileSystems.delete([manifest_path])  # unfinished from now on, until the new manifest lands
-  units = {space: spec.units(space, unit_bytes=unit_bytes, unit_examples=unit_examples)
-           for space in spec.spaces}
+  local = not files_lib.is_remote(output)
+  if local:  # a link's target is what gets replaced, staged on its own disk
+    output = os.path.realpath(output)
+  units = _check(spec, output, overwrite, unit_bytes=unit_bytes, unit_examples=unit_examples,
+                 group_size=group_size)
   text_bytes = sum(u.size for us in units.values() for u in us if u.kind == "file")
   log.info("Preparing %s: %s read units%s, pairs of %d tokens, seed %d, mode %s, into %s",
            spec.files or spec.tfds_name or spec.source,
@@ -424,9 +430,12 @@ def run(spec: corpus.CorpusSpec, spm_model: str, output: str, *,
            seed, config.mode, output)
   start = time.monotonic()
   options = PipelineOptions(list(pipeline_args))
-  with beam.Pipeline(runner=_local_runner(options), options=options) as p:
-    build(p, spec, tokenizer, spm_bytes, output, config=config, seed=seed, units=units,
-          group_size=group_size)
+  runner = _local_runner(options)
+  # overwrite=True: _check has decided what may be replaced.
+  with files_lib.staged_directory(output, overwrite=True, sources=_sources(spec)) as staging:
+    with beam.Pipeline(runner=runner, options=options) as p:
+      build(p, spec, tokenizer, spm_bytes, staging, config=config, seed=seed, units=units,
+            group_size=group_size)
   seconds = time.monotonic() - start
   if not local:
     log.info("Prepared %s in %.0f s", output, seconds)
@@ -440,6 +449,61 @@ def run(spec: corpus.CorpusSpec, spm_model: str, output: str, *,
            f" ({text_bytes / 1e6 / seconds:.2f} MB of text/s)" if text_bytes else "",
            manifest["fingerprint"][:16])
   return manifest
+
+
+def _check(spec: corpus.CorpusSpec, output: str, overwrite: bool, *, unit_bytes: int,
+           unit_examples: int, group_size: int) -> dict[str, list[corpus.Unit]]:
+  """The read units of every document space, once what a run needs is checked: sizes at least
+  1, every input there (a local one readable: a bucket's object sizes, read here, need the
+  permission reading does), something to read, and an output that may be replaced."""
+  for name, value in (("unit_bytes (--unit_mb)", unit_bytes), ("unit_examples", unit_examples),
+                      ("group_size", group_size), ("max_sentence_chars", spec.max_sentence_chars)):
+    if value < 1:
+      raise ValueError(f"{name}={value}: must be at least 1")
+  units = {space: spec.units(space, unit_bytes=unit_bytes, unit_examples=unit_examples)
+           for space in spec.spaces}
+  for space, us in units.items():
+    if not us:
+      raise ValueError(f"nothing to read for the {space!r} documents (--input="
+                       f"{spec.files or spec.tfds_name or spec.source!r}, --eval_input="
+                       f"{spec.eval_files!r})")
+  for name in sorted({u.name for us in units.values() for u in us if u.kind == "file"}):
+    if not files_lib.is_remote(name):
+      with open(name, "rb") as f:
+        f.read(1)
+  _check_output(output, overwrite)
+  return units
+
+
+def _check_output(output: str, overwrite: bool) -> None:
+  """Refuses an output whose replacement would lose something: a prepared corpus without
+  `overwrite`, files a prepared corpus does not hold, a mount point (replaced whole, its new
+  content would be staged on the disk it is mounted on)."""
+  out = files_lib.path(output)
+  if not out.exists():
+    return
+  if not out.is_dir():
+    raise FileExistsError(f"--output={output} is a file; name a directory")
+  if not files_lib.is_remote(output) and os.path.ismount(output):
+    raise ValueError(f"--output={output} is a mount point, which cannot be replaced whole; name "
+                     "a directory inside it")
+  names = sorted(p.name for p in out.iterdir())
+  foreign = [n for n in names if not prepared.is_corpus_file(n)]
+  if foreign:
+    raise FileExistsError(
+        f"--output={output} holds files that are no part of a prepared corpus ("
+        f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), and the new corpus "
+        "replaces the whole directory: choose another --output, or move them")
+  if names and not overwrite:
+    what = "a prepared corpus" if prepared.MANIFEST in names else "part of a prepared corpus"
+    raise FileExistsError(f"{output} already holds {what}; pass --overwrite to replace it")
+
+
+def _sources(spec: corpus.CorpusSpec) -> list[str | None]:
+  """The paths `spec` reads (what its input globs match, a TFDS data_dir): the output may
+  overlap none."""
+  items = [i.strip() for s in (spec.files, spec.eval_files) for i in s.split(",") if i.strip()]
+  return [m for item in items for m in files_lib.glob(item)] + [spec.tfds_data_dir or None]
 
 
 def _local_runner(options):
@@ -483,7 +547,8 @@ def define_flags():
   flags.DEFINE_string("spm_model", None, "SentencePiece model (spiece.model), copied to --output.")
   flags.DEFINE_boolean("do_lower_case", True, "Lower-case, as the vocabulary was trained.")
   flags.DEFINE_string("output", None, "Directory for the shards and manifest.json.")
-  flags.DEFINE_boolean("overwrite", False, "Replace a prepared corpus already in --output.")
+  flags.DEFINE_boolean("overwrite", False, "Replace a prepared corpus already in --output (once "
+                       "the new one is complete).")
   flags.DEFINE_integer("seed", 0, "Seed of the cuts: train with the same --config.seed to get "
                        "the batches of training on the raw corpus.")
   flags.DEFINE_enum("mode", "fixed", list(examples_lib.MODES), "See data/examples.py's docstring.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from typing import Any, Sequence
 
@@ -43,6 +44,12 @@ def token_dtype(vocab_size: int) -> str:
 
 def shard_name(split: str, unit: int, units: int) -> str:
   return f"{split}-{unit:05d}-of-{units:05d}.array_record"
+
+
+def is_corpus_file(name: str) -> bool:
+  """A name a prepared corpus holds: the manifest, the vocabulary, a shard, a hidden temporary."""
+  return (name in (MANIFEST, VOCAB_FILE) or name.startswith(".")
+          or re.fullmatch(r"(train|eval)-\d{5,}-of-\d{5,}\.array_record", name) is not None)
 
 
 def encode_pair(pair: examples_lib.SegmentPair, dtype: str) -> bytes:
