@@ -253,8 +253,9 @@ def test_prepare_overwrite_with_a_missing_input_leaves_the_corpus_as_it_was(tiny
   assert _listing(out.parent) == before
 
 
-@pytest.mark.parametrize("mistake", ["no_such_input", "garbage_vocabulary", "unit_bytes_0",
-                                     "group_size_0", "output_holds_the_input"])
+@pytest.mark.parametrize("mistake", ["no_such_input", "empty_input", "garbage_vocabulary",
+                                     "unit_bytes_0", "group_size_0", "output_holds_the_input",
+                                     "output_holds_other_files"])
 def test_prepare_validates_everything_before_touching_the_output(tiny, finished, mistake):
   root, model, _ = tiny
   out, before = finished
@@ -267,8 +268,15 @@ def test_prepare_validates_everything_before_touching_the_output(tiny, finished,
     before = _listing(out.parent)
   if mistake in ("unit_bytes_0", "group_size_0"):
     kwargs = {mistake.rsplit("_", 1)[0]: 0}
+  if mistake == "empty_input":
+    inputs = str(out.parent / "empty")
+    (out.parent / "empty").mkdir()
   if mistake == "output_holds_the_input":
     inputs = str(out / "spiece.model")
+  if mistake == "output_holds_other_files":  # the swap would delete them
+    (out / "notes.txt").write_text("mine")
+  if mistake in ("empty_input", "output_holds_other_files"):
+    before = _listing(out.parent)
   with pytest.raises((ValueError, FileNotFoundError, OSError, RuntimeError)):
     prepare.run(corpus.CorpusSpec.parse(inputs), str(model), str(out),
                 config=examples.ExampleConfig(max_seq_length=SEQ), overwrite=True,
