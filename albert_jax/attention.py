@@ -15,12 +15,20 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 IMPLEMENTATIONS = ("xla", "splash", "cudnn", "auto")
 SPLASH_BLOCKS = (512, 256, 128)  # tried in order; the largest that divides the length is used
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 # The logical names of q, k, v and the context (`sharding.py` maps them onto the mesh).
 QKV_AXES = ("batch", "length", "act_heads", "act_kv")
+# What the default remat policy keeps of attention (`model.REMAT_POLICIES`), so that the backward
+# pass does not run the forward again: `xla`'s context and the splash kernel's own residuals
+# (its output and softmax statistics) by these names, and the outputs of the primitive jax's
+# cuDNN attention binds for its forward pass (the context and the statistics).
+ATTENTION_CONTEXT = "attention_context"
+SPLASH_RESIDUALS = "splash_residuals"
+FUSED_FORWARD_PRIMITIVES = ("dot_product_attention_fwd_wrapper", "dot_product_attention_fwd")
 
 
 def resolve(name: str, platform: str, dtype, length: int, dropout_active: bool) -> str:
@@ -89,7 +97,7 @@ def xla(q, k, v, mask, *, dropout: Callable[[jax.Array], jax.Array] | None = Non
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   if dropout is not None:
     probs = dropout(probs)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  return checkpoint_name(jnp.einsum("bhqk,bkhd->bqhd", probs, v), ATTENTION_CONTEXT)
 
 
 # ----------------------------------------------------------------------------- splash (TPU)
@@ -126,6 +134,7 @@ def _splash_kernel(heads: int, length: int, interpret: bool):
       block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
       use_fused_bwd_kernel=True)
   return splash_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                    residual_checkpoint_name=SPLASH_RESIDUALS,
                                     interpret=interpret)
 
 

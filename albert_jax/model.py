@@ -9,8 +9,7 @@ Module and parameter names mirror Hugging Face's `modeling_albert.py`, so the co
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from albert_jax import attention as attention_lib
+from albert_jax.layers import ACTIVATIONS, ConcatDense, Dense, LayerNorm, tf_truncated_normal
 
 Dtype = Any
 PyTree = Any
@@ -146,52 +146,48 @@ def preset(name: str, **overrides) -> AlbertConfig:
   return AlbertConfig(**{**SIZES[size], **VERSIONS[version], **overrides})
 
 
-# ----------------------------------------------------------------------------- activations
-
-def _gelu_tanh(x):
-  return jax.nn.gelu(x, approximate=True)
-
-
-def _gelu_erf(x):
-  return jax.nn.gelu(x, approximate=False)
-
-
-# Hugging Face's ACT2FN names, computed the same way.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": _gelu_erf,
-    "gelu_python": _gelu_erf,
-    "gelu_new": _gelu_tanh,
-    "gelu_fast": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "gelu_python_tanh": _gelu_tanh,
-    "gelu_accurate": _gelu_tanh,
-    "gelu_10": lambda x: jnp.clip(_gelu_erf(x), -10.0, 10.0),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
-    "relu6": jax.nn.relu6,
-    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "linear": lambda x: x,
-}
-
 # Rematerialisation of the scanned layer (`remat_policy`): what the backward pass may keep.
 # Why the scan needs one: without it every iteration stacks all that autodiff saves per op (26
 # buffers a layer: f32 softmax pieces, six copies of the GELU's input), which XLA cannot fuse
 # away across a loop as it does unrolled, so the scan needs twice the loop's HBM and is slower.
-# The default keeps only the weight matmuls' outputs (7 a layer) and recomputes the rest: as
-# fast as the loop on CPU, 11.1 GiB instead of the loop's 26.2 on TPU (README, "The scan").
-DEFAULT_REMAT = "dots_with_no_batch_dims"
+# The kept values are ones the forward pass writes anyway (matmul outputs with their biases, the
+# residual sums, what the attention kernel returns), so a GPU's GEMM epilogues can still add the
+# biases, the GELU and the residuals in place, and neither policy below reruns attention.
+MATMUL_OUTPUTS = ("query", "key", "value", attention_lib.ATTENTION_CONTEXT,
+                  attention_lib.SPLASH_RESIDUALS, "attention_residual", "ffn_hidden",
+                  "ffn_residual")
+LEAN = tuple(n for n in MATMUL_OUTPUTS if n not in ("query", "attention_residual"))
+
+
+def _attention_kernel_outputs(prim, *_, **__) -> bool:
+  """Keep what a fused attention kernel's forward returns: not keeping it reruns the kernel."""
+  return prim.name in attention_lib.FUSED_FORWARD_PRIMITIVES
+
+
+def _keep(*names):
+  return jax.checkpoint_policies.save_from_both_policies(
+      jax.checkpoint_policies.save_only_these_names(*names), _attention_kernel_outputs)
+
+
+DEFAULT_REMAT = "auto"  # `resolve_remat_policy`
 REMAT_POLICIES = {
     "none": None,  # no remat: keep every activation
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
+    # Keep every weight matmul's output with its bias (q, k, v, the FFN's pre-activation, and the
+    # two output projections as the residual sums they feed) and the attention kernel's forward
+    # outputs (the context and its softmax statistics): the backward pass reruns no matmul and
+    # no attention, only LayerNorms and the activation. `auto` on CPU and GPU.
+    "matmul_outputs": _keep(*MATMUL_OUTPUTS),
+    # `matmul_outputs` less q and the attention block's residual sum: the backward pass recomputes
+    # the query and output projections (4 of the layer's 24 hidden^2 FLOPs per token, which XLA's
+    # TPU cost model prices at no extra step time) so that the kept stacks, the splash kernel's
+    # [heads, length, 64] output among them, fit in the HBM `dots_with_no_batch_dims` needed.
+    # `auto` on TPU (README, "The scan").
+    "lean": _keep(*LEAN),
     "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, attention's too
-    # Keep the outputs of matmuls with weights (q, k, v, the output and FFN projections);
-    # recompute attention's scores and softmax, LayerNorms and the activation.
+    # Keep the outputs of matmuls with weights, before their biases (q, k, v, the output and FFN
+    # projections); recompute attention's scores and softmax, LayerNorms and the activation. The
+    # default before `auto`: it reruns a fused attention kernel's forward.
     "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     # Keep the FFN block's residual sum (the last LayerNorm's input, [batch, length, hidden]): the
     # backward pass recomputes all but the FFN output projection, 8 of the layer's 24 hidden^2
@@ -202,6 +198,17 @@ REMAT_POLICIES = {
     "layer_norm_inputs": jax.checkpoint_policies.save_only_these_names(
         "attention_residual", "ffn_residual"),
 }
+
+
+def resolve_remat_policy(name: str, platform: str) -> str:
+  """The policy `name` stands for on `platform`: `auto` is `lean` on TPU (HBM), else
+  `matmul_outputs` (a CPU is bound by compute; a GPU's layers are unrolled by default, where no
+  policy applies, see `resolve_layer_loop`)."""
+  if name != "auto" and name not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy={name!r} is not one of {sorted(REMAT_POLICIES)} or 'auto'")
+  if name != "auto":
+    return name
+  return "lean" if platform == "tpu" else "matmul_outputs"
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -263,13 +270,6 @@ class SquadV2Output:
 
 # ----------------------------------------------------------------------------- building blocks
 
-def tf_truncated_normal(stddev: float):
-  """The original's `tf.truncated_normal_initializer`: N(0, stddev) cut at 2 stddev, not rescaled."""
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32).astype(dtype) * stddev
-  return init
-
-
 class _Albert(nn.Module):
   """Fields every ALBERT module shares: the config and how to run it."""
   config: AlbertConfig
@@ -277,17 +277,19 @@ class _Albert(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat_policy: str = DEFAULT_REMAT  # a key of REMAT_POLICIES
   attention: str = "auto"  # xla | splash | cudnn | auto (attention.py)
-  scan_layers: bool = True  # False: a Python loop over the same shared weights (for tests)
+  layer_loop: str = "auto"  # scan | unroll | auto (`resolve_layer_loop`)
 
   def __post_init__(self):
     attention_lib.check_name(self.attention)
+    resolve_layer_loop(self.layer_loop, "cpu")  # valid names
+    resolve_remat_policy(self.remat_policy, "cpu")
     super().__post_init__()
 
   @property
   def runtime(self) -> dict:
     return dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
                 remat_policy=self.remat_policy, attention=self.attention,
-                scan_layers=self.scan_layers)
+                layer_loop=self.layer_loop)
 
   def batch_inputs(self, training: bool) -> tuple[str, ...]:
     """Batch features this head reads beyond `input_ids`, `attention_mask`, `token_type_ids`,
@@ -295,84 +297,19 @@ class _Albert(nn.Module):
     del training
     return ()
 
-  def dense(self, features, axes, name, n_in=1, use_bias=True):
-    """A dense layer over the last `n_in` input axes; kernel and bias carry logical names `axes`."""
+  def dense(self, features, axes, name, n_in=1, use_bias=True, save_as=None):
+    """A dense layer over the last `n_in` input axes; kernel and bias carry logical names `axes`;
+    `save_as` names its output for the remat policies."""
     features = (features,) if isinstance(features, int) else tuple(features)
     return Dense(features, axes, n_in, self.config.initializer_range, self.dtype,
-                 self.param_dtype, use_bias=use_bias, name=name)
+                 self.param_dtype, use_bias=use_bias, save_as=save_as, name=name)
 
   def layer_norm(self, axis_name, name):
-    return nn.LayerNorm(
-        epsilon=self.config.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis_name,)),
-        name=name)
+    return LayerNorm(self.config.layer_norm_eps, axis_name, self.dtype, self.param_dtype,
+                     name=name)
 
   def dropout(self, rate, x, deterministic):
     return nn.Dropout(rate=rate)(x, deterministic=deterministic)
-
-
-class Dense(nn.Module):
-  """y = x . kernel + bias, contracting the last `n_in` axes of x; output axes `features`.
-
-  Written out rather than nn.DenseGeneral: that one builds a multi-axis kernel flat and
-  reshapes it, which breaks its logical-axis constraint when traced under a mesh.
-  """
-  features: tuple[int, ...]
-  axes: tuple[str | None, ...]  # logical names of the kernel's axes (inputs then outputs)
-  n_in: int
-  stddev: float
-  dtype: Dtype
-  param_dtype: Dtype
-  use_bias: bool = True
-
-  @nn.compact
-  def __call__(self, x):
-    in_shape = x.shape[-self.n_in:]
-    kernel = self.param("kernel", nn.with_logical_partitioning(
-        tf_truncated_normal(self.stddev), self.axes), in_shape + self.features, self.param_dtype)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    # One matmul over the flattened axes, [..., in] x [in, out], reshaped afterwards: its output
-    # is what remat keeps, and [..., heads * head_dim] packs densely in TPU memory where
-    # [..., heads, head_dim=64] pads the minor axis to 128 lanes (albert-large at 32 x 512 on a
-    # v5p chip: 9.6 GiB of temporaries instead of 11.8, for 9% more step time by XLA's model).
-    batch_shape = x.shape[:x.ndim - self.n_in]
-    y = jnp.dot(x.reshape(*batch_shape, math.prod(in_shape)),
-                kernel.reshape(math.prod(in_shape), math.prod(self.features)))
-    y = y.reshape(*batch_shape, *self.features)
-    if not self.use_bias:
-      return y
-    bias = self.param("bias", nn.with_logical_partitioning(
-        nn.initializers.zeros_init(), self.axes[self.n_in:]), self.features, self.param_dtype)
-    return y + bias.astype(self.dtype)
-
-
-class ConcatDense(nn.Module):
-  """dense(concat([a, b], -1)), computed as a . kernel[:n] + b . kernel[n:] + bias.
-
-  The kernel is the concatenated input's ([n + m, features], as the original and Hugging Face
-  store it), but each side is projected on its own and the two broadcast against each other: the
-  SQuAD 2.0 head pairs every position with one start (training) or with each of the top starts
-  (inference), and the original tiles the start state over the positions and projects every pair.
-  """
-  features: int
-  axes: tuple[str | None, str | None]
-  stddev: float
-  dtype: Dtype
-  param_dtype: Dtype
-
-  @nn.compact
-  def __call__(self, a, b):
-    n = a.shape[-1]
-    kernel = self.param("kernel", nn.with_logical_partitioning(
-        tf_truncated_normal(self.stddev), self.axes), (n + b.shape[-1], self.features),
-        self.param_dtype)
-    bias = self.param("bias", nn.with_logical_partitioning(
-        nn.initializers.zeros_init(), self.axes[1:]), (self.features,), self.param_dtype)
-    kernel = kernel.astype(self.dtype)
-    return (jnp.dot(a.astype(self.dtype), kernel[:n]) + jnp.dot(b.astype(self.dtype), kernel[n:])
-            + bias.astype(self.dtype))
 
 
 class AlbertEmbeddings(_Albert):
@@ -409,7 +346,7 @@ class AlbertAttention(_Albert):
     cfg = self.config
     heads, head_dim = cfg.num_attention_heads, cfg.head_dim
     def project(name):  # [batch, length, hidden] -> [batch, length, heads, head_dim]
-      y = self.dense((heads, head_dim), ("hidden", "heads", "kv"), name)(x)
+      y = self.dense((heads, head_dim), ("hidden", "heads", "kv"), name, save_as=name)(x)
       return nn.with_logical_constraint(y, ("batch", "length", "act_heads", "act_kv"))
     q, k, v = project("query"), project("key"), project("value")
 
@@ -434,7 +371,7 @@ class AlbertLayer(_Albert):
   def __call__(self, x, mask, deterministic):
     cfg = self.config
     x = AlbertAttention(**self.runtime, name="attention")(x, mask, deterministic)
-    h = self.dense(cfg.intermediate_size, ("hidden", "mlp"), "ffn")(x)
+    h = self.dense(cfg.intermediate_size, ("hidden", "mlp"), "ffn", save_as="ffn_hidden")(x)
     h = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "act_mlp"))
     h = self.dense(cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)
     # The original applies dropout to the FFN output; HF's port drops it (same at eval time).
@@ -455,21 +392,40 @@ class AlbertLayerGroup(_Albert):
     return x, (x if self.output_hidden_states else None)
 
 
-def layer_group_class(remat_policy: str) -> type[AlbertLayerGroup]:
-  """What the encoder applies per iteration: the layer group, rematerialised as `remat_policy`."""
-  if remat_policy not in REMAT_POLICIES:
-    raise ValueError(f"remat_policy={remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+def layer_group_class(remat_policy: str, platform: str = "cpu") -> type[AlbertLayerGroup]:
+  """What the scan applies per iteration: the layer group, rematerialised as `remat_policy`
+  (`auto` resolved for `platform`)."""
+  remat_policy = resolve_remat_policy(remat_policy, platform)
   if remat_policy == "none":
     return AlbertLayerGroup
   return nn.remat(AlbertLayerGroup, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
+
+
+LAYER_LOOPS = ("scan", "unroll", "auto")
+
+
+def resolve_layer_loop(name: str, platform: str) -> str:
+  """How the encoder applies its layers on `platform`: `scan` (one compiled layer, a loop over
+  depth; what the remat policy is for), `unroll` (a Python loop: the program holds every
+  application), or for `auto` unrolled on a GPU and scanned elsewhere. On a GPU the scan's stacks
+  of kept activations (zero-filled, then copied into) and its per-iteration gradient sums cost
+  more than the whole of the unrolled program's non-matmul work (albert-large, 32 x 512:
+  `census.py`, README "On a GPU"); on a TPU the scan is as fast and needs far less HBM, on the
+  CPU it is as fast and compiles in a fraction of the time."""
+  if name not in LAYER_LOOPS:
+    raise ValueError(f"layer_loop={name!r} is not one of {list(LAYER_LOOPS)}")
+  if name != "auto":
+    return name
+  return "unroll" if platform in ("gpu", "cuda") else "scan"
 
 
 class AlbertTransformer(_Albert):
   """E->H projection, then each of the `num_hidden_groups` groups applied L/G times in a row.
 
   Each group's weights exist once (`variable_broadcast="params"`) however many times the scan
-  applies them, so depth costs neither parameters nor compile time. Layer i uses group
-  i // (L / G), as in Hugging Face; G == L is the paper's not-shared ablation.
+  applies them, so depth costs neither parameters nor compile time; unrolled (`layer_loop`), the
+  same weights are applied in a Python loop. Layer i uses group i // (L / G), as in Hugging Face;
+  G == L is the paper's not-shared ablation.
   """
 
   @nn.compact
@@ -478,12 +434,13 @@ class AlbertTransformer(_Albert):
     x = self.dense(cfg.hidden_size, ("emb", "hidden"), "embedding_hidden_mapping_in")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
     repeats = cfg.num_hidden_layers // cfg.num_hidden_groups
-    group_cls = layer_group_class(self.remat_policy)
+    scan = resolve_layer_loop(self.layer_loop, attention_lib.target_platform()) == "scan"
     all_hidden = [x]
     for g in range(cfg.num_hidden_groups):
       name = f"albert_layer_groups_{g}"
-      if self.scan_layers:
-        stack = nn.scan(group_cls, variable_broadcast="params",
+      if scan:
+        stack = nn.scan(layer_group_class(self.remat_policy, attention_lib.target_platform()),
+                        variable_broadcast="params",
                         split_rngs={"params": False, "dropout": True},
                         in_axes=nn.broadcast, length=repeats)
         x, ys = stack(**self.runtime, deterministic=deterministic,
@@ -491,7 +448,9 @@ class AlbertTransformer(_Albert):
         if output_hidden_states:
           all_hidden.extend(ys[i] for i in range(repeats))
       else:
-        group = group_cls(**self.runtime, deterministic=deterministic, name=name)
+        # Unrolled, a recomputation is the forward pass it repeats, and XLA merges the two: no
+        # remat (which would only hide the GELU from a GPU's GEMM epilogue).
+        group = AlbertLayerGroup(**self.runtime, deterministic=deterministic, name=name)
         for _ in range(repeats):
           x, _ = group(x, mask)
           all_hidden.append(x)

@@ -42,9 +42,13 @@ def base_config(task: str, model: str, *, data_arg: str = "") -> ml_collections.
   config.data = tasks.get(task).data_config(data_arg)
   config.model = model_config(model)
   config.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
-  # Rematerialisation of the scanned layer: dots_with_no_batch_dims (the model's default: as fast
-  # as unrolled layers, a fraction of their memory) | none | ffn_residual | layer_norm_inputs |
-  # full | dots (model.REMAT_POLICIES; measured in the README's "The scan" section).
+  # How the encoder applies its shared layer: scan | unroll | auto (unrolled on a GPU, scanned on
+  # TPU and CPU; model.resolve_layer_loop).
+  config.layer_loop = "auto"
+  # Rematerialisation of the scanned layer: matmul_outputs (the default: every matmul's output
+  # and the attention kernel's are kept, LayerNorms and the activation recomputed) | none |
+  # dots_with_no_batch_dims | ffn_residual | layer_norm_inputs | full | dots
+  # (model.REMAT_POLICIES; measured in the README's "The scan" section).
   config.remat_policy = M.DEFAULT_REMAT
   # Attention core: xla | splash | cudnn | auto (splash on TPU, cudnn on GPU in bf16, else xla;
   # albert_jax/attention.py).

@@ -79,7 +79,7 @@ def test_parameter_count_does_not_depend_on_depth():
 def test_scan_equals_unrolled_loop(groups, inner):
   cfg = TINY.replace(num_hidden_layers=4, num_hidden_groups=groups, inner_group_num=inner)
   scanned = M.AlbertModel(cfg)
-  unrolled = M.AlbertModel(cfg, scan_layers=False)
+  unrolled = M.AlbertModel(cfg, layer_loop="unroll")
   params = random_params(cfg, "base", 3)
   # The same weights fit both: scan broadcasts params, so there is no layer axis.
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
@@ -113,7 +113,7 @@ def test_unrolled_loop_by_hand_over_the_shared_layer():
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_with_no_batch_dims", "ffn_residual",
-                                    "layer_norm_inputs"])
+                                    "layer_norm_inputs", "matmul_outputs", "lean"])
 def test_remat_gives_the_same_loss_and_gradients(policy):
   cfg = TINY
   ids = _ids((2, 8), cfg.vocab_size)
@@ -136,6 +136,15 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
     ("ffn_residual", ["f32[2,4,16] named 'ffn_residual'"]),
     ("layer_norm_inputs", ["f32[2,4,16] named 'attention_residual'",
                            "f32[2,4,16] named 'ffn_residual'"]),
+    # Every matmul's output, flat and biased, and attention's context (xla attention here): no
+    # matmul and no attention recomputed.
+    ("matmul_outputs", ["f32[2,4,16] named 'query'", "f32[2,4,16] named 'key'",
+                        "f32[2,4,16] named 'value'", "f32[2,4,2,8] named 'attention_context'",
+                        "f32[2,4,16] named 'attention_residual'",
+                        "f32[2,4,64] named 'ffn_hidden'", "f32[2,4,16] named 'ffn_residual'"]),
+    ("lean", ["f32[2,4,16] named 'key'", "f32[2,4,16] named 'value'",
+              "f32[2,4,2,8] named 'attention_context'", "f32[2,4,64] named 'ffn_hidden'",
+              "f32[2,4,16] named 'ffn_residual'"]),
 ])
 def test_remat_policy_saves_what_it_says(policy, expected, capsys):
   """The activations the backward pass keeps (JAX's own report), beyond the layer's arguments."""
@@ -155,6 +164,35 @@ def test_remat_policy_saves_what_it_says(policy, expected, capsys):
 def test_unknown_remat_policy_is_an_error():
   with pytest.raises(ValueError, match="remat_policy='sometimes'"):
     M.abstract_params(M.AlbertModel(TINY, remat_policy="sometimes"))
+  with pytest.raises(ValueError, match="layer_loop='twice'"):
+    M.AlbertModel(TINY, layer_loop="twice")
+
+
+def test_auto_picks_the_layer_loop_and_policy_per_platform():
+  """GPU: unrolled (no remat applies); TPU: scanned, `lean`; CPU: scanned, `matmul_outputs`."""
+  assert [M.resolve_layer_loop("auto", p) for p in ("gpu", "tpu", "cpu")] == [
+      "unroll", "scan", "scan"]
+  assert [M.resolve_remat_policy("auto", p) for p in ("gpu", "tpu", "cpu")] == [
+      "matmul_outputs", "lean", "matmul_outputs"]
+  assert M.resolve_layer_loop("scan", "gpu") == "scan"
+  assert M.resolve_remat_policy("full", "tpu") == "full"
+
+
+def test_unrolled_layers_are_not_rematerialised(capsys):
+  """Unrolled, the backward pass keeps what autodiff keeps whatever the policy (a recomputation
+  would be merged with the forward pass it repeats): the same residuals as remat 'none'."""
+  cfg = TINY.replace(num_hidden_layers=2)
+  ids = _ids((2, 8), cfg.vocab_size)
+
+  def residuals(policy):
+    module = M.AlbertModel(cfg, layer_loop="unroll", remat_policy=policy)
+    params = M.init_params(module)
+    capsys.readouterr()
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda p: module.apply({"params": p}, ids).last_hidden_state, params)
+    return [line.split(" from ")[0] for line in capsys.readouterr().out.splitlines()]
+
+  assert residuals("full") == residuals("none")
 
 
 def test_masked_lm_positions_gather_the_full_logits():
@@ -231,9 +269,9 @@ def test_depth_does_not_grow_the_program():
   """One shared layer, scanned: the step's program for 24 layers holds as many matmuls as for 2,
   so it compiles like one (what compile time follows; timed in experiments/benchmarks/); the same
   weights unrolled grow with depth, which shows the count can tell."""
-  def matmuls(layers, scan_layers=True):
+  def matmuls(layers, layer_loop="scan"):
     cfg = TINY.replace(hidden_size=64, num_hidden_layers=layers)
-    module = M.AlbertForPreTraining(cfg, scan_layers=scan_layers)
+    module = M.AlbertForPreTraining(cfg, layer_loop=layer_loop)
     params = nn.unbox(M.abstract_params(module))
     ids = jax.ShapeDtypeStruct((2, 32), jnp.int32)
 
@@ -243,7 +281,7 @@ def test_depth_does_not_grow_the_program():
     return jax.jit(jax.grad(loss)).lower(params, ids).as_text().count("dot_general")
 
   assert matmuls(24) == matmuls(2)
-  assert matmuls(24, scan_layers=False) > 5 * matmuls(2, scan_layers=False)
+  assert matmuls(24, layer_loop="unroll") > 5 * matmuls(2, layer_loop="unroll")
 
 
 def test_config_round_trips_through_transformers():

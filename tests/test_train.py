@@ -101,7 +101,7 @@ def test_flop_count_agrees_with_xla_cost_analysis():
   """Our analytic count (what MFU uses) against XLA's own count of the compiled forward."""
   cfg = M.AlbertConfig(vocab_size=500, embedding_size=32, hidden_size=128, num_hidden_layers=3,
                        num_attention_heads=4, intermediate_size=512)
-  module = M.AlbertForPreTraining(cfg, scan_layers=False)  # XLA counts a loop body once
+  module = M.AlbertForPreTraining(cfg, layer_loop="unroll")  # XLA counts a loop body once
   params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                                   nn.unbox(M.abstract_params(module)))
   ids = jax.ShapeDtypeStruct((4, 64), np.int32)

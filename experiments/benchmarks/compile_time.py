@@ -3,7 +3,7 @@
     python -m experiments.benchmarks.compile_time [--size=large] [--layers=12,24,48]
 
 Peers, measured side by side in this run: transformers 4.x `FlaxAlbertForPreTraining` (the only
-other JAX ALBERT; it unrolls the layers in Python) and our own model with `scan_layers=False`.
+other JAX ALBERT; it unrolls the layers in Python) and our own model with `layer_loop="unroll"`.
 Prints seconds to lower+compile `jit(grad(loss))` at batch 8 x 128 and the ratios.
 """
 
@@ -23,8 +23,8 @@ def compile_seconds(loss, params, ids):
   return time.perf_counter() - start
 
 
-def ours(config, scan_layers):
-  module = M.AlbertForPreTraining(config, scan_layers=scan_layers)
+def ours(config, layer_loop):
+  module = M.AlbertForPreTraining(config, layer_loop=layer_loop)
   params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                                   nn.unbox(M.abstract_params(module)))
   loss = lambda p, x: jnp.sum(module.apply({"params": p}, x).prediction_logits)
@@ -52,8 +52,8 @@ def main():
     config = M.preset(args.size, num_hidden_layers=layers)
     runs = {name: [] for name in ("scan", "unrolled", "hf")}
     for _ in range(2):  # alternate, keep the best of two
-      runs["scan"].append(compile_seconds(*ours(config, True), ids))
-      runs["unrolled"].append(compile_seconds(*ours(config, False), ids))
+      runs["scan"].append(compile_seconds(*ours(config, "scan"), ids))
+      runs["unrolled"].append(compile_seconds(*ours(config, "unroll"), ids))
       runs["hf"].append(compile_seconds(*hf_flax(config), ids))
     best = {k: min(v) for k, v in runs.items()}
     print(f"{layers:>6} {best['scan']:>9.2f} {best['unrolled']:>13.2f} {best['hf']:>12.2f} "

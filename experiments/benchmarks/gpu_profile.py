@@ -129,7 +129,7 @@ def main():
     layers, _, attention = variant.partition(":")
     if layers not in ("scan", "loop") or not attention:
       raise SystemExit(f"--variants: {variant!r} is not scan:ATTENTION or loop:ATTENTION")
-    peers[variant] = Peer(cfg, attention, params, batch, "", scan_layers=layers == "scan")
+    peers[variant] = Peer(cfg, attention, params, batch, "", layer_loop="scan" if layers == "scan" else "unroll")
     peers[variant].run(3)  # the first step, then two more to warm up
     print(f"{variant}: compiled in {peers[variant].compile_s:.1f} s, temp "
           f"{peers[variant].temp_gib:.2f} GiB", flush=True)
