@@ -27,6 +27,19 @@ INSTALL_REQUIRES = [
     "gcsfs>=2026.9,<2027",
 ]
 
+# Compile for NVIDIA GPUs on any host (`python -m albert_jax.aot --topology=h100-8`): jax's CUDA
+# plugin at our jax version makes compile-only GPUs from a target description, ptxas and NVVM
+# build the kernels, and jax's cuDNN attention reads cuDNN's version while tracing. No driver,
+# no GPU. (~1.9 GB.) On such a host other commands need JAX_PLATFORMS=cpu, or jax reports the
+# plugin's failed start before falling back to the CPU.
+GPU_AOT = [
+    "jax-cuda13-plugin>=0.10.2,<0.11",
+    "jax-cuda13-pjrt>=0.10.2,<0.11",
+    "nvidia-cuda-nvcc==13.0.88",
+    "nvidia-nvvm==13.0.88",
+    "nvidia-cudnn-cu13>=9.10,<10",
+]
+
 EXTRAS_REQUIRE = {
     # References the tests compare against. Never imported by the package.
     # torch is pinned to the CPU build these machines carry; a bare `torch`
@@ -37,6 +50,7 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers>=4.46,<5",
         "jax[tpu]>=0.10.2,<0.11",  # the tests compile real TPU programs (albert_jax.aot)
+        *GPU_AOT,  # ... and GPU programs
         # A local Cloud Storage server: the gs:// tests run against it (tests/gcs_emulator.py).
         "gcp-storage-emulator>=2026.7,<2027",
         "apache-beam>=2.77,<2.78",  # the tests run `prepare` on the local runner
@@ -47,6 +61,7 @@ EXTRAS_REQUIRE = {
     # libtpu: compile for Cloud TPU slices on any host (`python -m albert_jax.aot`), and run on
     # a Cloud TPU VM.
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "gpu-aot": GPU_AOT,
     # TFDS registers wikipedia/bookcorpus/glue only when TensorFlow is installed.
     "tf": ["tensorflow-cpu"],
 }

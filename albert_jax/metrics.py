@@ -20,7 +20,7 @@ from pathlib import Path
 
 from absl import logging
 
-from albert_jax import files
+from albert_jax import accelerators, files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -137,12 +137,9 @@ def peak_flops(config) -> tuple[float, str]:
   devices = jax.devices()
   if config.get("peak_tflops_per_device"):
     return config.peak_tflops_per_device * 1e12 * len(devices), "config.peak_tflops_per_device"
-  kind = devices[0].device_kind.lower()
-  table = {"v4": 275e12, "v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v6": 918e12,
-           "h100": 989e12, "h200": 989e12, "a100": 312e12, "b200": 2250e12}
-  for name, flops in table.items():
-    if name in kind:
-      return flops * len(devices), f"{devices[0].device_kind} bf16 peak"
+  flops = accelerators.peak_flops(devices[0].device_kind)
+  if flops:
+    return flops * len(devices), f"{devices[0].device_kind} bf16 peak"
   if devices[0].platform != "cpu":
     return 0.0, "unknown device"
   # CPU: simulated devices share the host's cores, so measure the host once.

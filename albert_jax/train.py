@@ -28,7 +28,8 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from albert_jax import checkpointing, files, hf_convert, init_from, metrics as metrics_lib
+from albert_jax import accelerators, checkpointing, files, hf_convert, init_from
+from albert_jax import metrics as metrics_lib
 from albert_jax import model as M
 from albert_jax import optimizer, sharding, tasks, watchdog
 
@@ -115,9 +116,9 @@ def eval_step(params, batch, *, module, task):
 # ----------------------------------------------------------------------------- set-up
 
 def make_module(config: ml_collections.ConfigDict, cfg: M.AlbertConfig, head: str) -> M._Albert:
-  """The model as `config` runs it: compute dtype, rematerialisation, attention."""
+  """The model as `config` runs it: compute dtype, layer loop, rematerialisation, attention."""
   return M.make_model(cfg, head, dtype=jnp.dtype(config.dtype), remat_policy=config.remat_policy,
-                      attention=config.attention)
+                      attention=config.attention, layer_loop=config.get("layer_loop", "auto"))
 
 
 def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
@@ -165,13 +166,16 @@ def state_layout(module, tx, mesh, rules) -> StateLayout:
 
 
 def jit_train_step(config, module, task, tx, schedule, state_shardings, batch_shardings,
-                   replicated):
-  """`train_step` jitted with explicit shardings; the state is donated (updated in place)."""
+                   replicated, compiler_options: dict | None = None):
+  """`train_step` jitted with explicit shardings and XLA options (default: the platform's,
+  `accelerators.compiler_options`); the state is donated (updated in place)."""
+  if compiler_options is None:
+    compiler_options = accelerators.compiler_options(replicated.mesh.devices.flat)
   return jax.jit(
       functools.partial(train_step, module=module, task=task, tx=tx, schedule=schedule,
                         accum_steps=config.grad_accum_steps, seed=config.seed),
       in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=compiler_options or None)
 
 
 def checkpoint_parts(state: TrainState) -> tuple[PyTree, dict]:
@@ -265,7 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   p_train_step = jit_train_step(config, module, task, tx, schedule, layout.shardings,
                                 batch_shardings, replicated)
   p_eval_step = jax.jit(functools.partial(eval_step, module=module, task=task),
-                        out_shardings=replicated)
+                        out_shardings=replicated,
+                        compiler_options=accelerators.compiler_options(mesh.devices.flat))
 
   writer = metrics_lib.MetricsWriter(workdir, start_step, enabled=is_main)
   flops_per_step = 3 * config.batch_size * flops_per_example(config, task, cfg)

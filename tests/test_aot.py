@@ -1,7 +1,9 @@
-"""`python -m albert_jax.aot`: the real train step compiled for Cloud TPU slices on this CPU host.
+"""`python -m albert_jax.aot`: the real train step compiled for Cloud TPU slices and NVIDIA GPUs
+on this CPU host.
 
 The CLI runs in subprocesses (libtpu initialises there; this session keeps its CPU devices). The
-compiles are real XLA:TPU compiles of tiny models, except the slow test of the presets' defaults.
+compiles are real XLA:TPU and XLA:GPU compiles of tiny models, except the heavy tests of the
+presets' defaults.
 """
 
 import importlib.util
@@ -12,7 +14,7 @@ import sys
 
 import pytest
 
-from albert_jax import aot
+from albert_jax import accelerators, aot
 from albert_jax import model as M
 from conftest import tpu_env
 
@@ -52,29 +54,56 @@ SLICES = [("v4-8", 4, (2, 2, 1)), ("v4-32", 16, (2, 2, 4)), ("v4-128", 64, (4, 4
 
 @pytest.mark.parametrize("name,chips,grid", SLICES)
 def test_accelerator_types_name_their_chips(name, chips, grid):
-  tpu = aot.parse_slice(name)
-  assert (tpu.chips, tpu.grid) == (chips, grid)
-  assert aot.parse_slice(name, num_slices=3).chips == 3 * chips
+  tpu = accelerators.parse_target(name)
+  assert (tpu.platform, tpu.chips, tpu.devices, tpu.grid) == ("tpu", chips, chips, grid)
+  assert accelerators.parse_target(name, num_slices=3).chips == 3 * chips
 
 
-@pytest.mark.parametrize("name,message", [
-    ("v5p-6", "no standard v5p slice"), ("v3-8", "unknown TPU generation 'v3'"),
-    ("tpu", "expected GENERATION-SIZE"), ("v5p:2x2", "3D grid"), ("v6e-12", "no standard v6e")])
-def test_unknown_slices_are_refused_with_the_choices(name, message):
+@pytest.mark.parametrize("name,chips,devices,grid", [
+    ("tpu7x-8", 4, 8, (2, 2, 1)), ("tpu7x-128", 64, 128, (4, 4, 4)),
+    ("ironwood-256", 128, 256, (4, 4, 8)), ("tpu7x:2x2x2", 8, 16, (2, 2, 2))])
+def test_ironwood_counts_two_devices_a_chip(name, chips, devices, grid):
+  """Ironwood's accelerator type counts TensorCores, two per chip, and libtpu makes a device of
+  each: 192 GB and 2,307 TFLOP/s a chip, half of each a device."""
+  tpu = accelerators.parse_target(name)
+  assert (tpu.generation, tpu.chips, tpu.devices, tpu.grid) == ("tpu7x", chips, devices, grid)
+  assert tpu.accelerator_type == f"tpu7x-{devices}"
+  assert tpu.hbm_bytes == int(94.75 * GiB) and tpu.peak_flops == 2307e12 / 2
+
+
+@pytest.mark.parametrize("name,gpus,hosts,topology", [
+    ("h100-8", 8, 1, "1x1x8"), ("h100-1", 1, 1, "1x1x1"), ("H200-16", 16, 2, "1x2x8"),
+    ("b200-64", 64, 8, "1x8x8")])
+def test_gpu_systems_are_named_by_model_and_count(name, gpus, hosts, topology):
+  gpu = accelerators.parse_target(name)
+  assert (gpu.platform, gpu.gpus, gpu.hosts, gpu.topology_name) == ("gpu", gpus, hosts, topology)
+  # jax gives XLA 75% of a GPU's memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise.
+  assert gpu.hbm_bytes == int(0.75 * gpu.spec.memory_bytes)
+
+
+@pytest.mark.parametrize("name,num_slices,message", [
+    ("v5p-6", 1, "no standard v5p slice"), ("v3-8", 1, "unknown TPU generation 'v3'"),
+    ("tpu", 1, "expected GENERATION-SIZE"), ("v5p:2x2", 1, "3D grid"), ("v6e-12", 1, "no standard v6e"),
+    ("h100-12", 1, "do not fill hosts of 8"), ("a100-8", 1, "unknown TPU generation"),
+    ("h100-8", 2, "name more GPUs instead"), ("v5p-8", 1000000, "between 1 and 64"),
+    ("v5p-8", 0, "between 1 and 64"), ("h100-65536", 1, "at most 16384")])
+def test_unknown_targets_are_refused_with_the_choices(name, num_slices, message):
   with pytest.raises(ValueError, match=message) as info:
-    aot.parse_slice(name)
-  assert "v5p-8" in str(info.value)  # the message lists what would work
+    accelerators.parse_target(name, num_slices)
+  # The message names the flag and what would work.
+  assert f"--topology={name!r}" in str(info.value) or "--num_slices" in str(info.value)
 
 
 @needs_libtpu
 @pytest.mark.parametrize("name,chips,hosts,kind", [
     ("v4-32", 16, 4, "TPU v4"), ("v5p-8", 4, 1, "TPU v5"), ("v5e-8", 8, 1, "TPU v5 lite"),
-    ("v5litepod-16", 16, 4, "TPU v5 lite"), ("v6e-8", 8, 1, "TPU v6 lite")])
+    ("v5litepod-16", 16, 4, "TPU v5 lite"), ("v6e-8", 8, 1, "TPU v6 lite"),
+    ("tpu7x-8", 8, 1, "TPU7x")])
 def test_libtpu_describes_the_slice(name, chips, hosts, kind):
   """One device per chip (v4/v5p megacore), hosts as Cloud TPU VMs have them (4 chips, 8 on a
   single-host v5e/v6e slice)."""
   env = tpu_env()
-  code = ("from albert_jax import aot; d = aot.slice_devices(aot.parse_slice('%s')); "
+  code = ("from albert_jax import accelerators as A; d = A.parse_target('%s').compile_devices(); "
           "print('RESULT', len(d), len({x.process_index for x in d}), d[0].device_kind)" % name)
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=300)
@@ -99,24 +128,26 @@ def test_out_of_memory_messages_are_read():
 def test_tiny_pretraining_step_compiles_for_v5p_8(tmp_path):
   _, report, output = run_aot(tmp_path, *TINY, "--topology=v5p-8")
   assert report["fits"] is True and "fits" in output
-  assert (report["chips"], report["hosts"], report["device_kind"]) == (4, 1, "TPU v5")
-  assert report["batch_per_chip"] == 32 / 4 and report["mesh"] == {"data": 4, "fsdp": 1,
-                                                                    "tensor": 1}
+  assert (report["platform"], report["chips"], report["devices"], report["hosts"],
+          report["device_kind"]) == ("tpu", 4, 4, 1, "TPU v5")
+  assert report["batch_per_device"] == 32 / 4 and report["mesh"] == {"data": 4, "fsdp": 1,
+                                                                      "tensor": 1}
+  assert (report["layer_loop"], report["remat_policy"]) == ("scan", "lean")
   # A data-parallel mesh holds every parameter on every chip; AdamW adds two moments each.
   cfg = M.AlbertConfig(**{**M.AlbertConfig().__dict__, "vocab_size": 1000, "embedding_size": 64,
                           "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
                           "intermediate_size": 512})
   n = M.count_params(M.abstract_params(M.AlbertForPreTraining(cfg)))
-  assert report["params_bytes_per_chip"] == 4 * n
-  assert 2 * 4 * n <= report["opt_state_bytes_per_chip"] <= 2 * 4 * n + 64
-  assert 0 < report["temp_bytes_per_chip"] < report["peak_bytes_per_chip"] < report[
-      "hbm_bytes_per_chip"] == int(95.74 * GiB)
+  assert report["params_bytes_per_device"] == 4 * n
+  assert 2 * 4 * n <= report["opt_state_bytes_per_device"] <= 2 * 4 * n + 64
+  assert 0 < report["temp_bytes_per_device"] < report["peak_bytes_per_device"] < report[
+      "hbm_bytes_per_device"] == int(95.74 * GiB)
   assert report["compile_seconds"] > 0
   # FLOPs per step: 3 x forward x batch (model.py counts what runs), and the cost model's count
   # of the whole depth (two programs extrapolated) agrees with it within the recomputed part.
   flops = 3 * 32 * M.pretraining_flops_per_example(cfg, 64, 10)
   assert report["flops_per_step"] == flops
-  assert 0.9 < report["cost_model_flops_per_chip"] * 4 / flops < 1.4
+  assert 0.9 < report["cost_model_flops_per_device"] * 4 / flops < 1.4
   assert 0 < report["estimated_mfu"] < 1 and "estimate" in output
 
 
@@ -125,11 +156,11 @@ def test_tiny_pretraining_step_compiles_for_v5p_8(tmp_path):
 def test_a_step_too_big_for_the_chip_is_reported_as_not_fitting(tmp_path):
   """XLA refuses to compile a program larger than HBM: reported, exit 0, with what it needed."""
   code, report, output = run_aot(tmp_path, *TINY, "--topology=v5e-8", "--noestimate",
-                                 "--config.data.max_seq_length=512", "--config.batch_size=8192",
+                                 "--config.data.max_seq_length=512", "--config.batch_size=16384",
                                  "--config.remat_policy=none", "--config.attention=xla")
   assert code == 0 and report["fits"] is False and "DOES NOT FIT" in output
-  assert report["hbm_bytes_per_chip"] == int(15.75 * GiB)
-  assert report["peak_bytes_per_chip"] > report["hbm_bytes_per_chip"]
+  assert report["hbm_bytes_per_device"] == int(15.75 * GiB)
+  assert report["peak_bytes_per_device"] > report["hbm_bytes_per_device"]
   assert "RESOURCE_EXHAUSTED" in report["error"]
 
 
@@ -146,7 +177,7 @@ def test_a_fine_tuning_step_compiles_over_two_slices(tmp_path):
       "--config.batch_size=64")
   assert (report["task"], report["chips"], report["num_slices"], report["fits"]) == (
       "glue", 8, 2, True)
-  assert report["seq_len"] == 128 and report["batch_per_chip"] == 8
+  assert report["seq_len"] == 128 and report["batch_per_device"] == 8
   assert report["model"]["num_hidden_layers"] == 2
 
 
@@ -154,6 +185,7 @@ def test_a_fine_tuning_step_compiles_over_two_slices(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--config.mesh.data=3"], "needs 3 devices; there are 4"),
     (["--config.batch_size=30"], "must be a multiple of data x fsdp"),
+    (["--config.batch_size=0"], "must be at least 1"),
     (["--topology=v5p-6"], "no standard v5p slice")])
 def test_bad_meshes_batches_and_slices_are_named(tmp_path, args, message):
   code, report, output = run_aot(tmp_path, *TINY, "--topology=v5p-8", "--noestimate", *args,
@@ -172,4 +204,47 @@ def test_every_preset_fits_the_slice_its_config_recommends(tmp_path, size):
   _, report, _ = run_aot(tmp_path, f"--config=configs/pretrain.py:{size}",
                          f"--topology={pretrain.SLICES[size]}", "--noestimate")
   assert report["fits"] is True and report["batch_size"] == 4096 and report["seq_len"] == 512
-  assert report["peak_bytes_per_chip"] <= report["hbm_bytes_per_chip"]
+  assert report["peak_bytes_per_device"] <= report["hbm_bytes_per_device"]
+
+
+# ----------------------------------------------------------------------------- GPUs
+
+needs_cuda_plugin = pytest.mark.skipif(
+    importlib.util.find_spec("jax_plugins.xla_cuda13") is None,
+    reason="jax's CUDA plugin is not installed (pip install -e .[gpu-aot])")
+
+
+@needs_cuda_plugin
+@pytest.mark.slow  # a GPU compile in a subprocess
+def test_tiny_pretraining_step_compiles_for_eight_h100s(tmp_path):
+  """Eight compile-only H100s on one host: the report's memory, its kernel census (with every
+  kind's launches, FLOPs and bytes) and roofline, the optimized program, ceilings from a file."""
+  ceilings = tmp_path / "ceilings.json"
+  ceilings.write_text(json.dumps({"matmul_flops": 500e12, "attention_flops": 250e12,
+                                  "memory_bytes": 2e12, "source": "a lease"}))
+  _, report, output = run_aot(tmp_path, *TINY, "--topology=h100-8", "--config.dtype=bfloat16",
+                              f"--hlo={tmp_path / 'step.hlo'}", f"--ceilings={ceilings}")
+  assert (report["platform"], report["devices"], report["hosts"], report["device_kind"]) == (
+      "gpu", 8, 1, "NVIDIA H100 80GB HBM3")
+  assert report["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and report["fits"] is True
+  assert report["hbm_bytes_per_device"] == int(0.75 * accelerators.GPUS["h100"].memory_bytes)
+  assert (report["layer_loop"], report["attention"]) == ("unroll", "cudnn")
+  kinds = report["kernels"]
+  assert {"gemm_library", "attention", "collective"} <= set(kinds)  # the gradient's all-reduce
+  assert all(set(k) == {"count", "flops", "bytes", "seconds"} for k in kinds.values())
+  assert report["census"]["ceilings"]["source"] == "a lease" and report["roofline_seconds"] > 0
+  assert "kernels per step" in output and "roofline" in output
+  hlo = (tmp_path / "step.hlo").read_text()
+  assert hlo.startswith("HloModule") and "__cudnn$fmha" in hlo
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--topology=h100-8", "--json=/nonexistent/dir/r.json"], "--json=/nonexistent/dir/r.json"),
+    (["--topology=v5p-8", "--hlo=/tmp/x.hlo"], "--hlo is for GPU targets"),
+    (["--topology=v5p-8", "--num_slices=1000000"], "between 1 and 64"),
+    (["--topology=h100-8", "--ceilings=/nonexistent.json"], "--ceilings=/nonexistent.json")])
+def test_bad_arguments_are_refused_before_compiling(tmp_path, args, message):
+  """Named, exit 1, in seconds (no compile, no memory blow-up)."""
+  proc = subprocess.run([sys.executable, "-m", "albert_jax.aot", *TINY, *args], cwd=REPO,
+                        env=tpu_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]

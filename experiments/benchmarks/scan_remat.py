@@ -6,7 +6,7 @@ TPU HBM per chip (compiled here for a v5p slice), the figures behind the model's
         [--tpu_sizes=large,xlarge,xxlarge] [--tpu_loop=large] [--topology=v5p-8]
 
 cpu         our real `train.train_step` (float32, adamw_optax, MLM head at the masked positions)
-            with the layers scanned under each remat policy, against `scan_layers=False` (a
+            with the layers scanned under each remat policy, against `layer_loop="unroll"` (a
             Python loop over the same shared weights, no remat), their timed steps alternating
             in this one run; median step time, the ratio to the loop, XLA temporaries.
 equal_math  forward + backward of the pretraining loss with full-vocabulary MLM logits at every
@@ -39,7 +39,8 @@ from albert_jax import model as M
 from experiments.benchmarks.train_step import (JittedPeer, Torch, dense_labels,
                                                hf_pretraining_loss, make_batch)
 
-POLICIES = ("none", "dots_with_no_batch_dims", "layer_norm_inputs", "ffn_residual", "full")
+POLICIES = ("none", "matmul_outputs", "lean", "dots_with_no_batch_dims", "layer_norm_inputs",
+            "ffn_residual", "full")
 MB, GiB = 2**20, 2**30
 
 
@@ -96,7 +97,7 @@ def cpu(settings, steps):
     cfg = M.preset(size)
     params = jax.device_get(M.init_params(M.AlbertForPreTraining(cfg)))
     batch = make_batch(cfg, batch_size, seq)
-    peers = {"loop": Step(cfg, params, batch, scan_layers=False, remat_policy="none")}
+    peers = {"loop": Step(cfg, params, batch, layer_loop="unroll", remat_policy="none")}
     for policy in POLICIES:
       peers[policy] = Step(cfg, params, batch, remat_policy=policy)
     res = alternate(peers, steps)
@@ -107,7 +108,7 @@ def cpu(settings, steps):
     print("|---|---|---|---|---|---|---|")
     for name, peer in peers.items():
       r = res[name]
-      label = "Python loop (scan_layers=False)" if name == "loop" else f"scan, remat {name}"
+      label = "Python loop (layer_loop="unroll")" if name == "loop" else f"scan, remat {name}"
       print(f"| {label} | {r['wall_s']:.2f} | {r['wall_s'] / loop['wall_s']:.3f} | "
             f"{r['cpu_s']:.2f} | {r['cpu_s'] / loop['cpu_s']:.3f} | "
             f"{peer.memory['temp_mb']:.0f} | {r['first_loss']:.5f} |", flush=True)
@@ -185,7 +186,7 @@ def equal_math(setting, steps):
   state_dict = hf_convert.to_hf_state_dict(cfg, params, "pretraining")
   peers = {"torch": TorchGrad(cfg, state_dict, batch, os.cpu_count()),
            "ours (module defaults)": FullVocabGrad(cfg, params, batch),
-           "loop": FullVocabGrad(cfg, params, batch, scan_layers=False, remat_policy="none")}
+           "loop": FullVocabGrad(cfg, params, batch, layer_loop="unroll", remat_policy="none")}
   res = alternate(peers, steps)
   peers["torch"].close()
   torch = res["torch"]
@@ -206,9 +207,9 @@ def equal_math(setting, steps):
 def tpu(sizes, loop_sizes, topology, per_chip):
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
   import pretrain  # noqa: E402  (configs/ is not a package)
-  from albert_jax import aot
-  slice_ = aot.parse_slice(topology)
-  devices = aot.slice_devices(slice_)
+  from albert_jax import accelerators, aot
+  slice_ = accelerators.parse_target(topology)
+  devices = slice_.compile_devices()
   print(f"\n### TPU {topology} ({len(devices)} chips, {devices[0].device_kind}): seq 512, "
         f"{per_chip} sequences per chip, bf16, LAMB, fsdp_tensor; compiled here\n")
   print("| size | layers | remat | temp GiB/chip | peak GiB/chip | fits | compile s |")
@@ -220,15 +221,16 @@ def tpu(sizes, loop_sizes, topology, per_chip):
       config = pretrain.get_config(size)
       config.batch_size = per_chip * len(devices)
       config.remat_policy = policy
+      config.layer_loop = "scan" if scan else "unroll"
       config.model.vocab_size = 30000
-      report = aot.compile_report(config, slice_, devices, estimate=False, scan_layers=scan)
-      temp = report.get("temp_bytes_per_chip")
+      report = aot.compile_report(config, slice_, devices, estimate=False)
+      temp = report.get("temp_bytes_per_device")
       print(f"| {size} | {'scan' if scan else 'loop'} | {policy} | "
             f"{temp / GiB if temp else float('nan'):.2f} | "
-            f"{report['peak_bytes_per_chip'] / GiB:.2f} | {report['fits']} | "
+            f"{report['peak_bytes_per_device'] / GiB:.2f} | {report['fits']} | "
             f"{report['compile_seconds']:.0f} |", flush=True)
       rows.append(dict(size=size, policy=policy, scan=scan, **{
-          k: report.get(k) for k in ("temp_bytes_per_chip", "peak_bytes_per_chip", "fits",
+          k: report.get(k) for k in ("temp_bytes_per_device", "peak_bytes_per_device", "fits",
                                      "compile_seconds")}))
   return rows
 
