@@ -108,7 +108,7 @@ def cpu(settings, steps):
     print("|---|---|---|---|---|---|---|")
     for name, peer in peers.items():
       r = res[name]
-      label = "Python loop (layer_loop="unroll")" if name == "loop" else f"scan, remat {name}"
+      label = 'Python loop (layer_loop="unroll")' if name == "loop" else f"scan, remat {name}"
       print(f"| {label} | {r['wall_s']:.2f} | {r['wall_s'] / loop['wall_s']:.3f} | "
             f"{r['cpu_s']:.2f} | {r['cpu_s'] / loop['cpu_s']:.3f} | "
             f"{peer.memory['temp_mb']:.0f} | {r['first_loss']:.5f} |", flush=True)
