@@ -170,11 +170,16 @@ def unflatten(flat: dict[str, Array]) -> dict:
   return tree
 
 
+def _hf_shape(row: Row, flax_shape: tuple) -> tuple:
+  """The HF shape of a Flax parameter of `flax_shape`: its transform applied to a zero-strided
+  view, so no memory is allocated whatever the config claims (vocab_size 10**9)."""
+  return row.to_hf(np.broadcast_to(np.float32(0), flax_shape)).shape
+
+
 def expected_hf_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
   """HF key -> shape of every tensor of `head` (keys as param_table names them)."""
   expected = _expected_shapes(cfg, head)
-  return {r.hf: r.to_hf(np.empty(expected[r.flax], np.float32)).shape
-          for r in param_table(cfg, head)}
+  return {r.hf: _hf_shape(r, expected[r.flax]) for r in param_table(cfg, head)}
 
 
 def _expected_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
@@ -408,7 +413,7 @@ def from_hf_state_dict(config: AlbertConfig, tensors: dict[str, Array], head: st
     key = row.hf
     if head == "base" or key.startswith("albert."):  # AlbertModel weights: add or strip "albert."
       key = ("albert." if src_prefixed else "") + key.removeprefix("albert.")
-    hf_shape = row.to_hf(np.empty(expected[row.flax], np.float32)).shape
+    hf_shape = _hf_shape(row, expected[row.flax])
     if key not in tensors:
       if strict or row.backbone:
         raise KeyError(f"missing tensor {key!r} (shape {hf_shape}) for the {head} head")

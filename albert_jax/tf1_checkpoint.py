@@ -9,6 +9,7 @@ shard, offset, size, masked crc32c); the bytes are raw little-endian in the data
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -196,19 +197,28 @@ class Checkpoint:
       kind = _UNSUPPORTED.get(e.dtype, f"DataType {e.dtype}")
       raise ValueError(f"{self.prefix}: variable {name!r} has unsupported dtype {kind}")
     dtype = _DTYPES[e.dtype]
-    count = int(np.prod(e.shape, dtype=np.int64))
-    if e.size != count * dtype.itemsize:
-      raise ValueError(f"{self.prefix}: variable {name!r} has {e.size} bytes but shape {e.shape} "
-                       f"{dtype} needs {count * dtype.itemsize}")
+    count = math.prod(e.shape)  # Python ints: a crafted shape cannot overflow
+    if not 0 <= e.shard_id < self.num_shards:
+      raise ValueError(f"{self.index}: variable {name!r} is in data file {e.shard_id}, but the "
+                       f"checkpoint has {self.num_shards}: the index is corrupt")
+    if e.offset < 0 or e.size != count * dtype.itemsize:
+      raise ValueError(f"{self.index}: variable {name!r} has offset {e.offset} and {e.size} bytes "
+                       f"but shape {list(e.shape)} {dtype} needs {count * dtype.itemsize}: the "
+                       "index is corrupt")
     path = self.data_file(e.shard_id)
     if not path.is_file():
       raise FileNotFoundError(f"{path} not found (variable {name!r} is in it)")
+    # Compared with the file's length before anything is allocated or read.
+    length = path.stat().length
+    if e.offset + e.size > length:
+      raise ValueError(f"{path}: truncated data file: variable {name!r} needs bytes "
+                       f"[{e.offset}, {e.offset + e.size}) but the file has {length}")
     with path.open("rb") as f:
       f.seek(e.offset)
       raw = f.read(e.size)
     if len(raw) != e.size:
       raise ValueError(f"{path}: truncated data file: variable {name!r} needs bytes "
-                       f"[{e.offset}, {e.offset + e.size}) but the file has {path.stat().length}")
+                       f"[{e.offset}, {e.offset + e.size}) but reading gave {len(raw)}")
     if e.crc32c is not None and masked_crc32c(raw) != e.crc32c:
       raise ValueError(f"{path}: bad crc32c for variable {name!r}: the data file is corrupt")
     return np.frombuffer(raw, dtype, count).reshape(e.shape).astype(dtype.newbyteorder("="))

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import posixpath
 import re
 from pathlib import Path
 
@@ -138,13 +139,19 @@ def _checkpoint_prefix(d: Path) -> Path | None:
   if state.is_file():
     m = re.search(r'^model_checkpoint_path:\s*"(.*)"', state.read_text(), re.MULTILINE)
     if m:
-      named = Path(m[1])  # the name as written; only its last part is looked up beside it
-      # Paths in it may be absolute, from the machine that trained: look beside the file too.
-      for prefix in ((d / str(named)), d / named.name):
-        if files.path(f"{prefix}.index").is_file():
-          return prefix
-      raise FileNotFoundError(f"{state} names checkpoint {m[1]!r}, but {d / named.name}.index "
-                              "is not there")
+      # Only the name's last part, beside the file: TF writes the training machine's absolute
+      # path, and a path that leaves the directory (../other/model.ckpt-best) is never read.
+      name = posixpath.basename(m[1].replace("\\", "/"))
+      if name in ("", ".", ".."):
+        raise ValueError(f"{state}: model_checkpoint_path {m[1]!r} names no checkpoint; write "
+                         "the checkpoint's name there (model_checkpoint_path: \"model.ckpt-N\")")
+      prefix = d / name
+      if not files.path(f"{prefix}.index").is_file():
+        raise FileNotFoundError(f"{state} names checkpoint {m[1]!r}, but {prefix}.index is not "
+                                "there (only the checkpoint beside that file is read)")
+      if name != m[1]:
+        log.info("%s names %r: reading %s, beside it", state, m[1], prefix)
+      return prefix
   if (d / "model.ckpt-best.index").is_file():
     return d / "model.ckpt-best"
   if files.path(f"{d / HUB_PREFIX}.index").is_file():
@@ -261,6 +268,42 @@ def _check_variables(ckpt: Checkpoint, tensors, names, config: AlbertConfig, sou
                      f"config match the checkpoint?): {unexpected}")
 
 
+_LAYER0 = "bert/encoder/transformer/group_0/inner_group_0/"
+_SIZES = (  # variables whose index shapes give config fields, one per dimension
+    ("bert/embeddings/word_embeddings", ("vocab_size", "embedding_size")),
+    ("bert/embeddings/position_embeddings", ("max_position_embeddings", "embedding_size")),
+    ("bert/embeddings/token_type_embeddings", ("type_vocab_size", "embedding_size")),
+    ("bert/encoder/embedding_hidden_mapping_in/kernel", ("embedding_size", "hidden_size")),
+    (_LAYER0 + "ffn_1/intermediate/dense/kernel", ("hidden_size", "intermediate_size")),
+)
+
+
+def _check_sizes(ckpt: Checkpoint, config: AlbertConfig, source: str) -> None:
+  """The config's sizes and layer groups against the shapes the index records, before a tensor
+  is read or the model traced (a num_hidden_groups of 2000 would trace 2000 groups first).
+  Variables missing here are named later, by `_check_variables`."""
+  scope = HUB_SCOPE if any(n.startswith(HUB_SCOPE) for n in ckpt.entries) else ""
+  shapes = {n.removeprefix(scope): list(e.shape) for n, e in ckpt.entries.items()}
+  for name, fields in _SIZES:
+    expected = [getattr(config, f) for f in fields]
+    if name in shapes and shapes[name] != expected:
+      wrong = [f"{f}={n}" for f, c, n in zip(fields, expected, shapes[name]) if c != n]
+      fix = (f"set {', '.join(wrong)} in {source}" if len(shapes[name]) == len(expected)
+             else f"the checkpoint is not an ALBERT of {source}'s kind")
+      raise ValueError(f"{ckpt.prefix}: variable {scope + name!r} has shape {shapes[name]} but "
+                       f"the config expects {expected}: {fix}")
+  layers = [m for n in shapes if (m := _LAYER.fullmatch(n))]
+  if not layers:
+    return
+  for field, scope, count in (
+      ("num_hidden_groups", "group", 1 + max(int(m[1]) for m in layers)),
+      ("inner_group_num", "inner_group", 1 + max(int(m[2]) for m in layers))):
+    if getattr(config, field) != count:
+      raise ValueError(f"{ckpt.prefix}: {field}={getattr(config, field)} in {source}, but the "
+                       f"checkpoint's layers are {scope}_0 ... {scope}_{count - 1}: set "
+                       f"{field}={count} in {source}")
+
+
 def read_config(release: Release, config: AlbertConfig | str | None = None) -> AlbertConfig:
   """The release's config, or `config` (an AlbertConfig, a preset name or an original
   albert_config.json) where it has none."""
@@ -290,8 +333,13 @@ def load_release(path, head: str | None = None, seed: int = 0,
   release = find_release(path)
   if release is None:
     raise FileNotFoundError(f"{path}: no TF checkpoint (*.index) in it")
+  config_source = (str(config) if isinstance(config, (str, os.PathLike))
+                   else str(release.config) if config is None else "the config passed")
   config = read_config(release, config)
   ckpt = Checkpoint(release.prefix)
+  log.info("Reading the TF1 checkpoint %s (%d variables), config from %s", ckpt.prefix,
+           len(ckpt.entries), config_source)
+  _check_sizes(ckpt, config, config_source)
   tensors, names = _hf_tensors(ckpt)
   source = _source_head(tensors)
   from albert_jax import init_from

@@ -2,11 +2,13 @@
 loader computed (tests/data/tf1_*, written once by experiments/make_tf1_fixture.py)."""
 
 import json
+import logging
 import re
 import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -180,16 +182,31 @@ def _copy(tmp_path, src=RELEASE):
   return d
 
 
-def _write_index(prefix: Path, drop: str):
-  """Rewrites PREFIX.index without `drop`: one block, keys uncompressed (valid LevelDB too)."""
+def _varint(n: int) -> bytes:
+  n &= 2**64 - 1  # a negative value as protobuf writes an int64: ten bytes
+  return bytes([(n >> (7 * i) & 0x7F) | (0x80 if n >> (7 * (i + 1)) else 0)
+                for i in range(max(1, (n.bit_length() + 6) // 7))])
+
+
+def _entry(dtype: int, shape, offset: int, size: int, shard: int = 0) -> bytes:
+  """A BundleEntryProto (tensor_bundle.proto) as TF serialises it."""
+  dims = b"".join(b"\x12" + _varint(len(d)) + d for d in (b"\x08" + _varint(n) for n in shape))
+  return (b"\x08" + _varint(dtype) + b"\x12" + _varint(len(dims)) + dims + b"\x18"
+          + _varint(shard) + b"\x20" + _varint(offset) + b"\x28" + _varint(size))
+
+
+def _write_index(prefix: Path, drop: str | None = None, replace: dict | None = None):
+  """Rewrites PREFIX.index without `drop` and with `replace`'s entries (name -> BundleEntryProto
+  bytes): one block, keys uncompressed (valid LevelDB too)."""
   ckpt_raw = Path(f"{prefix}.index").read_bytes()
   footer = ckpt_raw[-48:]
   pos = T._varint(footer, T._varint(footer, 0)[1])[1]
   end = T._varint(footer, T._varint(footer, pos)[1])[1]
   entries = [kv for _, h in T._block_entries(T._block(ckpt_raw, footer[pos:end], prefix))
-             for kv in T._block_entries(T._block(ckpt_raw, h, prefix)) if kv[0] != drop.encode()]
-  varint = lambda n: bytes([(n >> (7 * i) & 0x7F) | (0x80 if n >> (7 * (i + 1)) else 0)
-                            for i in range(max(1, (n.bit_length() + 6) // 7))])
+             for kv in T._block_entries(T._block(ckpt_raw, h, prefix))
+             if drop is None or kv[0] != drop.encode()]
+  entries = [(k, (replace or {}).get(k.decode(), v)) for k, v in entries]
+  varint = _varint
   block = lambda body: body + struct.pack("<II", 0, 1)  # restart at 0, one restart
   trailer = lambda b: b + b"\0" + struct.pack("<I", masked_crc32c(b + b"\0"))
   data = block(b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in entries))
@@ -258,8 +275,41 @@ def test_config_that_disagrees_with_the_variables(tmp_path):
   first = FFN_KERNEL.replace("group_1", "group_0")
   _fails(tmp_path, d, rf"'{first}' has shape \[12, 24\] but the config expects \[12, 32\]")
   (d / "albert_config.json").write_text(json.dumps({**cfg, "num_hidden_groups": 1}))
-  with pytest.raises(ValueError, match="unexpected variables .*'bert/encoder/transformer/group_1/"):
+  with pytest.raises(ValueError, match="num_hidden_groups=1 in .*albert_config.json, but the "
+                     r"checkpoint's layers are group_0 ... group_1: set num_hidden_groups=2"):
     albert_jax.from_pretrained(d)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"num_hidden_groups": 2000, "num_hidden_layers": 2000}, "set num_hidden_groups=2 in"),
+    ({"inner_group_num": 3}, "set inner_group_num=2 in"),
+    ({"vocab_size": 10**9}, r"'bert/embeddings/word_embeddings' has shape \[100, 8\] but the "
+     r"config expects \[1000000000, 8\]: set vocab_size=100 in"),
+    ({"embedding_size": 16}, r"shape \[100, 8\] but the config expects \[100, 16\]: set "
+     "embedding_size=8 in")], ids=["2000 groups", "inner groups", "vocab 10**9", "embedding"])
+def test_a_config_far_from_the_checkpoint_is_refused_before_tracing(tmp_path, capsys, changes,
+                                                                    message):
+  """Issue 21, 9 and 10: 2000 layer groups traced the model for minutes, vocab_size 10**9
+  allocated 30 GiB, before the mismatch was reported; now the index's shapes are compared with
+  the config first, naming the field, the file and the value to set."""
+  d = _copy(tmp_path)
+  cfg = json.loads((d / "albert_config.json").read_text())
+  (d / "albert_config.json").write_text(json.dumps({**cfg, **changes}))
+  start = time.monotonic()
+  assert hf_convert.main(["tf-to-hf", str(d), str(tmp_path / "out")]) == 1
+  assert time.monotonic() - start < 10
+  err = capsys.readouterr().err
+  assert re.search(message, err) and "albert_config.json" in err, err
+
+
+def test_expected_shapes_of_a_huge_vocabulary_allocate_nothing():
+  """The shapes a config implies, traced and transformed without the arrays (before: np.empty
+  of vocab_size x embedding_size floats)."""
+  cfg = M.AlbertConfig(**{**M.AlbertConfig().__dict__, "vocab_size": 10**9})
+  shapes = hf_convert.expected_hf_shapes(cfg, "pretraining")
+  assert shapes["albert.embeddings.word_embeddings.weight"] == (10**9, cfg.embedding_size)
+  assert shapes["albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight"] \
+      == (cfg.hidden_size, cfg.hidden_size)
 
 
 def test_bad_config_key_is_named(tmp_path, capsys):
@@ -268,6 +318,55 @@ def test_bad_config_key_is_named(tmp_path, capsys):
   (d / "albert_config.json").write_text(json.dumps({**cfg, "net_structure_type": 1}))
   _fails(tmp_path, d, "net_structure_type=1 is not supported")
   assert "albert_config.json: net_structure_type=1" in capsys.readouterr().err
+
+
+F32 = 1  # DT_FLOAT
+POOLER_BIAS = "bert/pooler/dense/bias"  # [12] float32
+
+
+@pytest.mark.parametrize("entry,message", [
+    (_entry(F32, [12], -8, 48), "has offset -8 and 48 bytes .*the index is corrupt"),
+    (_entry(F32, [12], 10**9, 48), r"truncated data file: .*needs bytes \[1000000000, "),
+    (_entry(F32, [2**60], 0, 2**62), r"needs bytes \[0, 4611686018427387904\) but the file has"),
+    (_entry(F32, [2**32, 2**32, 16], 0, 0), r"shape \[4294967296, 4294967296, 16\] float32 needs "
+     "1180591620717411303424"),
+    (_entry(F32, [12], 0, 48, shard=3), "is in data file 3, but the checkpoint has 1")],
+    ids=["negative offset", "offset past the end", "size beyond RAM", "count overflow",
+         "no such data file"])
+def test_index_entries_beyond_the_data_file_are_refused_naming_the_variable(tmp_path, capsys,
+                                                                             entry, message):
+  """Issue 21, 10: an offset that is negative or past the file (an OSError from seek), a size
+  beyond RAM (a MemoryError before the file's length was looked at), an element count that
+  overflows int64 (a reshape error): each refused, naming the file and the variable."""
+  d = _copy(tmp_path)
+  _write_index(d / "model.ckpt-best", replace={POOLER_BIAS: entry})
+  _fails(tmp_path, d, message)
+  err = capsys.readouterr().err
+  assert POOLER_BIAS in err and "model.ckpt-best" in err, err
+
+
+def test_checkpoint_file_paths_stay_in_the_release_directory(tmp_path, caplog):
+  """Issue 21, 4: a `checkpoint` file naming ../other/model.ckpt-best, or that directory's
+  absolute path, made the reader take the other directory's checkpoint instead of the one beside
+  the file. Only the name's last part is read, beside it, and a log line says which."""
+  d = _copy(tmp_path)
+  other = tmp_path / "other"
+  other.mkdir()
+  for suffix in (".index", ".data-00000-of-00001"):
+    shutil.copyfile(d / f"model.ckpt-best{suffix}", other / f"model.ckpt-best{suffix}")
+  data = other / "model.ckpt-best.data-00000-of-00001"
+  data.write_bytes(data.read_bytes()[:-100])  # reading it fails: it must not be read
+  for named in ("../other/model.ckpt-best", str(other / "model.ckpt-best")):
+    (d / "checkpoint").write_text(f'model_checkpoint_path: "{named}"\n')
+    assert tf1_release.find_release(d).prefix == d / "model.ckpt-best"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="albert_jax"):
+      assert albert_jax.from_pretrained(d)[0].config.num_hidden_layers == 4
+    assert f"Reading the TF1 checkpoint {d / 'model.ckpt-best'} " in caplog.text
+    assert f"names {named!r}: reading {d / 'model.ckpt-best'}, beside it" in caplog.text
+  (d / "checkpoint").write_text('model_checkpoint_path: "../.."\n')
+  with pytest.raises(ValueError, match=r"model_checkpoint_path '\.\./\.\.' names no checkpoint"):
+    albert_jax.from_pretrained(d)
 
 
 def test_bad_magic_and_missing_data_file(tmp_path):
