@@ -77,6 +77,20 @@ def glob(pattern: PathLike) -> list[str]:
   return sorted(f"{protocol}://{m}" for m in _fs(pattern).glob(pattern))
 
 
+def child(directory: PathLike, name, source: PathLike) -> epath.Path:
+  """`directory / name` for a file name read from `source` (a manifest, an index): a plain name
+  in `directory`, never `..`, absolute or with a separator, nor (locally) a link out of it."""
+  if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+      or os.path.basename(name) != name):
+    raise ValueError(f"{source}: {name!r} is not a file name in {directory}; refused (a path "
+                     "read from a file must stay in its directory)")
+  p = path(directory) / name
+  if not is_remote(directory) and (os.path.dirname(os.path.realpath(p))
+                                   != os.path.realpath(directory)):
+    raise ValueError(f"{source}: {name!r} links outside {directory}; refused")
+  return p
+
+
 def files_below(directory: PathLike) -> list[str]:
   """Every file under `directory`, sorted, skipping names that start with a dot."""
   directory = os.fspath(directory)

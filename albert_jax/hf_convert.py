@@ -328,19 +328,6 @@ def _read_torch_bin(path) -> dict[str, Array]:
   return out
 
 
-def _shard_path(hf_dir, index, shard):
-  """A shard named in an index: a plain file name in the directory, nothing else (a name such as
-  `../x` or `/etc/x`, or a link out of the directory, would read outside it)."""
-  if (not isinstance(shard, str) or shard in ("", ".", "..") or os.path.basename(shard) != shard
-      or "\\" in shard or "/" in shard):
-    raise ValueError(f"{index}: shard name {shard!r} is not a file name in {hf_dir}; refused")
-  path = hf_dir / shard
-  if not files.is_remote(hf_dir) and os.path.dirname(os.path.realpath(path)) != os.path.realpath(
-      hf_dir):
-    raise ValueError(f"{index}: shard {shard!r} links outside {hf_dir}; refused")
-  return path
-
-
 def read_hf_weights(hf_dir: str | Path) -> dict[str, Array]:
   """The state dict of an HF directory, from safetensors (preferred) or pytorch_model.bin."""
   hf_dir = files.path(hf_dir)
@@ -352,7 +339,7 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, Array]:
     index = hf_dir / f"{name}.index.json"
     if index.is_file():
       weight_map = json.loads(index.read_text())["weight_map"]
-      shards = [_shard_path(hf_dir, index, shard)
+      shards = [files.child(hf_dir, shard, index)
                 for shard in sorted(set(weight_map.values()), key=str)]
       tensors = {}
       for shard in shards:

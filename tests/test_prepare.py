@@ -7,6 +7,7 @@ leaves the corpus that was there byte for byte."""
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from albert_jax.data import corpus, examples, input_pipeline, prepare, prepared
+from albert_jax.data import corpus, examples, input_pipeline, order, prepare, prepared
 from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
 
@@ -81,8 +82,11 @@ def test_prepared_pairs_give_the_batches_of_the_raw_files(tiny):
                                  _cfg(source="prepared", prepared=out), tok)
   # The stream the checkpoint records: the same corpus and vocabulary fingerprints.
   manifest = prepared.load_manifest(out)
+  shards = {s["file"]: f"{s['pairs']} pairs, sha256 {s['sha256'][:16]}"
+            for s in manifest["splits"]["train"]["shards"]}
   assert ready.get_state() == {"next_batch": raw.get_state()["next_batch"], "stream": {
-      **raw.stream, "source": "prepared", "prepared": manifest["fingerprint"]}}
+      **raw.stream, "source": "prepared", "prepared": manifest["fingerprint"],
+      "prepared_shards": shards}}
   assert raw.stream["corpus"] == manifest["splits"]["train"]["fingerprint"]
   assert raw.stream["vocabulary"] == manifest["vocabulary"]
   # Grain worker processes get the source pickled: readers reopen there.
@@ -313,3 +317,183 @@ def test_prepare_that_fails_midway_leaves_the_corpus_and_no_staging(tiny, finish
   assert manifest["settings"]["seed"] == 1 and prepared.load_manifest(out) == manifest
   assert sorted(p.name for p in out.parent.iterdir()) == [killed.name, "prepared"]
   assert str(killed) in caplog.text  # named, for whoever wants the space back
+
+
+# ----------------------------------------------------------------------------- shards that are not
+# what the manifest says (issue 21, items 3, 4, 8)
+
+@pytest.fixture(scope="module")
+def seed1(tiny, tmp_path_factory):
+  """The same corpus prepared with seed 1: shards of the same names, other pairs."""
+  root, model, _ = tiny
+  out = str(tmp_path_factory.mktemp("seed1") / "prepared")
+  _prepare(f"{root}/text/*.txt", model, out, seed=1)
+  return out
+
+
+def _corpus_copy(tiny, tmp_path):
+  import shutil
+  out = tmp_path / "prepared"
+  shutil.copytree(tiny[2], out)
+  return out
+
+
+def _edit_manifest(out, edit):
+  manifest = json.loads((out / "manifest.json").read_text())
+  edit(manifest)
+  (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _train(out, model, **kw):
+  return input_pipeline.train_iterator(_cfg(source="prepared", prepared=str(out), **kw),
+                                       AlbertTokenizer(model), global_batch_size=16, seed=0,
+                                       process_index=0, process_count=1)
+
+
+SHARD = "train-00003-of-00008.array_record"
+
+
+def _flip_middle(path):
+  blob = bytearray(path.read_bytes())
+  blob[1000] ^= 0x01  # inside the first records (the file is 128 KiB of which ~22 KiB records)
+  path.write_bytes(bytes(blob))
+
+
+def _set_pairs(manifest, delta):
+  manifest["splits"]["train"]["shards"][3]["pairs"] += delta
+
+
+MISMATCHES = {
+    "another preparation's shard": (lambda out, seed1: __import__("shutil").copyfile(
+        Path(seed1) / SHARD, out / SHARD), "records, the manifest says"),
+    "one flipped byte": (lambda out, _: _flip_middle(out / SHARD), "manifest's sha256"),
+    "truncated": (lambda out, _: (out / SHARD).write_bytes((out / SHARD).read_bytes()[:5000]),
+                  "5000 bytes, the manifest says 131072"),
+    "pairs lowered in the manifest": (
+        lambda out, _: _edit_manifest(out, lambda m: _set_pairs(m, -5)), "records, the manifest"),
+    "pairs above the real ones": (
+        lambda out, _: _edit_manifest(out, lambda m: _set_pairs(m, 50)), "records, the manifest"),
+    "missing": (lambda out, _: (out / SHARD).unlink(), "not found: manifest.json lists it"),
+}
+
+
+@pytest.mark.parametrize("mismatch", list(MISMATCHES))
+def test_a_shard_that_is_not_the_manifests_is_refused_at_start_naming_it(tiny, seed1, tmp_path,
+                                                                       mismatch):
+  """Issue 21, 3 and 8: a shard from another preparation, a flipped byte, a truncated shard,
+  counts below or above the real ones: each trained on other data without a word, or died at
+  the batch that read it with a Grain traceback naming no file. Now the start-up check (sizes,
+  ArrayRecord's record counts, sha256s against the manifest) refuses it before step 1, naming
+  the shard, what differs and the fix."""
+  root, model, _ = tiny
+  out = _corpus_copy(tiny, tmp_path)
+  change, message = MISMATCHES[mismatch]
+  change(out, seed1)
+  with pytest.raises(prepared.CorruptShard, match=message) as e:
+    _train(out, model)
+  assert str(out / SHARD) in str(e.value) and "--verify" in str(e.value)
+
+
+def test_the_manifest_holds_each_shards_digests(tiny):
+  """sha256 of the whole file, and of its size, first and last 64 KiB (computed here with
+  hashlib, apart from prepared.shard_digests)."""
+  import hashlib
+  _, _, out = tiny
+  manifest = prepared.load_manifest(out)
+  for split in ("train", "eval"):
+    for shard in manifest["splits"][split]["shards"]:
+      blob = (Path(out) / shard["file"]).read_bytes()
+      assert shard["bytes"] == len(blob) and shard["sha256"] == hashlib.sha256(blob).hexdigest()
+      edges = blob[:65536] + blob[max(len(blob) - 65536, 65536):]
+      assert shard["edges"] == hashlib.sha256(f"{len(blob)}\n".encode() + edges).hexdigest()
+
+
+def test_a_damaged_record_the_start_up_check_misses_is_named_when_read(tiny, tmp_path,
+                                                                      monkeypatch):
+  """Past FULL_HASH_BYTES only each shard's ends are hashed at start: a byte flipped in the
+  middle of a large shard shows when its record is read, as an error naming the shard (it was
+  ArrayRecord's "Corrupted Riegeli/records file", naming none, at the same step every restart)."""
+  _, model, _ = tiny
+  out = _corpus_copy(tiny, tmp_path)
+  _flip_middle(out / SHARD)
+  monkeypatch.setattr(prepared, "FULL_HASH_BYTES", 0)
+  monkeypatch.setattr(prepared, "EDGE_BYTES", 16)  # this shard's ends: not its records
+  _edit_manifest(out, lambda m: m["splits"]["train"]["shards"][3].update(
+      prepared.shard_digests(out / SHARD)))  # (digests of the damaged file: the ends agree)
+  it = _train(out, model, prefetch=2)
+  with pytest.raises(prepared.CorruptShard, match=rf"{SHARD}: pair \d+ of its \d+ cannot be read "
+                     r"\(RuntimeError: Corrupted Riegeli"):
+    for _ in range(int(it.stats["batches_per_epoch"]) + 1):
+      next(it)
+
+
+def test_a_resume_onto_other_shards_is_refused_naming_them(tiny, tmp_path, caplog):
+  """Issue 21, 3: a shard prepared again (here: its last 5 pairs gone, the manifest updated to
+  agree, so the start-up check passes) changes the stream; the checkpoint's stream record holds
+  every shard's count and sha256, so the resume is refused naming the shard. A checkpoint from
+  before shards were recorded resumes, with a warning."""
+  _, model, _ = tiny
+  out = _corpus_copy(tiny, tmp_path)
+  state = json.loads(json.dumps({**_train(out, model).get_state(), "next_batch": 3}))
+  source = prepared.PairSource(out, "train")
+  start = sum(s["pairs"] for s in prepared.load_manifest(out)["splits"]["train"]["shards"][:3])
+  keep = [source[start + k] for k in range(
+      prepared.load_manifest(out)["splits"]["train"]["shards"][3]["pairs"] - 5)]
+  (out / SHARD).unlink()
+  size = prepared.write_pairs(str(out / SHARD), keep, "<u2")
+  _edit_manifest(out, lambda m: m["splits"]["train"]["shards"][3].update(
+      pairs=len(keep), bytes=size, **prepared.shard_digests(out / SHARD)))
+  with pytest.raises(order.StreamChanged, match=rf"prepared_shards\[{SHARD}\]: checkpoint "
+                     rf"'{len(keep) + 5} pairs, sha256 \w+', now '{len(keep)} pairs"):
+    _train(out, model).set_state(state)
+  del state["stream"]["prepared_shards"]
+  _train(out, model).set_state(state)
+  assert "predates prepared_shards" in caplog.text
+
+
+def test_an_old_manifest_without_digests_is_read_with_a_warning(tiny, tmp_path, caplog):
+  _, model, _ = tiny
+  out = _corpus_copy(tiny, tmp_path)
+  _edit_manifest(out, lambda m: [s.pop(k) for split in m["splits"].values()
+                                 for s in split["shards"] for k in ("sha256", "edges")])
+  assert next(_train(out, model))["input_ids"].shape == (16, SEQ)
+  assert "prepared before shards had digests" in caplog.text
+  assert _train(out, model).stream["prepared_shards"][SHARD].endswith(" bytes")
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("shard ../x", r"'\.\./prepared/train-00003-of-00008.array_record' is not a file name in"),
+    ("truncated", r"manifest.json is not valid JSON .*copy it again"),
+    ("pairs -1", "has pairs=-1; the manifest is damaged")])
+def test_a_damaged_manifest_is_refused_naming_it(tiny, tmp_path, damage, message):
+  """Issue 21, 4 and 10: a shard `file` of ../... was read outside the directory; a truncated
+  manifest.json gave a bare JSONDecodeError."""
+  _, model, _ = tiny
+  out = _corpus_copy(tiny, tmp_path)
+  if damage == "truncated":
+    text = (out / "manifest.json").read_text()
+    (out / "manifest.json").write_text(text[:len(text) // 2])
+  else:
+    _edit_manifest(out, lambda m: m["splits"]["train"]["shards"][3].update(
+        {"shard ../x": {"file": f"../prepared/{SHARD}"}, "pairs -1": {"pairs": -1}}[damage]))
+  with pytest.raises(ValueError, match=message) as e:
+    _train(out, model)
+  assert "manifest.json" in str(e.value)
+
+
+def test_prepare_verify_checks_every_record(tiny, tmp_path):
+  """`prepare --verify`: exit 0 on the corpus as written; on a flipped byte, exit 1 naming the
+  shard, its digests and the record that cannot be read."""
+  _, _, out = tiny
+  verify = lambda d: subprocess.run(
+      [sys.executable, "-m", "albert_jax.data.prepare", "--verify", f"--output={d}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  good = verify(out)
+  assert good.returncode == 0 and "every shard and record" in good.stderr, good.stderr[-2000:]
+  damaged = _corpus_copy(tiny, tmp_path)
+  _flip_middle(damaged / SHARD)
+  bad = verify(damaged)
+  assert bad.returncode == 1, bad.stderr[-2000:]
+  assert f"{damaged / SHARD}: sha256" in bad.stderr
+  assert re.search(rf"{SHARD}: record \d+ cannot be read \(Corrupted Riegeli", bad.stderr)
+  assert int(re.search(r"(\d+) problem\(s\) above", bad.stderr)[1]) >= 3

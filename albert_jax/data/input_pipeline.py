@@ -269,12 +269,14 @@ def _prepared_examples(data_cfg, tokenizer, split, config, vocabulary):
   source = prepared_lib.PairSource(data_cfg.prepared, split, manifest)
   if not len(source):
     raise ValueError(f"{data_cfg.prepared} holds no {split} pair")
+  prepared_lib.check_shards(data_cfg.prepared, manifest, split)  # before step 1, in seconds
   info = manifest["splits"][split]
   return source, examples_lib.tokenizer_tables(tokenizer), {
       "corpus": info["corpus"], "documents": info["documents"], "pairs": info["pair_stats"],
       "examples_per_epoch": len(source)}, {
       "corpus": info["fingerprint"], "vocabulary": vocabulary,
-      "prepared": manifest["fingerprint"], "pair_seed": manifest["settings"]["seed"]}
+      "prepared": manifest["fingerprint"], "pair_seed": manifest["settings"]["seed"],
+      "prepared_shards": prepared_lib.stream_shards(manifest, split)}
 
 
 def _pairs_at(examples, indices) -> list:

@@ -41,6 +41,9 @@ def examples_at(positions: range, n: int, seed: int) -> np.ndarray:
 # fingerprint of the arrays and the task's data settings). Resuming checks the stream is the same.
 
 ALLOW_CHANGE = "--config.allow_data_change=True"
+# Fields a later version added to the record: a checkpoint saved before is resumed without them
+# compared, with a warning.
+ADDED_LATER = ("prepared_shards",)
 
 
 class StreamChanged(ValueError):
@@ -66,10 +69,12 @@ def resume_position(state: dict, stream: dict, *, allow_change: bool,
                 "older run): continuing from batch %d without checking the %s", next_batch, what)
     return next_batch
   saved, stream = canonical(saved), canonical(stream)
-  missing = "(absent)"
-  changed = "; ".join(f"{k}: checkpoint {saved.get(k, missing)!r}, now {stream.get(k, missing)!r}"
-                      for k in sorted(saved.keys() | stream.keys())
-                      if saved.get(k, missing) != stream.get(k, missing))
+  unrecorded = [k for k in ADDED_LATER if k in stream and k not in saved]
+  if unrecorded:
+    log.warning("The checkpoint's data state predates %s: continuing from batch %d without "
+                "comparing them", ", ".join(unrecorded), next_batch)
+    stream = {k: v for k, v in stream.items() if k not in unrecorded}
+  changed = "; ".join(_differences(saved, stream))
   if not changed:
     return next_batch
   if not allow_change:
@@ -80,3 +85,20 @@ def resume_position(state: dict, stream: dict, *, allow_change: bool,
   log.warning("!!! %s: the %s differ from the checkpoint's (%s); continuing from batch %d of "
               "the NEW stream as asked", ALLOW_CHANGE, what, changed, next_batch)
   return next_batch
+
+
+def _differences(saved: dict, stream: dict, most: int = 5) -> list[str]:
+  """Each field that differs with both values; a dict field (a prepared corpus's shards) entry
+  by entry, the first `most` of them."""
+  missing, out = "(absent)", []
+  for k in sorted(saved.keys() | stream.keys()):
+    a, b = saved.get(k, missing), stream.get(k, missing)
+    if a == b:
+      continue
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+      out.append(f"{k}: checkpoint {a!r}, now {b!r}")
+      continue
+    entries = [f"{k}[{e}]: checkpoint {a.get(e, missing)!r}, now {b.get(e, missing)!r}"
+               for e in sorted(a.keys() | b.keys()) if a.get(e, missing) != b.get(e, missing)]
+    out += entries[:most] + ([f"{k}: {len(entries) - most} more"] if len(entries) > most else [])
+  return out

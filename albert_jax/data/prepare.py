@@ -10,6 +10,8 @@ them as sharded ArrayRecord files with a manifest (data/prepared.py). Training r
       --output=gs://B/prepared --runner=DataflowRunner --project=P --region=R \
       --temp_location=gs://B/tmp --setup_file=./setup.py --max_num_workers=64
 
+  python -m albert_jax.data.prepare --verify --output=DIR    # every record against the manifest
+
 Flags not defined here are Beam's pipeline options (runner, workers). `--input` is text files
 (comma list, globs, directories, .gz), "tfds:NAME[:EVAL_SPLIT]" or "embedded", as
 create_pretraining_data.py takes it; without `--eval_input` or an eval split, eval is the
@@ -26,8 +28,8 @@ with the same seed and vocabulary (tests/test_prepare.py). The pipeline:
   3. Cut, per unit. In fixed SOP mode no pair needs another document and the unit's shards are
      written here. With NSP or in faithful mode, pairs whose B comes from a random document are
      joined with it (CoGroupByKey on its index), completed, and grouped back by unit.
-  4. The manifest, last: shards and their counts, corpus and pair statistics, settings, and the
-     fingerprints of the corpus (per split), the vocabulary and the settings.
+  4. The manifest, last: shards with their counts, sizes and digests, corpus and pair statistics,
+     settings, and the fingerprints of the corpus (per split), the vocabulary and the settings.
 All of it goes to a staging directory beside the output (`.NAME.tmp-*`, in its bucket for a
 gs:// output) that replaces the output only when complete, and only once the inputs, the
 vocabulary and the flags have been checked: a typo, a failure or a kill leaves the corpus that
@@ -43,6 +45,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Iterable
@@ -255,8 +258,9 @@ def _write_shard(s: _Settings, space: str, unit: int, split: str, items: list) -
   pairs = [pair for _, _, pair in items]
   with _local_file(s.output, name) as path:
     size = prepared.write_pairs(path, pairs, s.dtype, s.group_size)
+    digests = prepared.shard_digests(path)
   return {"split": split, "unit": unit, "file": name, "pairs": len(pairs), "bytes": size,
-          "tokens": int(sum(len(p.tokens_a) + len(p.tokens_b) for p in pairs))}
+          **digests, "tokens": int(sum(len(p.tokens_a) + len(p.tokens_b) for p in pairs))}
 
 
 class _local_file:
@@ -340,7 +344,8 @@ def _manifest(facts: list[dict], *, spec: corpus.CorpusSpec, settings: dict, voc
         "mean_pair_tokens": round(tokens / max(count, 1), 2),
         "label_1_share": round(info["pairs"].label_1 / max(count, 1), 4),
         "corpus": corpus_stats.as_dict(), "pair_stats": dataclasses.asdict(info["pairs"]),
-        "shards": [{k: s[k] for k in ("file", "pairs", "bytes")} for s in info["shards"]]}
+        "shards": [{k: s[k] for k in ("file", "pairs", "bytes", "sha256", "edges")}
+                   for s in info["shards"]]}
   corpus_fingerprints = {split: info["fingerprint"] for split, info in out_splits.items()}
   return {
       "format": prepared.FORMAT, "version": prepared.VERSION,
@@ -525,15 +530,32 @@ def _local_runner(options):
 
 def main(argv):
   f = flags.FLAGS
+  if f.verify:
+    if not f.output:
+      raise app.UsageError("--verify checks the prepared corpus --output names")
+    problems = prepared.verify(f.output)
+    for problem in problems:
+      log.error("%s", problem)
+    if problems:
+      sys.exit(f"error: {f.output}: {len(problems)} problem(s) above; copy the damaged shards "
+               "again, or prepare again")
+    log.info("%s: every shard and record is what %s says", f.output, prepared.MANIFEST)
+    return
+  missing = [name for name in ("input", "spm_model", "output") if not getattr(f, name)]
+  if missing:
+    raise app.UsageError(f"--{', --'.join(missing)} required (or --verify --output=DIR)")
   config = examples_lib.ExampleConfig(
       max_seq_length=f.max_seq_length, short_seq_prob=f.short_seq_prob,
       random_next_sentence=f.random_next_sentence, mode=f.mode)
   spec = corpus.CorpusSpec.parse(f.input, f.eval_input, tfds_feature=f.tfds_feature,
                                  tfds_data_dir=f.tfds_data_dir or "",
                                  max_sentence_chars=f.max_sentence_chars)
-  run(spec, f.spm_model, f.output, config=config, seed=f.seed, do_lower_case=f.do_lower_case,
-      unit_bytes=int(f.unit_mb * (1 << 20)), unit_examples=f.unit_examples,
-      group_size=f.group_size, pipeline_args=argv[1:], overwrite=f.overwrite)
+  try:
+    run(spec, f.spm_model, f.output, config=config, seed=f.seed, do_lower_case=f.do_lower_case,
+        unit_bytes=int(f.unit_mb * (1 << 20)), unit_examples=f.unit_examples,
+        group_size=f.group_size, pipeline_args=argv[1:], overwrite=f.overwrite)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:  # refusals, before any write
+    sys.exit(f"error: {e}")
 
 
 def define_flags():
@@ -563,7 +585,8 @@ def define_flags():
                        "fastest; a training host then holds ~55 bytes of index per pair once it "
                        "has read from every shard. 16 makes that ~1/16 for slower random reads "
                        "(Grain logs an error per file for any size but 1).")
-  flags.mark_flags_as_required(["input", "spm_model", "output"])
+  flags.DEFINE_boolean("verify", False, "Check the prepared corpus --output names, every record "
+                       "of every shard against manifest.json, instead of preparing one.")
 
 
 if __name__ == "__main__":
