@@ -68,10 +68,21 @@ def _load_tokenizer(path, tokenizer) -> AlbertTokenizer:
   return AlbertTokenizer.from_pretrained(source)
 
 
+def _at_least_one(name: str, value, what: str) -> None:
+  if not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name}={value!r} (--{name}): {what}, at least 1")
+
+
+def _shown(text: str, most: int = 40) -> str:
+  """A text as an error message quotes it: its start, not a whole document."""
+  return repr(text) if len(text) <= most else f"{text[:most]!r}... ({len(text)} characters)"
+
+
 class _Runner:
   """Tokenizes texts, pads them into length-sorted batches and runs `fn(module, params, ...)`."""
 
   def __init__(self, fn, module, params, tokenizer: AlbertTokenizer, batch_size: int):
+    _at_least_one("batch_size", batch_size, "texts per forward pass")
     self.fn = functools.partial(fn, module)
     self.params = params
     self.tokenizer = tokenizer
@@ -79,6 +90,12 @@ class _Runner:
     self.batch_size = batch_size
 
   def encode(self, texts: Sequence[str], tokenizer_kwargs: dict | None) -> list[list[int]]:
+    for i, text in enumerate(texts):
+      try:
+        text.encode("utf-8")
+      except UnicodeEncodeError as e:  # a lone surrogate: a non-UTF-8 byte from the command line
+        raise ValueError(f"text {i + 1} ({_shown(text)}) is not valid Unicode at character "
+                         f"{e.start} ({text[e.start]!r}): pass UTF-8 text") from None
     kwargs = dict(tokenizer_kwargs or {})
     if kwargs.get("truncation") and kwargs.get("max_length") is None:
       kwargs["max_length"] = min(self.tokenizer.model_max_length or self.max_length,
@@ -86,7 +103,7 @@ class _Runner:
     rows = self.tokenizer(list(texts), **kwargs)["input_ids"]
     for text, ids in zip(texts, rows):
       if len(ids) > self.max_length:
-        raise ValueError(f"{text[:40]!r}... has {len(ids)} tokens, more than the model's "
+        raise ValueError(f"{_shown(text)} has {len(ids)} tokens, more than the model's "
                          f"max_position_embeddings={self.max_length}; pass truncation=True")
     return rows
 
@@ -147,13 +164,14 @@ class FillMaskPipeline:
   def __call__(self, inputs: str | Sequence[str], top_k: int = 5, targets=None,
                tokenizer_kwargs: dict | None = None):
     """A list of {score, token, token_str, sequence} per text (per [MASK] with several)."""
+    _at_least_one("top_k", top_k, "candidates per [MASK]")
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
     tok = self.tokenizer
     rows = self.runner.encode(texts, tokenizer_kwargs)
     masks = [[p for p, t in enumerate(ids) if t == tok.mask_token_id] for ids in rows]
     for text, m in zip(texts, masks):
       if not m:
-        raise ValueError(f"No mask_token ({tok.mask_token}) found on the input {text!r}")
+        raise ValueError(f"No mask_token ({tok.mask_token}) found on the input {_shown(text)}")
     target_ids = None if targets is None else self.target_ids(targets)
 
     def positions(idx, batch):  # [batch, masks], padded with position 0
@@ -269,6 +287,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   try:
+    _at_least_one("batch_size", args.batch_size, "texts per forward pass")  # before loading
+    if args.task == "fill-mask":
+      _at_least_one("top_k", args.top_k, "candidates per [MASK]")
     pipe = pipeline(args.task, args.model, args.tokenizer, args.batch_size)
     if args.task == "fill-mask":
       results = pipe(args.texts, top_k=args.top_k, targets=args.targets)

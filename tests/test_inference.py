@@ -154,6 +154,38 @@ def test_fill_mask_errors(fill, dirs, tmp_path):
     inference.pipeline("fill-mask", model=base)
 
 
+def test_bad_arguments_are_refused_naming_them(fill, dirs):
+  """Issue 21, 10: top_k -1 returned every token but one, batch_size 0 failed inside range(), a
+  text with a lone surrogate (a non-UTF-8 byte from the command line) failed in SentencePiece's
+  C++ cast, and a text without [MASK] was echoed whole in the error."""
+  for top_k in (0, -1):
+    with pytest.raises(ValueError, match=rf"top_k={top_k} \(--top_k\): candidates per \[MASK\], "
+                       "at least 1"):
+      fill("the [MASK] sat", top_k=top_k)
+  for batch_size in (0, -1):
+    with pytest.raises(ValueError, match=rf"batch_size={batch_size} \(--batch_size\)"):
+      inference.pipeline("fill-mask", model=dirs.hf, batch_size=batch_size)
+  with pytest.raises(ValueError, match=r"text 2 \('caf\\udce9 \[MASK\]'\) is not valid Unicode "
+                     r"at character 3 \('\\udce9'\): pass UTF-8 text"):
+    fill(["the [MASK] sat", "caf\udce9 [MASK]"])
+  with pytest.raises(ValueError) as e:
+    fill("no mask here " * 1000)
+  assert len(str(e.value)) < 200 and "(13000 characters)" in str(e.value)
+
+
+def test_cli_refuses_bad_arguments_before_loading(dirs):
+  cases = [(["--batch_size", "0"], "batch_size=0"), (["--top_k", "-1"], "top_k=-1"),
+           ([], "is not valid Unicode")]
+  for extra, message in cases:
+    text = b"caf\xe9 [MASK]" if not extra else "the [MASK] sat"
+    proc = subprocess.run([sys.executable, "-c", _CLI, "fill-mask", "--model", dirs.orbax, text,
+                           *extra], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 1 and "error: " in proc.stderr and message in proc.stderr, (
+        proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+
+
 # ----------------------------------------------------------------------------- Orbax directories
 
 def test_orbax_dir_matches_transformers(dirs, hf_fill):

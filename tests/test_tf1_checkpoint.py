@@ -369,6 +369,14 @@ def test_checkpoint_file_paths_stay_in_the_release_directory(tmp_path, caplog):
     albert_jax.from_pretrained(d)
 
 
+def test_a_garbage_vocabulary_is_refused_naming_it(tmp_path, capsys):
+  d = _copy(tmp_path)
+  (d / "30k-clean.model").write_bytes(b"\x00garbage")
+  assert hf_convert.main(["tf-to-hf", str(d), str(tmp_path / "out")]) == 1
+  assert f"error: {d / '30k-clean.model'} is not a SentencePiece model" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
 def test_bad_magic_and_missing_data_file(tmp_path):
   d = _copy(tmp_path)
   index = d / "model.ckpt-best.index"

@@ -198,6 +198,16 @@ def test_a_model_without_albert_specials_is_rejected(tmp_path):
 
 # ----------------------------------------------------------------------------- text -> ids
 
+@pytest.mark.parametrize("blob", [b"not a SentencePiece model", b""])
+def test_a_file_that_is_no_sentencepiece_model_is_refused_naming_it(tmp_path, blob):
+  """Issue 21, 10: a garbage 30k-clean.model gave SentencePiece's RuntimeError, naming no file."""
+  path = tmp_path / "30k-clean.model"
+  path.write_bytes(blob)
+  with pytest.raises(ValueError, match=f"{path} is not a SentencePiece model .*name the "
+                     "spiece.model"):
+    AlbertTokenizer(path)
+
+
 def test_tokenize_and_encode_match_transformers(pair_of_tokenizers):
   tok, ref = pair_of_tokenizers
   for text in ALL_STRINGS:

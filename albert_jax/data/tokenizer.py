@@ -90,7 +90,12 @@ class AlbertTokenizer:
 
   def _load(self, proto: bytes) -> None:
     sp = self.sp_model = spm.SentencePieceProcessor()
-    sp.LoadFromSerializedProto(proto)
+    try:
+      sp.LoadFromSerializedProto(proto)
+    except RuntimeError as e:  # SentencePiece names neither the file nor the problem
+      raise ValueError(f"{self.vocab_file} is not a SentencePiece model ({str(e).strip()}): "
+                       "name the spiece.model (30k-clean.model in a release) the vocabulary "
+                       "was saved as") from None
     self.all_special_tokens = [self.cls_token, self.sep_token, self.unk_token, self.pad_token,
                                self.mask_token]
     missing = [t for t in self.all_special_tokens if sp.id_to_piece(sp.piece_to_id(t)) != t]
