@@ -1,8 +1,9 @@
 """`train_and_evaluate(config, workdir)`: the one training loop, for pretraining and every task.
 
-One linear story: mesh and rules -> the task, its vocabulary and data -> model, optimizer and
-state layout -> resume (the run's newest good checkpoint, else `config.init_from`, else a fresh
-init) -> the loop (step, log, eval, checkpoint, preemption) -> final checkpoint, eval and export.
+One linear story: the workdir's lease (one run at a time) -> mesh and rules -> the task, its
+vocabulary and data -> model, optimizer and state layout -> resume (the run's newest good
+checkpoint, else `config.init_from`, else a fresh init) -> the loop (step, log, eval,
+checkpoint, preemption) -> final checkpoint, eval and export.
 The task (`tasks/`) gives the head, the data, the loss as sums and the eval; nothing here depends
 on which task runs. The steps are pure functions, jitted with explicit shardings.
 """
@@ -24,11 +25,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from albert_jax import accelerators, checkpointing, files, hf_convert, init_from
+from albert_jax import accelerators, checkpointing, files, hf_convert, init_from, lease
 from albert_jax import metrics as metrics_lib
 from albert_jax import model as M
 from albert_jax import optimizer, sharding, tasks, watchdog
@@ -207,6 +209,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   stop = _StopFlag()
   workdir = files.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  # Then the workdir's lease, before anything is written: one run at a time (lease.py).
+  held = take_lease(workdir, config.get("lease_timeout_seconds", 120.0))
+  try:
+    return _train_and_evaluate(config, workdir, stop, held)
+  finally:
+    if held is not None:
+      held.release()
+
+
+def take_lease(workdir, timeout_s: float) -> lease.Lease | None:
+  """The workdir's lease for this run, held by process 0 (None elsewhere, and with timeout 0).
+  Every process learns whether it was taken, so all refuse together (WorkdirInUse) when another
+  run holds the workdir."""
+  if not timeout_s:
+    return None
+  held, refusal = None, None
+  if jax.process_index() == 0:
+    try:
+      held = lease.Lease(workdir, timeout_s).acquire()
+    except lease.WorkdirInUse as e:
+      refusal = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    if not int(multihost_utils.broadcast_one_to_all(np.int32(held is not None))):
+      raise refusal or lease.WorkdirInUse(
+          f"{workdir} is in use by another run: process 0 could not take its lease (its log "
+          "names the run that holds it)")
+  elif refusal is not None:
+    raise refusal
+  return held
+
+
+def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | None):
+  """The job, once the workdir is this run's."""
   is_main = jax.process_index() == 0
   run_config = json.loads(config.to_json_best_effort())
   if is_main:  # the resolved config, overrides applied, beside the checkpoints
@@ -288,6 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     try:
       while step < config.total_steps:
+        if held is not None:
+          held.check()  # another run took the workdir over: stop before writing more
         batch = sharding.global_batch(next(train_iter), mesh)
         state, step_metrics = p_train_step(state, batch)
         step += 1

@@ -82,6 +82,11 @@ def base_config(task: str, model: str, *, data_arg: str = "") -> ml_collections.
   # 0 disables it. The first step (compilation) is not watched.
   config.watchdog_factor = 50.0
   config.watchdog_min_seconds = 600.0
+  # One run per workdir: WORKDIR/lease.json names the run that holds it (host, pid, start) and
+  # its heartbeat. A second run on the workdir is refused, naming the first; a lease without a
+  # heartbeat for this many seconds (a killed run on another host) is taken over, one whose
+  # process ended on this machine at once (albert_jax/lease.py). 0: no lease.
+  config.lease_timeout_seconds = 120.0
   return config
 
 
