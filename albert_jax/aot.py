@@ -419,4 +419,5 @@ if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
   _define_flags()
-  app.run(main)
+  from albert_jax import overrides
+  app.run(main, flags_parser=overrides.parse_flags)

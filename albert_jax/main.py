@@ -6,6 +6,13 @@ DIR may be a bucket (gs://BUCKET/run). Several hosts: on Cloud TPU `jax.distribu
 finds its peers by itself; elsewhere pass --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I on every host. A peer that dies makes the others exit within
 --heartbeat_timeout seconds, a host that never starts within --initialization_timeout.
+
+Exit codes: 0 done, or preempted with its checkpoint saved (rerun to resume); 1 a refusal (a
+config, data or checkpoint that does not fit the run, a workdir another run holds) or any other
+error, its message on stderr; 74 (EX_IOERR) a checkpoint that could not be written: rerun to
+resume from the last committed step once storage works; 75 the step watchdog (watchdog.py).
+After an error the process ends at once, whatever threads are left (Orbax waits up to 300 s on
+a save whose directory could not be created).
 """
 
 import json
@@ -86,19 +93,38 @@ def main(argv):
   _quiet_libraries()
   initialize_distributed()
   import jax
-  from albert_jax import checkpointing, train
-  from albert_jax.data import order
+  from albert_jax import checkpointing, lease, train
+  from albert_jax.data import order, prepared
   config = FLAGS.config
   logging.info("JAX %s, process %d of %d, %d devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
   try:
     summary = train.train_and_evaluate(config, FLAGS.workdir)
-  except (FloatingPointError, checkpointing.CheckpointMismatch, checkpointing.CheckpointNotWritten,
-          order.StreamChanged) as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+  except checkpointing.CheckpointNotWritten as e:
+    _exit(EXIT_NOT_WRITTEN, f"error: {e}")
+  except (FloatingPointError, checkpointing.CheckpointMismatch, order.StreamChanged,
+          prepared.CorruptShard, lease.WorkdirInUse) as e:
+    _exit(1, f"error: {e}")
+  except Exception as e:  # noqa: BLE001  (a traceback, then the same prompt exit)
+    logging.exception("The job failed")
+    _exit(1, f"error: {type(e).__name__}: {e}")
   logging.info("Done: %s", json.dumps(summary, default=str))
 
 
+EXIT_NOT_WRITTEN = 74  # EX_IOERR
+
+
+def _exit(code: int, message: str) -> None:
+  """Logs `message` and ends the process now: threads a failed save left behind (Orbax's wait
+  for a step directory that was never created: 300 s) would keep it alive, and a SIGTERM in
+  that time would be taken for a preemption request."""
+  logging.error("%s", message)
+  logging.flush()
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  from albert_jax import overrides
+  app.run(main, flags_parser=overrides.parse_flags)

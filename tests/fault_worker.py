@@ -8,6 +8,7 @@ KIND (at training step STEP, on process PROCESS, default every process):
   sigterm_at_start  SIGTERM to itself right after resuming, before the first step (STEP unused)
   exit              os._exit(1) before STEP (a process that dies)
   stall             sleep for an hour before STEP (alive, stuck before the step's collectives)
+  no_step_dir       the save of STEP cannot create its directory (as under chattr +i)
 """
 
 import os
@@ -39,6 +40,17 @@ def inject(kind: str, step: int, process: int | None) -> None:
       if s == step and _applies(process):
         os._exit(137)
     checkpointing.save_train_state = save_then_die
+    return
+
+  if kind == "no_step_dir":
+    from orbax.checkpoint._src.path import atomicity
+    create = atomicity._create_tmp_directory
+
+    async def refuse(makedir, tmp_dir, *args, **kwargs):
+      if tmp_dir.name.startswith(f"{step}.orbax-checkpoint-tmp") and _applies(process):
+        raise PermissionError(1, "Operation not permitted (injected)", str(tmp_dir))
+      return await create(makedir, tmp_dir, *args, **kwargs)
+    atomicity._create_tmp_directory = refuse
     return
 
   if kind == "sigterm_at_start":

@@ -242,7 +242,9 @@ def test_tiny_pretraining_step_compiles_for_eight_h100s(tmp_path):
     (["--topology=h100-8", "--json=/nonexistent/dir/r.json"], "--json=/nonexistent/dir/r.json"),
     (["--topology=v5p-8", "--hlo=/tmp/x.hlo"], "--hlo is for GPU targets"),
     (["--topology=v5p-8", "--num_slices=1000000"], "between 1 and 64"),
-    (["--topology=h100-8", "--ceilings=/nonexistent.json"], "--ceilings=/nonexistent.json")])
+    (["--topology=h100-8", "--ceilings=/nonexistent.json"], "--ceilings=/nonexistent.json"),
+    (["--topology=v5p-8", "--config.foo=1"], "--config.foo: config has no field 'foo' (its "
+     "fields: allow_data_change, attention, batch_size")])
 def test_bad_arguments_are_refused_before_compiling(tmp_path, args, message):
   """Named, exit 1, in seconds (no compile, no memory blow-up)."""
   proc = subprocess.run([sys.executable, "-m", "albert_jax.aot", *TINY, *args], cwd=REPO,
