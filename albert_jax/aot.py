@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from albert_jax import accelerators, census
+from albert_jax import accelerators, census, overrides
 
 GiB = 2**30
 
@@ -419,5 +419,4 @@ if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
   _define_flags()
-  from albert_jax import overrides
   app.run(main, flags_parser=overrides.parse_flags)

@@ -23,6 +23,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from albert_jax import overrides
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:tiny",
                                 lock_config=True)
@@ -126,5 +128,4 @@ def _exit(code: int, message: str) -> None:
 
 
 if __name__ == "__main__":
-  from albert_jax import overrides
   app.run(main, flags_parser=overrides.parse_flags)
