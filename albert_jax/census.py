@@ -357,7 +357,9 @@ def _fusion_bytes(comps: dict[str, Computation], inst: Instruction) -> float:
   written = 0.0
   for root in roots:
     r = root
-    while r.opcode in ("bitcast", "reshape") and r.operands[0] in comp.instructions:
+    while r.opcode in ("bitcast", "reshape", "get-tuple-element") and (
+        r.operands[0] in comp.instructions) and not (
+        r.opcode == "get-tuple-element" and comp.instructions[r.operands[0]].opcode != "tuple"):
       r = comp.instructions[r.operands[0]]
     if r.opcode == "dynamic-update-slice":
       buffer = r.operands[0]
@@ -366,8 +368,10 @@ def _fusion_bytes(comps: dict[str, Computation], inst: Instruction) -> float:
       if comp.instructions[buffer].opcode == "parameter":
         in_place.add(buffer)
       written += shape_bytes(_shape_of(comp, r.operands[1]))
+    elif root.opcode == "get-tuple-element" and root.shape.startswith(("s8[", "u8[")):
+      continue  # a fused library call's workspace
     else:
-      written += shape_bytes(root.shape)
+      written += _result_bytes(root.shape)
   for p in params:
     if p.name in in_place:
       continue
@@ -393,23 +397,33 @@ def _aliases(comp: Computation, name: str) -> set[str]:
   return out
 
 
+def _result_bytes(shape: str) -> float:
+  """Bytes of a result, less a library's scratch workspace (an s8/u8 array ending a tuple)."""
+  results = arrays(shape)
+  if len(results) > 1 and results[-1][0] in ("s8", "u8"):
+    results = results[:-1]
+  return sum(math.prod(d) * ITEM_BYTES.get(t, 4) for t, d in results)
+
+
 def _kernel_cost(comps, comp: Computation, inst: Instruction, kind: str) -> tuple[float, float]:
   """(FLOPs, bytes) of one launch of `inst`, a kernel of `comp`."""
   operand_bytes = sum(shape_bytes(_shape_of(comp, o)) for o in inst.operands)
   if inst.opcode == "fusion" and inst.calls:
     nbytes = _fusion_bytes(comps, inst)
+    ops = [i for c in inst.calls for i in _fused_ops(comps, c)]
+    calls = [i for i in ops if i.opcode == "custom-call"]
+    if calls and kind in ("gemm_library", "attention", "other"):
+      # A library call fused with the slices it reads and writes (XLA's dynamic-slice fusion):
+      # its FLOPs are the call's, from the shapes inside the fusion.
+      inner = calls[0]
+      return _kernel_cost(comps, _owner(comps, inst.calls, inner), inner, kind)[0], nbytes
     if kind in ("gemm_triton", "gemm_library"):
-      dots = [(c, i) for c in inst.calls for i in _fused_ops(comps, c)
-              if i.opcode in ("dot", "scaled-dot")]
-      flops = sum(_dot_flops(_owner(comps, inst.calls, i), i) for _, i in dots)
+      flops = sum(_dot_flops(_owner(comps, inst.calls, i), i) for i in ops
+                  if i.opcode in ("dot", "scaled-dot"))
       return flops, nbytes
     return _elementwise_flops(comps, inst), nbytes
   if inst.opcode == "custom-call":
-    # The result, not the library's scratch workspace (an s8/u8 array at the end of the tuple).
-    results = arrays(inst.shape)
-    if len(results) > 1 and results[-1][0] in ("s8", "u8"):
-      results = results[:-1]
-    out = sum(math.prod(d) * ITEM_BYTES.get(t, 4) for t, d in results)
+    out = _result_bytes(inst.shape)
     if kind == "attention":
       return _attention_flops(comp, inst), operand_bytes + out
     if kind == "gemm_library":
@@ -436,6 +450,14 @@ def _owner(comps, callees: list[str], inst: Instruction) -> Computation:
       if found is not None:
         return found
   return None  # type: ignore[return-value]
+
+
+def _op_name(comps, inst: Instruction) -> str:
+  """The jax op a kernel comes from: its own metadata, else (a fusion XLA made without it, such
+  as a library call fused with its slices) the first fused instruction's that has one."""
+  if inst.op_name or inst.opcode != "fusion":
+    return inst.op_name
+  return next((i.op_name for c in inst.calls for i in _fused_ops(comps, c) if i.op_name), "")
 
 
 # ----------------------------------------------------------------------------- the census
@@ -482,8 +504,9 @@ def census(hlo_text: str) -> list[Kernel]:
         continue
       kind = kind_of(inst, comps)
       flops, nbytes = _kernel_cost(comps, comp, inst, kind)
-      out.append(Kernel(inst.name, kind, phase_of(inst.op_name), part_of(inst.op_name), times,
-                        flops, nbytes, inst.op_name))
+      op_name = _op_name(comps, inst)
+      out.append(Kernel(inst.name, kind, phase_of(op_name), part_of(op_name), times, flops,
+                        nbytes, op_name))
 
   walk(entry, 1)
   return out

@@ -10,11 +10,18 @@ import tempfile
 
 # The tests compile hundreds of tiny CPU programs, and code generation is most of each compile
 # and nothing the tests check: XLA's HLO passes still run. LLVM at -O0 (it may not reorder float
-# arithmetic at any level, so results are the same: ~30% off the suite), and fusions emitted by
-# XLA:CPU's classic elemental emitter instead of its MLIR fusion emitters (the tiny train step:
-# 2.95 s instead of 4.44 s at -O0 alone; `python -m experiments.benchmarks.test_costs`).
-# Subprocesses that compile for TPU drop both (`tpu_env`).
-CPU_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# arithmetic at any level, so results are the same: ~30% off the suite), and, where jaxlib still
+# has it (< 0.11), fusions emitted by XLA:CPU's classic elemental emitter instead of its MLIR
+# fusion emitters (the tiny train step: 2.95 s instead of 4.44 s at -O0 alone; `python -m
+# experiments.benchmarks.test_costs`); newer XLA refuses the flag. Subprocesses that compile for
+# TPU drop both (`tpu_env`).
+def _jaxlib_version() -> tuple[int, ...]:
+  from importlib import metadata
+  return tuple(int(p) for p in metadata.version("jaxlib").split(".")[:3] if p.isdigit())
+
+
+CPU_FAST_COMPILE = "--xla_backend_optimization_level=0" + (
+    " --xla_cpu_use_fusion_emitters=false" if _jaxlib_version() < (0, 11) else "")
 
 
 def cpu_flags(devices: int) -> str:

@@ -216,3 +216,32 @@ def test_the_gpu_train_step_census():
     os.environ["XLA_FLAGS"] = os.environ["XLA_FLAGS"].replace(
         " --xla_gpu_enable_triton_gemm=true", "")
   assert accelerators.compiler_options(jax.devices("cpu")) is None
+
+
+def test_a_library_call_fused_with_its_slices_is_priced_as_the_call():
+  """XLA's dynamic-slice fusion (jax >= 0.11 in scanned programs): a cuBLAS GEMM reading one
+  layer's slice of a stack inside the fusion. FLOPs the GEMM's, bytes the slice, the other
+  operand and the result (not the stack, not the workspace); phase from the call's metadata."""
+  program = """HloModule fused_call, is_scheduled=true
+
+%dsf (p0: bf16[4,64,32], p1: s32[], p2: bf16[32,16]) -> (bf16[64,16], s8[1024]) {
+  %p0 = bf16[4,64,32]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %c0 = s32[] constant(0)
+  %ds = bf16[1,64,32]{2,1,0} dynamic-slice(%p0, %p1, %c0, %c0), dynamic_slice_sizes={1,64,32}
+  %b = bf16[64,32]{1,0} bitcast(%ds)
+  %p2 = bf16[32,16]{1,0} parameter(2)
+  ROOT %gemm = (bf16[64,16]{1,0}, s8[1024]{0}) custom-call(%b, %p2), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(step)/transpose(jvp(M))/albert/encoder/while/body/albert_layer_groups_0/albert_layers_0/ffn/dot_general"}, backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"]}}}
+}
+
+ENTRY %main (stack: bf16[4,64,32], i: s32[], w: bf16[32,16]) -> (bf16[64,16], s8[1024]) {
+  %stack = bf16[4,64,32]{2,1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %w = bf16[32,16]{1,0} parameter(2)
+  ROOT %f = (bf16[64,16]{1,0}, s8[1024]{0}) fusion(%stack, %i, %w), kind=kCustom, calls=%dsf, backend_config={"fusion_backend_config":{"kind":"__custom_fusion","custom_fusion_config":{"name":"dynamic_slice_fusion"}}}
+}
+"""
+  (kernel,) = census.census(program)
+  assert (kernel.kind, kernel.phase, kernel.part) == ("gemm_library", "backward", "layer/ffn")
+  assert kernel.flops == 2 * 64 * 16 * 32
+  assert kernel.bytes == 64 * 32 * 2 + 4 + 32 * 16 * 2 + 64 * 16 * 2  # slice, index, w, result
