@@ -9,11 +9,17 @@ prefix, then moved into place object by object (a bucket has no atomic directory
 during that move can leave the destination part old, part new, the complete copy still under
 the temporary prefix). A directory written from sources (a conversion's input) is refused
 before anything is touched when it is one of them, holds one or lies inside one.
+
+A local directory's writer holds an flock on `.NAME.tmp-XXXX.lock` beside its temporary while it
+writes. The next write of NAME removes the temporaries a killed writer left: those whose lock
+is free (the kernel releases it when a process dies), and those without one (another version,
+a disk without flock) once nothing in them changed for STALE_SECONDS. A live writer's is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob as glob_lib
 import io
 import json
@@ -22,6 +28,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -265,11 +272,14 @@ def staged_directory(p: PathLike, overwrite: bool = False, sources=()) -> Iterat
   content that other processes write there (Beam's workers); it becomes `p` only when the block
   succeeds, and is removed when it fails. `overwrite` and `sources` as for `atomic_directory`.
 
-  A staging directory a killed run left (`.NAME.tmp-*`) is named in a warning, not removed: it
-  may be another run's, still writing.
+  A staging directory a killed run left (`.NAME.tmp-*`) is removed when it is a dead writer's
+  (the module docstring); the others are named in a warning: they may be another run's, still
+  writing.
   """
   check_apart(p, sources)
   target = path(p)
+  if not is_remote(p):
+    _remove_dead_temporaries(Path(p).absolute())
   stale = _leftovers(target)
   if stale:
     log.warning("Staging directories of %s from earlier runs that did not finish (or still run): "
@@ -299,34 +309,92 @@ def _leftovers(target: epath.Path) -> list[str]:
   return sorted(str(target.parent / n) for n in os.listdir(target.parent) if n.startswith(prefix))
 
 
+STALE_SECONDS = 3600  # a temporary without a lock, untouched this long, is a killed writer's
+
+
+def _near(p: Path) -> Path:
+  """Where `p`'s temporaries go: its parent, or its nearest existing ancestor (on the
+  destination's file system: a rename is atomic only within one)."""
+  near = p.parent
+  while not near.exists():
+    near = near.parent
+  return near
+
+
+def _remove_dead_temporaries(p: Path) -> None:
+  """Removes the `.NAME.tmp-*` directories killed writes of `p` left (the module docstring)."""
+  near, prefix = _near(p), f".{p.name}.tmp-"
+  for name in sorted(os.listdir(near)):
+    tmp = near / name
+    if not name.startswith(prefix) or name.endswith(".lock") or not tmp.is_dir():
+      continue
+    lock = near / f"{name}.lock"
+    if lock.exists():
+      fd = os.open(lock, os.O_RDWR)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:  # held: its writer is alive
+        continue
+      else:
+        why = "its writer has ended"
+        shutil.rmtree(tmp, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+      finally:
+        os.close(fd)
+    else:
+      newest = max([tmp.lstat().st_mtime] + [f.lstat().st_mtime for f in tmp.rglob("*")])
+      if time.time() - newest < STALE_SECONDS:
+        continue
+      why = f"untouched for {(time.time() - newest) / 60:.0f} minutes"
+      shutil.rmtree(tmp, ignore_errors=True)
+    log.warning("Removed %s, which a killed write of %s left (%s)", tmp, p, why)
+
+
+@contextlib.contextmanager
+def _held(tmp: Path) -> Iterator[None]:
+  """An flock on `tmp`.lock while the block runs: later writes see this writer is alive."""
+  lock = f"{tmp}.lock"
+  fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a disk without flock: the age rule applies to this temporary
+      os.unlink(lock)
+    yield
+  finally:
+    if os.path.exists(lock):
+      os.unlink(lock)
+    os.close(fd)
+
+
 @contextlib.contextmanager
 def _local_directory(p: PathLike, overwrite: bool, skip_if_empty: bool) -> Iterator[Path]:
   p = Path(p).absolute()
   if p.exists() and not overwrite:
     raise FileExistsError(f"{p} already exists; pass --overwrite (overwrite=True) to replace it")
-  near = p.parent  # on the destination's file system (a rename is atomic only within one)
-  while not near.exists():
-    near = near.parent
+  _remove_dead_temporaries(p)
+  near = _near(p)
   tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=near))
-  try:
-    yield tmp
-    if skip_if_empty and not any(tmp.iterdir()):
-      return
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if p.exists():
-      old = Path(tempfile.mkdtemp(prefix=f".{p.name}.old-", dir=p.parent))
-      os.rename(p, old / p.name)
-      try:
+  with _held(tmp):
+    try:
+      yield tmp
+      if skip_if_empty and not any(tmp.iterdir()):
+        return
+      p.parent.mkdir(parents=True, exist_ok=True)
+      if p.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{p.name}.old-", dir=p.parent))
+        os.rename(p, old / p.name)
+        try:
+          os.rename(tmp, p)
+        except BaseException:
+          os.rename(old / p.name, p)
+          raise
+        shutil.rmtree(old, ignore_errors=True)
+      else:
         os.rename(tmp, p)
-      except BaseException:
-        os.rename(old / p.name, p)
-        raise
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, p)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+      if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

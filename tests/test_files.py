@@ -3,14 +3,18 @@ at all, and best/ holds its own record, so the model and the record never disagr
 overlap their sources are refused untouched; staged directories replace theirs only when complete."""
 
 import json
+import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from albert_jax import files, metrics, sharding, train
+from albert_jax import files, hf_convert, metrics, sharding, train
 from albert_jax import model as M
 from albert_jax.tasks import common
 
@@ -191,3 +195,65 @@ def test_a_staged_directory_in_a_bucket_replaces_its_destination_only_when_compl
     files.write_text(f"{staging}/new.txt", "whole")
   assert files.files_below(root) == [f"{out}/new.txt"]
   assert files.path(f"{out}/new.txt").read_text() == "whole"
+
+
+# ----------------------------------------------------------------------------- what killed writes
+# leave behind (issue 21, item 10)
+
+RELEASE = Path(__file__).parent / "data" / "tf1_release"
+
+_KILLED_CONVERSION = """import os, sys
+import safetensors.numpy
+from albert_jax import hf_convert
+def killed(tensors, path, **kwargs):
+  open(path, "wb").write(b"half a file")
+  os._exit(9)
+safetensors.numpy.save_file = killed
+hf_convert.main(sys.argv[1:])
+"""
+
+_LIVE_WRITER = """import sys, time
+from albert_jax import files
+with files.atomic_directory(sys.argv[1], overwrite=True) as tmp:
+  (tmp / "part").write_text("still writing")
+  print("ready", flush=True)
+  time.sleep(120)
+"""
+
+
+def _temporaries(out):
+  return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-"))
+
+
+def test_the_next_write_removes_what_a_killed_conversion_left(tmp_path, caplog):
+  """A conversion killed while writing left `.OUT.tmp-*` beside OUT for ever. The next write of
+  OUT removes it (its writer's lock is free once the process died) and keeps a live writer's;
+  temporaries without a lock go once untouched for files.STALE_SECONDS."""
+  out = tmp_path / "hf"
+  live = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(out)], stdout=subprocess.PIPE,
+                          text=True)
+  try:
+    assert live.stdout.readline() == "ready\n"
+    alive = _temporaries(out)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_CONVERSION, "tf-to-hf", str(RELEASE),
+                             str(out)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    left = [n for n in _temporaries(out) if n not in alive]
+    assert len(alive) == len(left) == 2 and left[1] == f"{left[0]}.lock"  # directory and lock
+    old, recent = out.parent / f".{out.name}.tmp-old", out.parent / f".{out.name}.tmp-recent"
+    for d in (old, recent):
+      d.mkdir()
+      (d / "model.safetensors").write_bytes(b"half")
+    hours_ago = time.time() - 2 * 3600
+    for f in (old / "model.safetensors", old):
+      os.utime(f, (hours_ago, hours_ago))
+    with caplog.at_level(logging.WARNING, logger="albert_jax"):
+      assert hf_convert.main(["tf-to-hf", str(RELEASE), str(out)]) == 0
+    assert _temporaries(out) == sorted(alive + [recent.name])
+    assert f"Removed {out.parent / left[0]}, which a killed write of {out} left (its writer " \
+        "has ended)" in caplog.text
+    assert f"Removed {old}" in caplog.text and "(untouched for 120 minutes)" in caplog.text
+    assert (out / "config.json").is_file()
+  finally:
+    live.kill()
+    live.wait()
