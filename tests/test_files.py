@@ -2,6 +2,7 @@
 at all, and best/ holds its own record, so the model and the record never disagree. Outputs that
 overlap their sources are refused untouched; staged directories replace theirs only when complete."""
 
+import errno
 import json
 import logging
 import os
@@ -257,3 +258,56 @@ def test_the_next_write_removes_what_a_killed_conversion_left(tmp_path, caplog):
   finally:
     live.kill()
     live.wait()
+
+
+# ----------------------------------------------------------------------------- a write interrupted
+# midway (issue 21: no test interrupted one, so writing straight to the destination passed)
+
+_INTERRUPTED = """import json, resource, signal, sys
+from pathlib import Path
+from albert_jax import files
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+root, big = Path(sys.argv[1]), "x" * (1 << 20)
+
+def model_dir(p):
+  with files.atomic_directory(p, overwrite=True) as tmp:
+    (tmp / "config.json").write_text("{}")
+    (tmp / "model.bin").write_text(big)
+
+writes = {"write_bytes": lambda p: files.write_bytes(p, big.encode()),
+          "write_text": lambda p: files.write_text(p, big),
+          "write_json": lambda p: files.write_json(p, {"weights": big}),
+          "atomic_directory": model_dir}
+out = {}
+for name, write in writes.items():
+  resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))  # the disk fills at 64 KiB
+  try:
+    write(root / name)
+    out[name] = "written"
+  except OSError as e:
+    out[name] = f"OSError {e.errno}"
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+print(json.dumps(out))
+"""
+
+
+def test_a_write_that_fails_midway_leaves_the_old_content(tmp_path):
+  """Each all-or-nothing write, its disk full 64 KiB into 1 MiB (RLIMIT_FSIZE: the write fails
+  with EFBIG midway, as on a full disk): the destination keeps its old bytes, whole, and no
+  temporary is left. Writing straight to the destination would leave 64 KiB of the new."""
+  for name in ("write_bytes", "write_text", "write_json"):
+    (tmp_path / name).write_text("the old content\n")
+  (tmp_path / "atomic_directory").mkdir()
+  (tmp_path / "atomic_directory" / "model.bin").write_text("the old model\n")
+  before = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*")
+            if p.is_file()}
+  proc = subprocess.run([sys.executable, "-c", _INTERRUPTED, str(tmp_path)], capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads(proc.stdout) == dict.fromkeys(
+      ["write_bytes", "write_text", "write_json", "atomic_directory"], f"OSError {errno.EFBIG}")
+  after = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*")
+           if p.is_file()}
+  assert after == before  # the old bytes, and nothing else (no temporary left)
