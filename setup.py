@@ -40,6 +40,16 @@ GPU_AOT = [
     "nvidia-cudnn-cu13>=9.10,<10",
 ]
 
+# Serving exports (`python -m albert_jax.export`, docs/serving.md): jax.export's serializer, the
+# JAX-to-ONNX converter and onnxruntime. jax2onnx exactly 0.13.0: every later release pins
+# orbax-checkpoint below the 0.12 our checkpoints need.
+EXPORT = [
+    "flatbuffers>=25.12",
+    "jax2onnx==0.13.0",
+    "onnx>=1.23.2,<1.24",
+    "onnxruntime>=1.32,<1.33",
+]
+
 EXTRAS_REQUIRE = {
     # References the tests compare against. Never imported by the package.
     # torch is pinned to the CPU build these machines carry; a bare `torch`
@@ -54,6 +64,7 @@ EXTRAS_REQUIRE = {
         # A local Cloud Storage server: the gs:// tests run against it (tests/gcs_emulator.py).
         "gcp-storage-emulator>=2026.7,<2027",
         "apache-beam>=2.77,<2.78",  # the tests run `prepare` on the local runner
+        *EXPORT,  # the tests serve the exports
     ],
     # `python -m albert_jax.data.prepare`: cut a corpus into pairs once, on Apache Beam (local
     # processes, or Dataflow and other runners for the full corpus). Training does not need it.
@@ -62,6 +73,7 @@ EXTRAS_REQUIRE = {
     # a Cloud TPU VM.
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "gpu-aot": GPU_AOT,
+    "export": EXPORT,
     # TFDS registers wikipedia/bookcorpus/glue only when TensorFlow is installed.
     "tf": ["tensorflow-cpu"],
 }
