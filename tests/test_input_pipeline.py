@@ -15,6 +15,8 @@ from albert_jax.data import create_pretraining_data as cpd
 from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
 
+import batch_hashes
+
 SEQ = 64  # max_predictions: 10
 
 
@@ -356,3 +358,26 @@ def test_a_hostile_corpus_gives_valid_deterministic_batches(tiny, tmp_path):
       assert not {int(row[i]) for i in text_positions - masked} & specials
   again = _take(_iter(cfg, 16), 4)
   assert _same(batches, again)
+
+
+# ----------------------------------------------------------------------------- the pinned batches
+
+@pytest.fixture(scope="module")
+def pinned(tmp_path_factory):
+  """The synthetic corpus of tests/batch_hashes.py (prepared corpus and static files made on first
+  use), and the reference it wrote."""
+  return (batch_hashes.Workdir(tmp_path_factory.mktemp("pinned")),
+          json.loads(batch_hashes.REFERENCE.read_text()))
+
+
+@pytest.mark.parametrize("name", list(batch_hashes.CASES))
+def test_batches_are_the_pinned_ones(pinned, name):
+  """Every source and masking mode gives, bit for bit, the batches (first, across the end of
+  epoch 0, eval, each process's rows), stream record and stats that the code before issue 19's
+  data protocol gave (tests/batch_hashes.py computed them there)."""
+  work, reference = pinned
+  expected = batch_hashes.reference_of(name, reference)
+  if expected is None:
+    pytest.skip(f"No pinned batches of this Python's embedded corpus "
+                f"({corpus.embedded_fingerprint()}); the others pin the same code")
+  assert batch_hashes.compute(name, work) == expected
