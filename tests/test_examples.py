@@ -16,11 +16,13 @@ import pytest
 from albert_jax.data import corpus, examples
 from albert_jax.data import create_pretraining_data as cpd
 from albert_jax.data import report
+from albert_jax.data.pairs import PairTable
 from albert_jax.data.tokenizer import AlbertTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, as in ALBERT
 PAD, UNK, CLS, SEP, MASK = range(5)
+pack = PairTable.pack  # masking reads pairs packed, as every source gives them
 
 
 def _tables(n_pieces, word_start_share=1.0, seed=0):
@@ -51,7 +53,7 @@ def test_masking_statistics(mode):
   docs = _documents(np.random.default_rng(1), 800, tables.vocab_size)
   pairs = examples.make_segment_pairs(docs, 0, config, word_start=tables.word_start)
   assert len(pairs) > 2000
-  f = examples.mask_examples(pairs, 1, tables, config)
+  f = examples.mask_examples(pack(pairs), 1, tables, config)
   assert {k: (v.shape, v.dtype) for k, v in f.items()} == {
       **{k: ((len(pairs), 128), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")},
       **{k: ((len(pairs), 20), np.int32) for k in ("masked_lm_positions", "masked_lm_ids")},
@@ -117,7 +119,7 @@ def test_ngram_lengths_follow_the_formula(mode, favor_shorter, p):
   rng = np.random.default_rng(0)
   pairs = [examples.SegmentPair(rng.integers(5, 5005, 254), rng.integers(5, 5005, 255), 0)
            for _ in range(4000)]
-  runs = collections.Counter(_run_lengths(examples.mask_examples(pairs, 1, tables, config)))
+  runs = collections.Counter(_run_lengths(examples.mask_examples(pack(pairs), 1, tables, config)))
   p1, p2, p3 = p
   expected = {(3,): p3, (1, 2): p2 + p1 * (p2 + p3), (1, 1, 1): p1 * p1}
   observed = {k: runs[k] / len(pairs) for k in expected}
@@ -132,8 +134,8 @@ def test_ngram_lengths_in_long_sequences():
   rng = np.random.default_rng(2)
   pairs = [examples.SegmentPair(rng.integers(5, 5005, 2046), rng.integers(5, 5005, 2047), 0)
            for _ in range(200)]
-  lengths = collections.Counter(n for runs in _run_lengths(examples.mask_examples(pairs, 3, tables,
-                                                                           config)) for n in runs)
+  masked = examples.mask_examples(pack(pairs), 3, tables, config)
+  lengths = collections.Counter(n for runs in _run_lengths(masked) for n in runs)
   total = sum(lengths.values())
   for n, p in zip((1, 2, 3), (6 / 11, 3 / 11, 2 / 11)):
     assert abs(lengths[n] / total - p) < 0.03, (n, lengths)
@@ -144,7 +146,7 @@ def test_whole_words_are_masked_together_within_a_segment():
   config = examples.ExampleConfig(max_seq_length=128)
   docs = _documents(np.random.default_rng(4), 100, tables.vocab_size)
   pairs = examples.make_segment_pairs(docs, 0, config, word_start=tables.word_start)
-  f = examples.mask_examples(pairs, 5, tables, config)
+  f = examples.mask_examples(pack(pairs), 5, tables, config)
   for i, pair in enumerate(pairs):
     original, length = _unmasked(pair, 128)
     masked = np.zeros(128, bool)
@@ -164,7 +166,8 @@ def test_a_word_never_crosses_the_middle_sep_in_fixed_mode():
   pair = examples.SegmentPair(np.full(10, 5), np.array([6] + [5] * 9), 0)
   config = examples.ExampleConfig(max_seq_length=32, max_predictions_per_seq=1)
   for mode, can_mask in (("fixed", True), ("faithful", False)):
-    f = examples.mask_examples([pair] * 500, 0, tables, dataclasses.replace(config, mode=mode))
+    f = examples.mask_examples(pack([pair] * 500), 0, tables,
+                               dataclasses.replace(config, mode=mode))
     masked = set(f["masked_lm_positions"][:, 0].tolist())
     assert f["masked_lm_weights"].sum() == 500
     assert (10 in masked and 12 in masked) == can_mask  # A's last token, B's first
@@ -189,7 +192,8 @@ def test_random_replacements_never_special_in_fixed_mode():
   pairs = [examples.SegmentPair(rng.integers(5, 20, 60), rng.integers(5, 20, 60), 0) for _ in range(300)]
   drawn = {}
   for mode in ("fixed", "faithful"):
-    f = examples.mask_examples(pairs, 6, tables, examples.ExampleConfig(max_seq_length=128, mode=mode))
+    f = examples.mask_examples(pack(pairs), 6, tables,
+                               examples.ExampleConfig(max_seq_length=128, mode=mode))
     rows, cols = np.nonzero(f["masked_lm_weights"])
     now = f["input_ids"][rows, f["masked_lm_positions"][rows, cols]]
     drawn[mode] = now[(now != MASK) & (now != f["masked_lm_ids"][rows, cols])]
@@ -317,7 +321,7 @@ def test_same_seed_same_examples_other_seed_differs():
 
   def make(pair_seed, mask_seed, documents=docs):
     pairs = examples.make_segment_pairs(documents, pair_seed, config, word_start=tables.word_start)
-    return pairs, examples.mask_examples(pairs, mask_seed, tables, config)
+    return pairs, examples.mask_examples(pack(pairs), mask_seed, tables, config)
 
   pairs, f = make(1, 2)
   pairs2, f2 = make(1, 2)
@@ -343,7 +347,8 @@ def test_records_round_trip(tmp_path):
   tables = _tables(3000, word_start_share=0.6)
   config = examples.ExampleConfig(max_seq_length=64)
   docs = _documents(np.random.default_rng(12), 20, tables.vocab_size)
-  f = examples.mask_examples(examples.make_segment_pairs(docs, 0, config), 0, tables, config)
+  f = examples.mask_examples(pack(examples.make_segment_pairs(docs, 0, config)), 0, tables,
+                             config)
   rows = [{k: v[i] for k, v in f.items()} for i in range(len(f["input_ids"]))]
   for row in rows:
     back = cpd.decode_example(cpd.encode_example(row))
@@ -411,3 +416,30 @@ def test_report_on_a_corpus(tiny_corpus):
   masked = float(text.split("masked: ")[1].split("%")[0])
   assert 14 < masked < 16 and "Corpus: " in text and "sequence lengths" in text
   assert "checks: 0 special tokens masked, 0 positions outside the sequence, 0 examples" in text
+
+
+def test_a_pair_table_holds_and_gathers_the_pairs_it_packs():
+  """The packed form every source gives: pairs at any indices (repeats, any order, none) are the
+  pairs packed, token for token; masking a gather equals masking the pairs packed directly."""
+  rng = np.random.default_rng(13)
+  pairs = [examples.SegmentPair(rng.integers(5, 99, rng.integers(1, 9)).astype(np.int32),
+                                rng.integers(5, 99, rng.integers(0, 9)).astype(np.int32),
+                                int(rng.integers(2))) for _ in range(40)]
+  table = pack(pairs)
+  assert len(table) == 40 and [p.tokens_a.tolist() for p in table] == [
+      p.tokens_a.tolist() for p in pairs]
+  for indices in ([3, 1, 3, 39], [], list(range(40))[::-1]):
+    got = table.pairs_at(indices)
+    want = pack([pairs[i] for i in indices])
+    assert all(np.array_equal(getattr(got, f), getattr(want, f))
+               for f in ("tokens", "starts", "len_a", "labels"))
+    assert got.tokens.dtype == np.int32 and got.starts.dtype == np.int64
+  tables = _tables(100)
+  config = examples.ExampleConfig(max_seq_length=24)
+  a = examples.mask_examples(table.pairs_at([5, 2, 7]), 4, tables, config)
+  b = examples.mask_examples(pack([pairs[5], pairs[2], pairs[7]]), 4, tables, config)
+  assert all(np.array_equal(a[k], b[k]) for k in examples.FEATURE_NAMES)
+  assert table.tokens[table.starts[5]:table.starts[6]].tolist() == [
+      *pairs[5].tokens_a, *pairs[5].tokens_b]  # masking wrote into a copy
+  with pytest.raises(ValueError, match="PairTable"):
+    PairTable(table.tokens[:-1], table.starts, table.len_a, table.labels)

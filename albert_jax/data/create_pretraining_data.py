@@ -41,6 +41,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 
 from albert_jax import files
 from albert_jax.data import corpus, examples as examples_lib
+from albert_jax.data.pairs import PairTable
 from albert_jax.data.tokenizer import AlbertTokenizer
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,11 @@ def create_examples(documents: list[list[np.ndarray]], tables: examples_lib.Voca
     if progress is None:
       progress = Progress("Examples", total=len(pairs) * dupe_factor)
     rng = np.random.default_rng([seed, 1, copy])
+    pairs = PairTable.pack(pairs)
     for start in range(0, len(pairs), MASK_BATCH):
-      batch = examples_lib.mask_examples(pairs[start:start + MASK_BATCH], rng, tables, config)
+      batch = examples_lib.mask_examples(pairs.pairs_at(range(start, min(start + MASK_BATCH,
+                                                                         len(pairs)))),
+                                         rng, tables, config)
       records.extend(encode_example({k: v[i] for k, v in batch.items()})
                      for i in range(len(batch["input_ids"])))
       progress.update(len(records))

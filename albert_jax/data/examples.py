@@ -6,8 +6,9 @@ the default: RoBERTa found it as good or better, with no `dupe_factor` copies on
 
   docs = tokenize_documents(corpus.read_documents("embedded"), tokenizer)
   tables = tokenizer_tables(tokenizer)
-  pairs = make_segment_pairs(docs, seed, config, word_start=tables.word_start)  # once, or per epoch
-  batch = mask_examples(pairs[i:i + 256], np.random.default_rng([seed, epoch, i]), tables, config)
+  pairs = PairTable.pack(make_segment_pairs(docs, seed, config, word_start=tables.word_start))
+  batch = mask_examples(pairs.pairs_at(range(i, i + 256)), np.random.default_rng([seed, epoch, i]),
+                        tables, config)
 
 `create_pretraining_data.py` writes statically masked copies instead, as the original did.
 
@@ -64,6 +65,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 
 from albert_jax.data import corpus
+from albert_jax.data.pairs import PairTable, SegmentPair
 
 MODES = ("fixed", "faithful")
 WORD_START = "▁"  # SentencePiece's mark of a piece that starts after whitespace
@@ -105,14 +107,6 @@ class ExampleConfig:
     if not self.favor_shorter_ngram:
       p = p[::-1] if self.mode == "faithful" else np.ones(self.ngram)
     return p / p.sum()
-
-
-class SegmentPair(NamedTuple):
-  """Token ids of segments A and B; label 1: B came before A (SOP) or from another document."""
-
-  tokens_a: np.ndarray
-  tokens_b: np.ndarray
-  sentence_order_label: int
 
 
 @dataclasses.dataclass
@@ -503,9 +497,11 @@ def _choose_masked(body: np.ndarray, body_start: np.ndarray, b_start: np.ndarray
   return np.array(chosen, np.int64), n_chosen
 
 
-def mask_examples(pairs: Sequence[SegmentPair], rng: Seed, tables: VocabTables,
+def mask_examples(pairs: PairTable, rng: Seed, tables: VocabTables,
                   config: ExampleConfig = ExampleConfig()) -> dict[str, np.ndarray]:
   """The model's features for a batch of `[CLS] A [SEP] B [SEP]`, with n-gram whole-word masking.
+
+  `pairs` is the packed form every source gives (`PairTable.pack` packs a list of SegmentPairs).
 
   Of each pair's tokens (never [CLS], [SEP] or padding) about `masked_lm_prob` are chosen, in
   n-gram spans of whole words with p(n) prop. to 1/n for n in 1..ngram, at most `max_predictions`;
@@ -517,14 +513,14 @@ def mask_examples(pairs: Sequence[SegmentPair], rng: Seed, tables: VocabTables,
   """
   rng = _rng(rng)
   batch, seq_len, max_pred = len(pairs), config.max_seq_length, config.max_predictions
-  len_a = np.array([len(p.tokens_a) for p in pairs], np.int64)
-  length = len_a + [len(p.tokens_b) for p in pairs] + 3
+  len_a = pairs.len_a.astype(np.int64, copy=False)
+  length = pairs.lengths + 3
   if batch and length.max() > seq_len:
     raise ValueError(f"A pair of {length.max() - 3} tokens does not fit in {seq_len}")
-  # Every pair's tokens without the special ones (A then B), back to back: [tokens].
-  body = np.concatenate([np.asarray(t, np.int32) for p in pairs for t in p[:2]] or [[]]
-                        ).astype(np.int32, copy=False)
-  body_start = np.concatenate([[0], np.cumsum(length - 3)])  # [batch + 1]
+  # Every pair's tokens without the special ones (A then B), back to back: [tokens]. A copy, as
+  # masking writes into it.
+  body = pairs.tokens.astype(np.int32)
+  body_start = pairs.starts  # [batch + 1]
   chosen, n_chosen = _choose_masked(body, body_start, body_start[:-1] + len_a, length, rng, tables,
                                     config)
   labels = body[chosen]
@@ -565,7 +561,7 @@ def mask_examples(pairs: Sequence[SegmentPair], rng: Seed, tables: VocabTables,
       "masked_lm_positions": masked_lm_positions,
       "masked_lm_ids": masked_lm_ids,
       "masked_lm_weights": (np.arange(max_pred) < np.array(n_chosen)[:, None]).astype(np.float32),
-      "sentence_order_label": np.array([p.sentence_order_label for p in pairs], np.int32),
+      "sentence_order_label": pairs.labels.astype(np.int32),
   }
 
 
@@ -575,4 +571,4 @@ def mask_example(pair: SegmentPair, rng: Seed, tables: VocabTables,
 
   One call costs ~0.5 ms of NumPy overhead; batches through `mask_examples` are 4-10x faster.
   """
-  return {k: v[0] for k, v in mask_examples([pair], rng, tables, config).items()}
+  return {k: v[0] for k, v in mask_examples(PairTable.pack([pair]), rng, tables, config).items()}

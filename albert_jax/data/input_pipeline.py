@@ -45,6 +45,7 @@ from albert_jax import files
 from albert_jax.data import corpus, examples as examples_lib
 from albert_jax.data import create_pretraining_data as cpd
 from albert_jax.data import order, prepared as prepared_lib
+from albert_jax.data.pairs import PairTable
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 
 log = logging.getLogger(__name__)
@@ -171,31 +172,6 @@ def prepared_vocabulary(data_cfg: ml_collections.ConfigDict) -> AlbertTokenizer:
 
 # ----------------------------------------------------------------------------- examples
 
-@dataclasses.dataclass(frozen=True)
-class PairTable:
-  """Segment pairs packed in four arrays: small to hold and to send to worker processes."""
-
-  tokens: np.ndarray  # [total] int32: A then B of every pair, back to back
-  starts: np.ndarray  # [pairs + 1] int64: pair i is tokens[starts[i]:starts[i + 1]]
-  len_a: np.ndarray  # [pairs] int64
-  labels: np.ndarray  # [pairs] int32: sentence_order_label
-
-  @classmethod
-  def pack(cls, pairs: Sequence[examples_lib.SegmentPair]) -> "PairTable":
-    lengths = [len(p.tokens_a) + len(p.tokens_b) for p in pairs]
-    return cls(np.concatenate([t for p in pairs for t in p[:2]] or [[]]).astype(np.int32),
-               np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]),
-               np.array([len(p.tokens_a) for p in pairs], np.int64),
-               np.array([p.sentence_order_label for p in pairs], np.int32))
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def __getitem__(self, i: int) -> examples_lib.SegmentPair:
-    start, a_end, end = self.starts[i], self.starts[i] + self.len_a[i], self.starts[i + 1]
-    return examples_lib.SegmentPair(self.tokens[start:a_end], self.tokens[a_end:end], int(self.labels[i]))
-
-
 def _static_records(path: str, config: examples_lib.ExampleConfig) -> Sequence[bytes]:
   """Records of a create_pretraining_data.py file, random access, checked against `config`."""
   if not os.path.isfile(path):
@@ -279,25 +255,19 @@ def _prepared_examples(data_cfg, tokenizer, split, config, vocabulary):
       "prepared_shards": prepared_lib.stream_shards(manifest, split)}
 
 
-def _pairs_at(examples, indices) -> list:
-  if hasattr(examples, "pairs_at"):
-    return examples.pairs_at(indices)
-  return [examples[i] for i in indices]
-
-
 def _host_batch(g: int, *, examples: Sequence, batch_size: int, rows: tuple[int, int], seed: int,
                 tables: examples_lib.VocabTables | None, config: examples_lib.ExampleConfig) -> Batch:
   """Rows [lo, hi) of global batch g: decoded records, or pairs masked in MASK_CHUNK-row chunks."""
   lo, hi = rows
   first, n = g * batch_size, len(examples)
   if tables is None:
-    records = [cpd.decode_example(r)
-               for r in _pairs_at(examples, order.examples_at(range(first + lo, first + hi), n, seed))]
+    records = [cpd.decode_example(examples[i])
+               for i in order.examples_at(range(first + lo, first + hi), n, seed)]
     return {k: np.stack([r[k] for r in records]) for k in examples_lib.FEATURE_NAMES}
   parts = []
   for j in range(lo // MASK_CHUNK, -(-hi // MASK_CHUNK)):
     start, stop = first + j * MASK_CHUNK, first + min((j + 1) * MASK_CHUNK, batch_size)
-    pairs = _pairs_at(examples, order.examples_at(range(start, stop), n, seed))
+    pairs = examples.pairs_at(order.examples_at(range(start, stop), n, seed))
     rng = np.random.default_rng([seed, 1, start // n, g, j])
     parts.append(examples_lib.mask_examples(pairs, rng, tables, config))
   offset = lo - lo // MASK_CHUNK * MASK_CHUNK

@@ -38,6 +38,7 @@ import numpy as np
 
 from albert_jax import files
 from albert_jax.data import examples as examples_lib
+from albert_jax.data.pairs import PairTable, SegmentPair
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +73,29 @@ def is_corpus_file(name: str) -> bool:
           or re.fullmatch(r"(train|eval)-\d{5,}-of-\d{5,}\.array_record", name) is not None)
 
 
-def encode_pair(pair: examples_lib.SegmentPair, dtype: str) -> bytes:
+def encode_pair(pair: SegmentPair, dtype: str) -> bytes:
   return (_HEADER.pack(len(pair.tokens_a), int(pair.sentence_order_label))
           + np.concatenate([pair.tokens_a, pair.tokens_b]).astype(dtype).tobytes())
 
 
-def decode_pair(record: bytes, dtype: str) -> examples_lib.SegmentPair:
-  """The pair a record holds; ValueError for bytes that cannot be one (a damaged record)."""
+def _parse(record: bytes, dtype: str) -> tuple[int, int, np.ndarray]:
+  """(len(A), label, tokens of A and B as stored) of a record; ValueError for bytes that cannot
+  be a pair (a damaged record)."""
   itemsize = np.dtype(dtype).itemsize
   if len(record) < _HEADER.size or (len(record) - _HEADER.size) % itemsize:
     raise ValueError(f"a record of {len(record)} bytes is no pair of {dtype} tokens")
   len_a, label = _HEADER.unpack_from(record)
-  tokens = np.frombuffer(record, dtype, offset=_HEADER.size).astype(np.int32)
+  tokens = np.frombuffer(record, dtype, offset=_HEADER.size)
   if len_a > len(tokens) or label > 1:
     raise ValueError(f"a record claims {len_a} tokens in A of {len(tokens)}, label {label}")
-  return examples_lib.SegmentPair(tokens[:len_a], tokens[len_a:], label)
+  return len_a, label, tokens
+
+
+def decode_pair(record: bytes, dtype: str) -> SegmentPair:
+  """The pair a record holds; ValueError for bytes that cannot be one (a damaged record)."""
+  len_a, label, tokens = _parse(record, dtype)
+  tokens = tokens.astype(np.int32)
+  return SegmentPair(tokens[:len_a], tokens[len_a:], label)
 
 
 def vocabulary_fingerprint(tokenizer: Any) -> str:
@@ -305,12 +314,12 @@ class PairSource(Sequence):
   def __len__(self) -> int:
     return self.count
 
-  def __getitem__(self, i: int) -> examples_lib.SegmentPair:
+  def __getitem__(self, i: int) -> SegmentPair:
     return self.pairs_at([i])[0]
 
-  def pairs_at(self, indices: Sequence[int]) -> list[examples_lib.SegmentPair]:
-    """Pairs at `indices`, read together (each file once)."""
-    indices = list(indices)
+  def pairs_at(self, indices: Sequence[int] | np.ndarray) -> PairTable:
+    """The pairs at `indices`, read together (each file once), packed."""
+    indices = np.asarray(indices, np.int64).reshape(-1).tolist()
     try:
       records = self._records.__getitems__(indices)
     except Exception as e:  # noqa: BLE001  (ArrayRecord's errors name no file: find the shard)
@@ -320,13 +329,16 @@ class PairSource(Sequence):
         except Exception as one:  # noqa: BLE001
           raise self._corrupt(i, f"{type(one).__name__}: {one}") from None
       raise self._corrupt(indices[0], f"{type(e).__name__}: {e}") from None
-    pairs = []
+    tokens, len_a, labels = [], [], []
     for i, record in zip(indices, records):
       try:
-        pairs.append(decode_pair(record, self.dtype))
+        a, label, ids = _parse(record, self.dtype)
       except ValueError as e:
         raise self._corrupt(i, str(e)) from None
-    return pairs
+      tokens.append(ids)
+      len_a.append(a)
+      labels.append(label)
+    return PairTable.of(tokens, len_a, labels)
 
   def _corrupt(self, i: int, why: str) -> CorruptShard:
     shard = bisect.bisect_right(self._starts, i) - 1
@@ -338,7 +350,7 @@ class PairSource(Sequence):
         "shard again or prepare again")
 
 
-def write_pairs(path: str, pairs: Sequence[examples_lib.SegmentPair], dtype: str,
+def write_pairs(path: str, pairs: Sequence[SegmentPair], dtype: str,
                 group_size: int = 1) -> int:
   """An ArrayRecord file of `pairs`; returns its bytes. `group_size` records per chunk: 1 (what
   Grain asks for) reads fastest at random, but a reader holds ~55 bytes of index per chunk."""

@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from albert_jax.data import corpus, create_pretraining_data, examples as examples_lib
+from albert_jax.data.pairs import PairTable
 from albert_jax.data.tokenizer import AlbertTokenizer
 
 
@@ -153,13 +154,13 @@ def report_corpus(input_spec: str, tokenizer, config: examples_lib.ExampleConfig
   tables = examples_lib.tokenizer_tables(tokenizer)
   docs = examples_lib.tokenize_documents(
       corpus.read_documents(input_spec, split=split, stats=corpus_stats), tokenizer, corpus_stats)
-  pairs = examples_lib.make_segment_pairs(docs, seed, config, word_start=tables.word_start,
-                                         stats=pair_stats)[:max_examples]
+  pairs = PairTable.pack(examples_lib.make_segment_pairs(
+      docs, seed, config, word_start=tables.word_start, stats=pair_stats)[:max_examples])
   rng = np.random.default_rng([seed, 1])
   summary = MaskingSummary()
   for start in range(0, len(pairs), 256):
-    summarize([examples_lib.mask_examples(pairs[start:start + 256], rng, tables, config)], tables,
-              summary)
+    chunk = pairs.pairs_at(range(start, min(start + 256, len(pairs))))
+    summarize([examples_lib.mask_examples(chunk, rng, tables, config)], tables, summary)
   return format_report(summary, config.max_seq_length, corpus_stats.as_dict(),
                        dataclasses.asdict(pair_stats))
 
