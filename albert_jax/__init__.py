@@ -14,7 +14,7 @@ _EXPORTS = {
     "AlbertForTokenClassification": "albert_jax.model",
     "AlbertForQuestionAnswering": "albert_jax.model", "AlbertForMultipleChoice": "albert_jax.model",
     "AlbertForSquadV2Original": "albert_jax.model",
-    "from_pretrained": "albert_jax.hf_convert",
+    "from_pretrained": "albert_jax.init_from",
     "pipeline": "albert_jax.inference",
     "AlbertTokenizer": "albert_jax.data.tokenizer",
 }

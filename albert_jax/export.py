@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from albert_jax import checkpointing, files, hf_convert, init_from
+from albert_jax import files, hf_convert, init_from
 from albert_jax import model as M
 from albert_jax.data.tokenizer import AlbertTokenizer
 
@@ -61,6 +61,7 @@ NOT_EXPORTED = {
     "squad-v2-original": "its answer decoding (top-k starts, then ends) is not part of the export",
 }
 PLATFORMS = ("cpu", "cuda", "tpu")
+LOWERINGS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's names
 OPSET = 20  # the lowest jax2onnx emits valid graphs for (Gelu is opset 20); onnxruntime >= 1.17
 FILES = {"stablehlo": {"int32": "model.stablehlo", "int64": "model_int64.stablehlo"},
          "onnx": {"int64": "model.onnx", "int32": "model_int32.onnx"}}
@@ -80,6 +81,15 @@ def check_format(fmt: str) -> str:
   if fmt not in FORMATS:
     raise ValueError(f"--format={fmt!r} cannot be exported; choose one of {list(FORMATS)}")
   return fmt
+
+
+def check_platforms(platforms) -> tuple[str, ...]:
+  platforms = tuple(platforms)
+  unknown = [p for p in platforms if p not in LOWERINGS]
+  if unknown or not platforms:
+    raise ValueError(f"--platforms={','.join(platforms)!r}: lower for one or more of "
+                     f"{list(LOWERINGS)} (jax.export's names: cuda for NVIDIA GPUs)")
+  return platforms
 
 
 # ----------------------------------------------------------------------------- the program
@@ -193,15 +203,17 @@ def _jax2onnx():
     logger.setLevel(level)
 
 
-def to_onnx(serving: Serving):
+def to_onnx(serving: Serving, matmuls: bool = True):
   """The ONNX graph (a ModelProto, opset OPSET) of `serving.forward` for int32 ids, batch and
-  sequence dynamic, converted by jax2onnx; the parameters are its initializers."""
+  sequence dynamic, converted by jax2onnx; the parameters are its initializers. `matmuls=False`
+  keeps jax2onnx's Einsums (experiments/benchmarks/export_serving.py prices the rewrite)."""
   import onnx
   spec = jax.ShapeDtypeStruct(("batch", "sequence"), jnp.int32)
   with _jax2onnx() as convert:
     model = convert(serving.forward, [spec] * 3, opset=OPSET, model_name=f"albert_{serving.head}",
                     input_names=INPUTS, output_names=serving.outputs)
-  model = _matmuls(model)
+  if matmuls:
+    model = _matmuls(model)
   onnx.checker.check_model(model, full_check=True)
   return model
 
@@ -262,12 +274,7 @@ def _tokenizer(path, spm_model) -> AlbertTokenizer | None:
   flags), else None."""
   if spm_model:
     return AlbertTokenizer.from_pretrained(spm_model)
-  own = checkpointing.spm_model_in(path)
-  if own:
-    return AlbertTokenizer.from_pretrained(Path(own).parent)
-  from albert_jax import tf1_release
-  release = tf1_release.spm_model_of(path)
-  return AlbertTokenizer.from_pretrained(release) if release else None
+  return init_from.identify(path).tokenizer()  # the one door: what is at `path`, its vocabulary
 
 
 def _version(package: str) -> str | None:
@@ -282,6 +289,7 @@ def export(path, out, fmt: str, head: str | None = None, platforms=PLATFORMS,
   """Writes the `fmt` export of `head` of the model at `path` to the directory `out` (module
   docstring); returns what serving.json holds."""
   check_format(fmt)
+  platforms = check_platforms(platforms)
   if head is not None:
     head_name(head)
   files.check_apart(out, [path, spm_model])  # before the model is read

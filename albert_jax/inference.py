@@ -4,7 +4,8 @@ feature extraction, batched with padded length buckets and one jitted forward pe
     python -m albert_jax.inference fill-mask --model DIR "Hello I'm a [MASK] model." [--top_k 5]
     python -m albert_jax.inference feature-extraction --model DIR "Hello world." [--pooled]
 
-DIR is a Hugging Face directory or an albert-jax (Orbax) model directory with its spiece.model.
+DIR is anything `from_pretrained` reads (an HF directory, an albert-jax model directory or training
+run, an original TF1 release), with its vocabulary (or --tokenizer).
 In Python: `albert_jax.pipeline("fill-mask", model=DIR)(text, top_k=5, targets=None)` and
 `albert_jax.pipeline("feature-extraction", model=DIR)(texts, return_tensors=False, pooled=False)`.
 """
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from albert_jax import files, hf_convert
+from albert_jax import files, init_from
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 from albert_jax.model import AlbertForMaskedLM, AlbertModel, make_model
 
@@ -56,11 +57,13 @@ def _features(module, params, ids, mask, types):
   return out.last_hidden_state.astype(jnp.float32), pooled.astype(jnp.float32)
 
 
-def _load_tokenizer(path, tokenizer) -> AlbertTokenizer:
+def _tokenizer(found: init_from.Found, tokenizer) -> AlbertTokenizer:
   """`tokenizer` (an AlbertTokenizer, a spiece.model file or a directory), else the model's own."""
   if isinstance(tokenizer, AlbertTokenizer):
     return tokenizer
-  source = path if tokenizer is None else tokenizer
+  if tokenizer is None and found.vocabulary:
+    return found.tokenizer()
+  source = found.path if tokenizer is None else tokenizer
   if files.path(source).is_dir() and not (files.path(source) / VOCAB_FILE).is_file():
     raise FileNotFoundError(
         f"{source} has no {VOCAB_FILE}, so the pipeline has no tokenizer; pass tokenizer=... "
@@ -132,11 +135,12 @@ class FillMaskPipeline:
   """`transformers.pipeline("fill-mask")`: the top-k tokens for each [MASK], by softmax score."""
 
   def __init__(self, path, tokenizer=None, batch_size: int = 8, **runtime):
-    config, params, head = hf_convert.load_any(path)
+    found = init_from.identify(path)
+    config, params, head = init_from.load(found)
     if head not in ("masked_lm", "pretraining"):
       raise ValueError(f"{path} holds an ALBERT {head} checkpoint, which has no masked-LM head; "
                        "fill-mask needs AlbertForMaskedLM or AlbertForPreTraining weights")
-    self.tokenizer = _load_tokenizer(path, tokenizer)
+    self.tokenizer = _tokenizer(found, tokenizer)
     self.runner = _Runner(_mlm_probs, make_model(config, head, **runtime), params,
                           self.tokenizer, batch_size)
 
@@ -215,13 +219,14 @@ class FeatureExtractionPipeline:
   """
 
   def __init__(self, path, tokenizer=None, batch_size: int = 8, **runtime):
-    config, params, head = hf_convert.load_any(path)
+    found = init_from.identify(path)
+    config, params, head = init_from.load(found)
     if head != "base":
       params = params["albert"]
     self.path = path
     self.has_pooler = "pooler" in params
     module = AlbertModel(config=config, add_pooling_layer=self.has_pooler, **runtime)
-    self.tokenizer = _load_tokenizer(path, tokenizer)
+    self.tokenizer = _tokenizer(found, tokenizer)
     self.runner = _Runner(_features, module, params, self.tokenizer, batch_size)
 
   def __call__(self, inputs: str | Sequence[str], return_tensors: bool = False,
@@ -245,7 +250,7 @@ class FeatureExtractionPipeline:
 
 def pipeline(task: str, model: str | os.PathLike, tokenizer=None, batch_size: int = 8,
              **runtime) -> FillMaskPipeline | FeatureExtractionPipeline:
-  """The pipeline for `task` ("fill-mask" or "feature-extraction") on an HF or Orbax directory.
+  """The pipeline for `task` ("fill-mask" or "feature-extraction") on what `from_pretrained` reads.
 
   `tokenizer`: an AlbertTokenizer, a spiece.model file or a directory (default: the model's);
   `batch_size`: texts per forward; `runtime`: make_model's dtype, param_dtype, ...

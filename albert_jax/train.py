@@ -34,6 +34,7 @@ from albert_jax import accelerators, checkpointing, files, hf_convert, init_from
 from albert_jax import metrics as metrics_lib
 from albert_jax import model as M
 from albert_jax import optimizer, sharding, tasks, watchdog
+from albert_jax.checkpoints.table import flatten
 
 PyTree = Any
 
@@ -158,7 +159,7 @@ def state_layout(module, tx, mesh, rules) -> StateLayout:
 
   def init(seed: int, kept: dict) -> TrainState:
     """A fresh state; the parameters at `kept`'s paths are those host arrays (`init_from`)."""
-    param_shardings = dict(init_from.flat(abstract.params))
+    param_shardings = flatten(abstract.params)
     kept = {k: sharding.put(v, param_shardings[k]) for k, v in kept.items()}
     make = lambda rng, kept: nn.unbox(boxed_state(rng, kept))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -14,7 +14,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from albert_jax import checkpointing, hf_convert
+from albert_jax import hf_convert
+from albert_jax.checkpoints import model_dir
 from albert_jax import model as M
 
 
@@ -46,9 +47,9 @@ def main():
   for name, write, read in (
       ("Hugging Face", lambda d: hf_convert.save(config, params, d, overwrite=True),
        lambda d: hf_convert.load(d)),
-      ("Orbax", lambda d: checkpointing.save_model_dir(d, config, params, "pretraining",
+      ("Orbax", lambda d: model_dir.save_model_dir(d, config, params, "pretraining",
                                                        overwrite=True),
-       lambda d: checkpointing.load_model_dir(d))):
+       lambda d: model_dir.load_model_dir(d))):
     d = workdir / {"Hugging Face": "hf", "Orbax": "orbax"}[name]
     start = time.perf_counter()
     write(d)

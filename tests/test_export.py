@@ -18,7 +18,7 @@ import transformers
 import albert_jax
 from albert_jax import export, hf_convert
 from albert_jax import model as M
-from conftest import tpu_env
+from conftest import once_per_session, tpu_env
 from helpers import random_params
 
 HEADS = list(export.OUTPUTS)
@@ -44,46 +44,54 @@ def _config(head: str, vocab_size: int) -> M.AlbertConfig:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tokenizer):
-  """An HF directory with random weights and the vocabulary per head, and the inputs."""
-  root = tmp_path_factory.mktemp("export_models")
-  dirs = {}
-  for i, head in enumerate(HEADS):
-    name = head.replace("-", "_")
-    cfg = _config(head, tokenizer.vocab_size)
-    dirs[head] = root / head
-    hf_convert.save(cfg, random_params(cfg, name, seed=i), dirs[head], head=name,
-                    tokenizer=tokenizer)
-  inputs = {}
-  for shape, (batch, length) in SHAPES.items():
-    firsts, seconds = zip(*TEXTS[:batch])
-    encoded = tokenizer(list(firsts), list(seconds), padding="max_length", truncation=True,
-                        max_length=length, return_tensors="np")
-    assert (encoded["attention_mask"] == 0).any() and (encoded["token_type_ids"] == 1).any()
-    inputs[shape] = encoded
-  return types.SimpleNamespace(dirs=dirs, inputs=inputs, root=root, tokenizer=tokenizer)
+  """An HF directory with random weights and the vocabulary per head, and the inputs; made once
+  a session (pytest-xdist's workers share them)."""
+  def make(root):
+    for i, head in enumerate(HEADS):
+      name = head.replace("-", "_")
+      cfg = _config(head, tokenizer.vocab_size)
+      hf_convert.save(cfg, random_params(cfg, name, seed=i), root / head, head=name,
+                      tokenizer=tokenizer)
+    inputs = {}
+    for shape, (batch, length) in SHAPES.items():
+      firsts, seconds = zip(*TEXTS[:batch])
+      encoded = tokenizer(list(firsts), list(seconds), padding="max_length", truncation=True,
+                          max_length=length, return_tensors="np")
+      assert (encoded["attention_mask"] == 0).any() and (encoded["token_type_ids"] == 1).any()
+      inputs.update({f"{shape}/{k}": v for k, v in encoded.items()})
+    np.savez(root / "inputs.npz", **inputs)
+    return str(root)
+
+  root = Path(once_per_session(tmp_path_factory, "export_models", make))
+  arrays = np.load(root / "inputs.npz")
+  inputs = {shape: {k: arrays[f"{shape}/{k}"] for k in export.INPUTS} for shape in SHAPES}
+  return types.SimpleNamespace(dirs={h: root / h for h in HEADS}, inputs=inputs,
+                               inputs_file=root / "inputs.npz")
 
 
 @pytest.fixture(scope="module", params=export.FORMATS)
 def served(request, models, tmp_path_factory):
-  """Every head exported in one format by the CLI, and what the serving process computed."""
+  """Every head exported in one format by the CLI, and what the serving process computed; made
+  once a session."""
   fmt = request.param
-  out = tmp_path_factory.mktemp(f"served_{fmt}")
-  exports = {}
-  for head in HEADS:
-    exports[head] = out / head
-    assert export.main([f"--model={models.dirs[head]}", f"--head={head}", f"--format={fmt}",
-                        f"--out={exports[head]}"]) == 0
-  np.savez(out / "inputs.npz", **{f"{shape}/{k}": v for shape, x in models.inputs.items()
-                                  for k, v in x.items()})
-  job = out / "job.json"
-  job.write_text(json.dumps({"exports": {h: str(d) for h, d in exports.items()},
-                             "inputs": str(out / "inputs.npz")}))
-  proc = subprocess.run([sys.executable, str(CLIENT), str(job), str(out / "results.npz")],
-                        capture_output=True, text=True, timeout=600, cwd=out)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = dict(np.load(out / "results.npz"))
-  client = json.loads((out / "modules.json").read_text())
-  return types.SimpleNamespace(format=fmt, exports=exports, results=results, **client)
+
+  def make(out):
+    exports = {head: str(out / head) for head in HEADS}
+    for head, directory in exports.items():
+      assert export.main([f"--model={models.dirs[head]}", f"--head={head}", f"--format={fmt}",
+                          f"--out={directory}"]) == 0
+    job = out / "job.json"
+    job.write_text(json.dumps({"exports": exports, "inputs": str(models.inputs_file)}))
+    proc = subprocess.run([sys.executable, str(CLIENT), str(job), str(out / "results.npz")],
+                          capture_output=True, text=True, timeout=600, cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"exports": exports, **json.loads((out / "modules.json").read_text())}
+
+  made = once_per_session(tmp_path_factory, f"export_served_{fmt}", make)
+  results = dict(np.load(Path(made["exports"]["base"]).parent / "results.npz"))
+  return types.SimpleNamespace(format=fmt, results=results, modules=made["modules"],
+                               platforms=made["platforms"],
+                               exports={h: Path(d) for h, d in made["exports"].items()})
 
 
 _references = {}
@@ -153,9 +161,10 @@ def test_the_directory_holds_config_vocabulary_and_manifest(served, models):
       + ([export.ONNX_DATA] if served.format == "onnx" else []))
   config = transformers.AlbertConfig.from_pretrained(out)
   assert config.architectures == ["AlbertForSequenceClassification"] and config.num_labels == 3
-  theirs = transformers.AlbertTokenizer.from_pretrained(out)
   text = "Hello world, the cat sat on the mat."
-  assert theirs(text)["input_ids"] == models.tokenizer(text)["input_ids"]
+  theirs = transformers.AlbertTokenizer.from_pretrained(out)(text)["input_ids"]
+  source = transformers.AlbertTokenizer.from_pretrained(models.dirs["sequence-classification"])
+  assert theirs == source(text)["input_ids"] and len(theirs) > 5
   if served.format == "onnx":
     assert manifest["opset"] == export.OPSET == 20
 
@@ -228,6 +237,14 @@ def test_a_format_that_cannot_be_exported_is_named_with_the_choices(models, tmp_
   err = capsys.readouterr().err
   assert code == 1 and "--format='tflite' cannot be exported" in err
   assert "['stablehlo', 'onnx']" in err and not (tmp_path / "out").exists()
+
+
+def test_a_platform_jax_cannot_lower_for_is_named_with_the_choices(models, tmp_path, capsys):
+  code = export.main([f"--model={models.dirs['base']}", "--format=stablehlo", "--platforms=cpu,gpu",
+                      f"--out={tmp_path / 'out'}"])
+  err = capsys.readouterr().err
+  assert code == 1 and "--platforms='cpu,gpu'" in err and "['cpu', 'cuda', 'rocm', 'tpu']" in err
+  assert not (tmp_path / "out").exists()
 
 
 def test_a_head_the_checkpoint_lacks_is_refused_naming_its_weights(models, tmp_path):

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from albert_jax import checkpointing, metrics, sharding, train
+from albert_jax.checkpoints import model_dir
 from albert_jax.data import arrays, order
 
 from conftest import abstract_state, tiny_config
@@ -113,16 +114,16 @@ def test_stale_params_restore_silently_without_the_fingerprints(tmp_path, refere
   plain = manager.restore(24, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract_params),
       train_state=ocp.args.StandardRestore(abstract_rest)))
-  _, step_18, _ = checkpointing.load_model_dir(reference[0] / "checkpoints" / "18")
+  _, step_18, _ = model_dir.load_model_dir(reference[0] / "checkpoints" / "18")
   for a, b in zip(jax.tree_util.tree_leaves(plain["params"]), jax.tree_util.tree_leaves(step_18)):
     np.testing.assert_array_equal(np.asarray(a), b)
   # The readers of a run (from_pretrained, orbax-to-hf, init_from) check them too: a run
   # falls back to its previous step, a step named explicitly is refused.
-  _, params, _ = checkpointing.load_model_dir(workdir)
+  _, params, _ = model_dir.load_model_dir(workdir)
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(step_18)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(checkpointing.CorruptCheckpoint, match="fingerprints"):
-    checkpointing.load_model_dir(workdir / "checkpoints" / "24")
+    model_dir.load_model_dir(workdir / "checkpoints" / "24")
 
 
 def test_a_run_whose_newest_step_is_corrupt_goes_on_and_loses_nothing(tmp_path, spm_model,

@@ -19,7 +19,8 @@ import transformers
 
 import albert_jax
 from helpers import perturb, random_params
-from albert_jax import checkpointing, files, hf_convert
+from albert_jax import files, hf_convert
+from albert_jax.checkpoints import model_dir
 from albert_jax import model as M
 
 TINY = M.AlbertConfig(vocab_size=97, embedding_size=8, hidden_size=16, num_hidden_layers=3,
@@ -191,13 +192,13 @@ def _cli(*args):
 def test_cli_orbax_hf_orbax_is_bit_exact(tmp_path):
   cfg = GROUPED
   params = random_params(cfg, "pretraining", 6)
-  checkpointing.save_model_dir(tmp_path / "orbax", cfg, params, "pretraining")
+  model_dir.save_model_dir(tmp_path / "orbax", cfg, params, "pretraining")
   run = _cli("orbax-to-hf", tmp_path / "orbax", tmp_path / "hf")
   assert run.returncode == 0, run.stderr
   assert "pretraining head" in run.stdout
   run = _cli("hf-to-orbax", tmp_path / "hf", tmp_path / "orbax2")
   assert run.returncode == 0, run.stderr
-  config, back, head = checkpointing.load_model_dir(tmp_path / "orbax2")
+  config, back, head = model_dir.load_model_dir(tmp_path / "orbax2")
   assert (config, head) == (cfg, "pretraining")
   for (k, a), b in zip(hf_convert.flatten(params).items(), hf_convert.flatten(back).values()):
     assert np.array_equal(a, b), k
@@ -210,7 +211,7 @@ def test_cli_orbax_hf_orbax_is_bit_exact(tmp_path):
 def test_from_pretrained_reads_orbax_and_hf_directories_alike(tmp_path):
   cfg = TINY
   params = random_params(cfg, "masked_lm", 7)
-  checkpointing.save_model_dir(tmp_path / "orbax", cfg, params, "masked_lm")
+  model_dir.save_model_dir(tmp_path / "orbax", cfg, params, "masked_lm")
   hf_convert.save(cfg, params, tmp_path / "hf", head="masked_lm")
   ids = _inputs(cfg, "masked_lm")
   outs = []
@@ -342,7 +343,7 @@ def _snapshot(d):
 
 def _assert_cli_fails_and_leaves_destination(tmp_path, src, match):
   dst = tmp_path / "existing"
-  checkpointing.save_model_dir(dst, TINY, random_params(TINY, "base", 0), "base")
+  model_dir.save_model_dir(dst, TINY, random_params(TINY, "base", 0), "base")
   before = _snapshot(dst)
   run = _cli("hf-to-orbax", src, dst, "--overwrite")
   assert run.returncode == 1 and match in run.stderr, run.stderr
@@ -548,17 +549,17 @@ def test_the_vocabulary_is_looked_up_beside_the_model_only(tmp_path):
   """spm_model_in: the model directory, or a training run's workdir; never a parent directory
   that happens to hold some other model's spiece.model."""
   (tmp_path / "spiece.model").write_bytes(b"another model's vocabulary")
-  model_dir = tmp_path / "models" / "mine"
-  model_dir.mkdir(parents=True)
-  assert checkpointing.spm_model_in(model_dir) is None
-  assert checkpointing.spm_model_in(tmp_path / "a" / "checkpoints" / "12") is None
+  mine = tmp_path / "models" / "mine"
+  mine.mkdir(parents=True)
+  assert model_dir.spm_model_in(mine) is None
+  assert model_dir.spm_model_in(tmp_path / "a" / "checkpoints" / "12") is None
   run = tmp_path / "a"
   (run / "checkpoints" / "12").mkdir(parents=True)
   (run / "spiece.model").write_bytes(b"the run's")
   for path in (run, run / "checkpoints", run / "checkpoints" / "12"):
-    assert checkpointing.spm_model_in(path) == str(run / "spiece.model")
-  (model_dir / "spiece.model").write_bytes(b"mine")
-  assert checkpointing.spm_model_in(model_dir) == str(model_dir / "spiece.model")
+    assert model_dir.spm_model_in(path) == str(run / "spiece.model")
+  (mine / "spiece.model").write_bytes(b"mine")
+  assert model_dir.spm_model_in(mine) == str(mine / "spiece.model")
 
 
 def test_the_package_imports_no_reference_library():
@@ -612,7 +613,7 @@ def _source(command, root):
     import shutil
     shutil.copytree(RELEASE, root, ignore=shutil.ignore_patterns("hub", "reference.npz"))
   elif command == "orbax-to-hf":
-    checkpointing.save_model_dir(root, TINY, random_params(TINY, "pretraining", 0), "pretraining")
+    model_dir.save_model_dir(root, TINY, random_params(TINY, "pretraining", 0), "pretraining")
   else:
     hf_convert.save(TINY, random_params(TINY, "pretraining", 0), root, head="pretraining")
   (root / "metrics.jsonl").write_text('{"step": 12, "loss": 3.5}\n')
@@ -653,7 +654,7 @@ def test_the_writers_refuse_an_output_that_overlaps_the_sources_they_are_given(t
   for write in (
       lambda: hf_convert.save(config, params, src, head, overwrite=True, sources=[src / "params"]),
       lambda: hf_convert.save_model(config, params, src / "hf", head, sources=[src]),
-      lambda: checkpointing.save_model_dir(src.parent, config, params, head, overwrite=True,
+      lambda: model_dir.save_model_dir(src.parent, config, params, head, overwrite=True,
                                            sources=[src])):
     with pytest.raises(files.OverlappingPaths, match="choose another output directory"):
       write()

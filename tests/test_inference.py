@@ -12,7 +12,8 @@ import torch
 import transformers
 
 import albert_jax
-from albert_jax import checkpointing, hf_convert, inference
+from albert_jax import hf_convert, inference
+from albert_jax.checkpoints import model_dir
 from albert_jax import model as M
 from helpers import random_params
 
@@ -54,8 +55,8 @@ def dirs(tmp_path_factory):
   pre = random_params(cfg, "pretraining", seed=2, scale=0.5)
   hf_convert.save(cfg, mlm, tmp / "hf", head="masked_lm", tokenizer=spm_path)
   hf_convert.save(cfg, pre, tmp / "hf_pre", head="pretraining", tokenizer=spm_path)
-  checkpointing.save_model_dir(tmp / "orbax", cfg, mlm, "masked_lm", spm_model=spm_path)
-  checkpointing.save_model_dir(tmp / "orbax_no_spm", cfg, mlm, "masked_lm")
+  model_dir.save_model_dir(tmp / "orbax", cfg, mlm, "masked_lm", spm_model=spm_path)
+  model_dir.save_model_dir(tmp / "orbax_no_spm", cfg, mlm, "masked_lm")
   return types.SimpleNamespace(hf=str(tmp / "hf"), hf_pre=str(tmp / "hf_pre"),
                                orbax=str(tmp / "orbax"), orbax_no_spm=str(tmp / "orbax_no_spm"),
                                spm=spm_path, cfg=cfg)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from albert_jax import checkpointing, metrics
+from albert_jax.checkpoints import model_dir
 from albert_jax.data import corpus
 
 from conftest import REPO, cpu_flags, free_port
@@ -150,7 +151,7 @@ def test_preempting_either_process_a_stuck_peer_and_a_new_process_count_lose_not
   ours, ref = losses(workdir), losses(single)
   assert sorted(ours) == list(range(1, 17))  # every step once over the four launches
   np.testing.assert_allclose([ours[k] for k in ref], [ref[k] for k in ref], rtol=1e-5)
-  checkpointing.load_model_dir(workdir)  # the last step verifies against its fingerprints
+  model_dir.load_model_dir(workdir)  # the last step verifies against its fingerprints
   # Four processes of one device each restore what two processes of two wrote (T10): the same
   # parameters, checked against the fingerprints stored at save time.
   codes, outs = finish(launch(workdir, 4, 1, small_corpus,

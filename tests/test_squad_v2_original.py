@@ -16,7 +16,8 @@ import torch
 import transformers
 from transformers.models.xlm.modeling_xlm import XLMSQuADHead
 
-from albert_jax import checkpointing, hf_convert
+from albert_jax import hf_convert
+from albert_jax.checkpoints import model_dir
 from albert_jax import model as M
 from albert_jax.data.arrays import Dataset
 from albert_jax.tasks import squad
@@ -493,7 +494,7 @@ def test_loading_a_pretraining_checkpoint_keeps_the_backbone(tmp_path, caplog):
   assert not params["start_logits"]["dense"]["bias"].any()
   assert "bias" not in params["answer_class"]["dense_1"]
   # And back into a span head from the Orbax directory: the backbone again, the head new.
-  checkpointing.save_model_dir(tmp_path / "orbax", config, params, head)
+  model_dir.save_model_dir(tmp_path / "orbax", config, params, head)
   _, qa, _ = hf_convert.load_any(tmp_path / "orbax", head="question_answering")
   np.testing.assert_array_equal(qa["albert"]["embeddings"]["word_embeddings"]["embedding"],
                                 source["albert"]["embeddings"]["word_embeddings"]["embedding"])

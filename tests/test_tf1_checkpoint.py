@@ -19,11 +19,12 @@ import torch
 import transformers
 
 import albert_jax
-from albert_jax import checkpointing, hf_convert, tf1_release
+from albert_jax import hf_convert
+from albert_jax.checkpoints import model_dir, tf1
 from albert_jax.tasks import common
 from albert_jax import model as M
-from albert_jax import tf1_checkpoint as T
-from albert_jax.tf1_checkpoint import Checkpoint, masked_crc32c
+from albert_jax.checkpoints import tensorbundle as T
+from albert_jax.checkpoints.tensorbundle import Checkpoint, masked_crc32c
 
 DATA = Path(__file__).parent / "data"
 RELEASE = DATA / "tf1_release"
@@ -137,7 +138,7 @@ def test_tf_to_hf_loads_in_transformers(tmp_path):
 def test_tf_to_orbax_and_init_from_read_the_same_params(tmp_path, release):
   assert hf_convert.main(["tf-to-orbax", str(HUB), str(tmp_path / "orbax"), "--config",
                           str(RELEASE / "albert_config.json")]) == 0
-  config, params, head = checkpointing.load_model_dir(tmp_path / "orbax")
+  config, params, head = model_dir.load_model_dir(tmp_path / "orbax")
   assert (config, head) == (release[0].config, "pretraining")
   assert (tmp_path / "orbax" / "spiece.model").read_bytes() == \
       (HUB / "assets" / "30k-clean.model").read_bytes()
@@ -162,16 +163,16 @@ def test_other_head_keeps_the_backbone(caplog):
 
 def test_original_config_keys():
   d = json.loads((RELEASE / "albert_config.json").read_text())
-  assert tf1_release.config_from_original(d).hidden_act == "gelu_new"
-  assert tf1_release.config_from_original({**d, "hidden_act": "relu"}).hidden_act == "relu"
+  assert tf1.config_from_original(d).hidden_act == "gelu_new"
+  assert tf1.config_from_original({**d, "hidden_act": "relu"}).hidden_act == "relu"
   for key, value in (("net_structure_type", 1), ("gap_size", 3), ("num_memory_blocks", 2),
                      ("down_scale_factor", 2), ("layers_to_keep", [0, 1])):
     with pytest.raises(ValueError, match=re.escape(f"{key}={value!r} is not supported")):
-      tf1_release.config_from_original({**d, key: value})
+      tf1.config_from_original({**d, key: value})
   with pytest.raises(ValueError, match="unknown key 'use_fancy_thing'"):
-    tf1_release.config_from_original({**d, "use_fancy_thing": True})
+    tf1.config_from_original({**d, "use_fancy_thing": True})
   with pytest.raises(ValueError, match="hidden_act='swish'"):
-    tf1_release.config_from_original({**d, "hidden_act": "swish"})
+    tf1.config_from_original({**d, "hidden_act": "swish"})
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -358,7 +359,7 @@ def test_checkpoint_file_paths_stay_in_the_release_directory(tmp_path, caplog):
   data.write_bytes(data.read_bytes()[:-100])  # reading it fails: it must not be read
   for named in ("../other/model.ckpt-best", str(other / "model.ckpt-best")):
     (d / "checkpoint").write_text(f'model_checkpoint_path: "{named}"\n')
-    assert tf1_release.find_release(d).prefix == d / "model.ckpt-best"
+    assert tf1.find_release(d).prefix == d / "model.ckpt-best"
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="albert_jax"):
       assert albert_jax.from_pretrained(d)[0].config.num_hidden_layers == 4
@@ -399,7 +400,7 @@ def test_checkpoint_file_and_several_checkpoints(tmp_path):
   # A `checkpoint` file names one, with the absolute path of the machine that trained.
   (d / "checkpoint").write_text('model_checkpoint_path: "/gcs/run/model.ckpt-9"\n'
                                 'all_model_checkpoint_paths: "/gcs/run/model.ckpt-7"\n')
-  assert tf1_release.find_release(d).prefix == d / "model.ckpt-9"
+  assert tf1.find_release(d).prefix == d / "model.ckpt-9"
   assert albert_jax.from_pretrained(d)[0].config.num_hidden_layers == 4
   (d / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-3"\n')
   with pytest.raises(FileNotFoundError, match="names checkpoint 'model.ckpt-3'"):

@@ -17,6 +17,7 @@ import transformers
 
 from albert_jax import checkpointing, hf_convert, init_from, metrics, overrides, sharding, tasks
 from albert_jax import train
+from albert_jax.checkpoints import model_dir
 from albert_jax import model as M
 
 from conftest import OVERRIDES, REPO, abstract_state, tiny_config  # shared with other tests
@@ -170,8 +171,8 @@ def test_sigterm_kill_mid_commit_and_re_preemption_reproduce_the_uninterrupted_r
   assert steps == list(range(1, 25))  # every step once across the four runs
   kept = sorted(p.name for p in (workdir / "checkpoints").iterdir())
   assert kept == sorted(map(str, {6, 12, 18, 24, saved, saved + 1}))  # the temporary dir gone
-  _, params, _ = checkpointing.load_model_dir(workdir / "checkpoints" / "24")  # verifies (b)
-  _, ref_params, _ = checkpointing.load_model_dir(ref_workdir / "checkpoints" / "24")
+  _, params, _ = model_dir.load_model_dir(workdir / "checkpoints" / "24")  # verifies (b)
+  _, ref_params, _ = model_dir.load_model_dir(ref_workdir / "checkpoints" / "24")
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
     np.testing.assert_array_equal(a, b)
 
@@ -195,7 +196,7 @@ def test_a_second_launch_on_a_running_workdir_is_refused_and_the_first_loses_not
 def test_restore_onto_a_different_mesh(reference):
   """Saved on 8 devices as 2x2x2 (fsdp_tensor); restored on 4 devices as 4x1x1."""
   workdir, _ = reference
-  _, saved, _ = checkpointing.load_model_dir(workdir / "checkpoints" / "24")
+  _, saved, _ = model_dir.load_model_dir(workdir / "checkpoints" / "24")
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:4])
   manager = checkpointing.make_manager(workdir, max_to_keep=None)
   step, params, rest, data = checkpointing.restore_train_state(
@@ -220,7 +221,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, spm
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps, "the first steps were finite and should have been saved"
   for step in steps:
-    _, params, _ = checkpointing.load_model_dir(tmp_path / "checkpoints" / str(step))
+    _, params, _ = model_dir.load_model_dir(tmp_path / "checkpoints" / str(step))
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)), step
 
 
@@ -232,7 +233,7 @@ def test_init_from_hf_and_from_an_orbax_run(tmp_path, spm_model, reference):
   hf_convert.save(cfg, source, tmp_path / "hf_in", head="pretraining", tokenizer=spm_model)
   for name, source_dir, expected in (
       ("from_hf", tmp_path / "hf_in", source),
-      ("from_orbax", reference[0], checkpointing.load_model_dir(reference[0])[1])):
+      ("from_orbax", reference[0], model_dir.load_model_dir(reference[0])[1])):
     # One step at learning rate 0 (the first warmup step): the export is the initial weights.
     config = tiny_config(spm_model, total_steps=1, init_from=str(source_dir))
     train.train_and_evaluate(config, str(tmp_path / name))

@@ -1,5 +1,6 @@
 """The original ALBERT releases (google-research/albert) as Hugging Face state dicts: variable names
-of `modeling.py`, `albert_config.json`, and the release layouts, so `hf_convert`'s table does the rest.
+of `modeling.py`, `albert_config.json`, and the release layouts, so the key table (`table`) does the
+rest. A reader: it returns the head the checkpoint holds and never re-heads.
 
 A release directory holds `albert_config.json`, `model.ckpt-best.{index,data-00000-of-00001}` (or
 another single checkpoint, or a `checkpoint` file naming one) and `30k-clean.model`. A TF-Hub module
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from albert_jax import files, hf_convert
+from albert_jax import files
+from albert_jax.checkpoints import table
+from albert_jax.checkpoints.tensorbundle import Checkpoint
 from albert_jax.model import AlbertConfig, HEADS, preset
-from albert_jax.tf1_checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -181,22 +183,6 @@ def find_release(path) -> Release | None:
   return Release(prefix, find((CONFIG_FILE,)), find(SPM_FILES))
 
 
-def is_release(path) -> bool:
-  try:
-    return find_release(path) is not None
-  except (ValueError, FileNotFoundError):
-    return True  # a release, but a broken one: let load_release say what is wrong
-
-
-def spm_model_of(path) -> str | None:
-  """The SentencePiece model of the release at `path`, or None (also when it is no release)."""
-  try:
-    release = find_release(path)
-  except (ValueError, FileNotFoundError):
-    return None
-  return str(release.spm_model) if release and release.spm_model else None
-
-
 def _hf_tensors(ckpt: Checkpoint) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """(HF key -> array, HF key -> the checkpoint's name) for the model's variables; names this
   table does not know pass through as they are, optimizer slots and the step are dropped."""
@@ -208,7 +194,7 @@ def _hf_tensors(ckpt: Checkpoint) -> tuple[dict[str, np.ndarray], dict[str, str]
       continue
     key = hf_key(short) or name
     array = ckpt.read(name)
-    hf_convert.check_finite({name: array}, ckpt.prefix)
+    table.check_finite({name: array}, ckpt.prefix)
     tensors[key] = array.T if name.endswith("/kernel") and key != name else array
     names[key] = name
   if skipped:
@@ -247,8 +233,8 @@ def _check_variables(ckpt: Checkpoint, tensors, names, config: AlbertConfig, sou
   scope = HUB_SCOPE if any(n.startswith(HUB_SCOPE) for n in ckpt.entries) else ""
   expected_names = _tf_names(config)
   prefix = "albert." if source == "base" else ""  # AlbertModel's own keys have no "albert."
-  shapes = hf_convert.expected_hf_shapes(config, source)
-  for row in hf_convert.param_table(config, source):
+  shapes = table.expected_hf_shapes(config, source)
+  for row in table.param_table(config, source):
     if not (strict or row.backbone):
       continue
     key = prefix + row.hf
@@ -261,7 +247,7 @@ def _check_variables(ckpt: Checkpoint, tensors, names, config: AlbertConfig, sou
     if tuple(found) != tuple(expected):
       raise ValueError(f"{ckpt.prefix}: variable {names[key]!r} has shape {list(found)} but "
                        f"the config expects {list(expected)}")
-  wanted = {prefix + row.hf for row in hf_convert.param_table(config, source)}
+  wanted = {prefix + row.hf for row in table.param_table(config, source)}
   unexpected = sorted(names[k] for k in tensors.keys() - wanted)
   if strict and unexpected:
     raise ValueError(f"{ckpt.prefix}: unexpected variables for the {source} head (does the "
@@ -328,9 +314,11 @@ def read_config(release: Release, config: AlbertConfig | str | None = None) -> A
 
 def load_release(path, head: str | None = None, seed: int = 0,
                  config: AlbertConfig | str | None = None) -> tuple[AlbertConfig, dict, str]:
-  """(config, params, head) from a release directory, TF-Hub module or checkpoint prefix; `head`
-  defaults to what the checkpoint holds (pretraining for a release)."""
-  release = find_release(path)
+  """(config, params, head) from a release directory, TF-Hub module or checkpoint prefix (or the
+  `Release` `find_release` found there): the head the checkpoint holds (pretraining for a
+  release). `head`: the one the caller will re-head it to (`init_from.load`); when another, only
+  the backbone must be complete, and what else the held head lacks is initialised fresh."""
+  release = path if isinstance(path, Release) else find_release(path)
   if release is None:
     raise FileNotFoundError(f"{path}: no TF checkpoint (*.index) in it")
   config_source = (str(config) if isinstance(config, (str, os.PathLike))
@@ -342,16 +330,13 @@ def load_release(path, head: str | None = None, seed: int = 0,
   _check_sizes(ckpt, config, config_source)
   tensors, names = _hf_tensors(ckpt)
   source = _source_head(tensors)
-  from albert_jax import init_from
   head = head or source
   if head not in HEADS:
     raise ValueError(f"Unknown head {head!r}; choose one of {sorted(HEADS)}")
   strict = head == source  # another head needs the backbone only
   _check_variables(ckpt, tensors, names, config, source, strict=strict)
   try:
-    params = hf_convert.from_hf_state_dict(config, tensors, source, source if strict else None,
-                                           seed)
-    params = init_from.rehead(params, source, config, head, seed)
+    params = table.from_hf_state_dict(config, tensors, source, source if strict else None, seed)
   except (KeyError, ValueError) as e:
     raise type(e)(f"{release.prefix}: {e.args[0]}") from None
-  return config, params, head
+  return config, params, source

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from albert_jax import checkpointing, files
+from albert_jax import files, init_from
 from albert_jax.data import arrays
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 
@@ -55,20 +55,18 @@ def tokenizer(config, workdir) -> AlbertTokenizer:
 
 
 def find_vocabulary(config) -> AlbertTokenizer | None:
-  """The tokenizer of config.spm_model or of config.init_from, or None when neither has one."""
-  from albert_jax import tf1_release
+  """The tokenizer of config.spm_model (a file, or what `init_from.identify` finds with a
+  model) or of config.init_from, or None when neither has one."""
   if config.spm_model and not files.path(config.spm_model).exists():
     raise FileNotFoundError(f"config.spm_model={config.spm_model!r} does not exist")
   for source in (config.spm_model, config.init_from):
     if not source:
       continue
-    path = files.path(source)
-    if path.is_dir() and (path / VOCAB_FILE).is_file():
-      return AlbertTokenizer.from_pretrained(path)  # with its tokenizer_config.json
-    found = (str(path) if path.is_file()
-             else checkpointing.spm_model_in(path) or tf1_release.spm_model_of(path))
+    if files.path(source).is_file():
+      return AlbertTokenizer(source)
+    found = init_from.identify(source).tokenizer()
     if found:
-      return AlbertTokenizer(found)
+      return found
   return None
 
 
