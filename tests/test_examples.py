@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from albert_jax.data import corpus, examples
-from albert_jax.data import create_pretraining_data as cpd
+from albert_jax.data import records
 from albert_jax.data import report
 from albert_jax.data.pairs import PairTable
 from albert_jax.data.tokenizer import AlbertTokenizer
@@ -351,11 +351,11 @@ def test_records_round_trip(tmp_path):
                              config)
   rows = [{k: v[i] for k, v in f.items()} for i in range(len(f["input_ids"]))]
   for row in rows:
-    back = cpd.decode_example(cpd.encode_example(row))
+    back = records.decode_example(records.encode_example(row))
     assert all(back[k].dtype == row[k].dtype and (back[k] == row[k]).all() for k in row)
   for name in ("x.array_record", "x.jsonl"):
-    assert cpd.write_examples(rows, tmp_path / name) == len(rows)
-    back = list(cpd.read_examples(tmp_path / name))
+    assert records.write_examples(rows, tmp_path / name) == len(rows)
+    back = list(records.read_examples(tmp_path / name))
     assert len(back) == len(rows)
     assert all((b[k] == r[k]).all() and b[k].dtype == r[k].dtype
                for b, r in zip(back, rows) for k in r)
@@ -391,12 +391,12 @@ def test_create_pretraining_data_cli(tiny_corpus, tmp_path):
   _cli("albert_jax.data.create_pretraining_data", *common, f"--output={tmp_path / 'a.jsonl'}")
   _cli("albert_jax.data.create_pretraining_data", *common,
        f"--output={tmp_path / 'out' / 'b.array_record'}")
-  jsonl = list(cpd.read_examples(tmp_path / "a.jsonl"))
-  records = list(cpd.read_examples(tmp_path / "out" / "b.array_record"))
+  jsonl = list(records.read_examples(tmp_path / "a.jsonl"))
+  arrays = list(records.read_examples(tmp_path / "out" / "b.array_record"))
   # Same seed, same examples, whichever the format.
-  assert len(jsonl) == len(records) > 50
-  assert all((x[k] == y[k]).all() for x, y in zip(jsonl, records) for k in examples.FEATURE_NAMES)
-  assert records[0]["input_ids"].shape == (64,) and records[0]["masked_lm_ids"].shape == (10,)
+  assert len(jsonl) == len(arrays) > 50
+  assert all((x[k] == y[k]).all() for x, y in zip(jsonl, arrays) for k in examples.FEATURE_NAMES)
+  assert arrays[0]["input_ids"].shape == (64,) and arrays[0]["masked_lm_ids"].shape == (10,)
   stats = json.loads((tmp_path / "a.jsonl.stats.json").read_text())
   assert stats["examples"] == len(jsonl) and stats["corpus"]["files"] == 2
   assert stats["corpus"]["invalid_utf8_lines"] == 1
@@ -405,7 +405,7 @@ def test_create_pretraining_data_cli(tiny_corpus, tmp_path):
 
   out = _cli("albert_jax.data.report", f"--examples={tmp_path / 'out' / 'b.array_record'}",
              f"--spm_model={model}").stdout
-  assert f"Examples: {len(records):,}" in out and "masked spans, in words" in out
+  assert f"Examples: {len(arrays):,}" in out and "masked spans, in words" in out
   assert "checks: 0 special tokens masked, 0 positions outside" in out
   assert "1 lines with invalid UTF-8" in out
 

@@ -11,7 +11,7 @@ import pytest
 
 from albert_jax.data import corpus, examples, input_pipeline, order
 from albert_jax.tasks import pretraining
-from albert_jax.data import create_pretraining_data as cpd
+from albert_jax.data import create_pretraining_data as cpd, records
 from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
 
@@ -210,12 +210,12 @@ def test_static_examples_file(tiny, tmp_path, name):
   cfg = _cfg(tiny)
   out = str(tmp_path / name)
   cpd.run(cfg.files, cfg.spm_model, out, config=input_pipeline.example_config(cfg), seed=3, dupe_factor=2)
-  records = list(cpd.read_examples(out))
+  rows = list(records.read_examples(out))
   it = _iter(_cfg(tiny, static_examples=out), 16)
-  assert it.stats["examples_per_epoch"] == len(records) and it.stats["pairs"]["pairs"] > 0
-  epoch = _rows(_take(it, -(-len(records) // 16)))[:len(records)]
+  assert it.stats["examples_per_epoch"] == len(rows) and it.stats["pairs"]["pairs"] > 0
+  epoch = _rows(_take(it, -(-len(rows) // 16)))[:len(rows)]
   key = lambda r: b"".join(r[k].tobytes() for k in examples.FEATURE_NAMES)
-  assert collections.Counter(map(key, epoch)) == collections.Counter(map(key, records))
+  assert collections.Counter(map(key, epoch)) == collections.Counter(map(key, rows))
   with pytest.raises(ValueError, match="max_seq_length"):
     _iter(_cfg(tiny, static_examples=out, max_seq_length=128), 16)
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from albert_jax import files
 from albert_jax.data import corpus, examples as examples_lib
-from albert_jax.data import create_pretraining_data as cpd
+from albert_jax.data import records as records_lib
 from albert_jax.data import order, prepared as prepared_lib
 from albert_jax.data.pairs import PairTable
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
@@ -177,12 +177,12 @@ def _static_records(path: str, config: examples_lib.ExampleConfig) -> Sequence[b
   if not os.path.isfile(path):
     raise FileNotFoundError(f"data.static_examples={path!r} is not a file")
   if path.endswith((".jsonl", ".json")):
-    records = [cpd.encode_example(ex) for ex in cpd.read_examples(path)]
+    records = [records_lib.encode_example(ex) for ex in records_lib.read_examples(path)]
   else:
     records = grain.sources.ArrayRecordDataSource(path)
   if not len(records):
     raise ValueError(f"data.static_examples={path!r} holds no example")
-  first = cpd.decode_example(records[0])
+  first = records_lib.decode_example(records[0])
   shape = (len(first["input_ids"]), len(first["masked_lm_ids"]))
   if shape != (config.max_seq_length, config.max_predictions):
     raise ValueError(f"{path} holds examples of (max_seq_length, max_predictions) {shape}; the "
@@ -216,7 +216,7 @@ def _examples(data_cfg, tokenizer, split: str, pair_seed: int):
                      "text")
   tables = examples_lib.tokenizer_tables(tokenizer)
   if split == "train" and data_cfg.masking == "static":
-    examples = cpd.create_examples(docs, tables, config, pair_seed, data_cfg.dupe_factor,
+    examples = records_lib.create_examples(docs, tables, config, pair_seed, data_cfg.dupe_factor,
                                    pair_stats, indices=indices, space_size=space_size)
     tables = None
   else:
@@ -261,7 +261,7 @@ def _host_batch(g: int, *, examples: Sequence, batch_size: int, rows: tuple[int,
   lo, hi = rows
   first, n = g * batch_size, len(examples)
   if tables is None:
-    records = [cpd.decode_example(examples[i])
+    records = [records_lib.decode_example(examples[i])
                for i in order.examples_at(range(first + lo, first + hi), n, seed)]
     return {k: np.stack([r[k] for r in records]) for k in examples_lib.FEATURE_NAMES}
   parts = []

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
-import os
 from typing import Iterable
 
 import numpy as np
 from absl import app, flags
 
-from albert_jax.data import corpus, create_pretraining_data, examples as examples_lib
+from albert_jax.data import corpus, examples as examples_lib, records
 from albert_jax.data.pairs import PairTable
 from albert_jax.data.tokenizer import AlbertTokenizer
 
@@ -136,12 +134,9 @@ def format_report(s: MaskingSummary, max_seq_length: int, corpus_stats: dict | N
 
 def report_examples_file(path: str, tables: examples_lib.VocabTables | None = None) -> str:
   """The report of a file from create_pretraining_data.py (and its .stats.json, if there)."""
-  stats = {}
-  if os.path.exists(f"{path}.stats.json"):
-    with open(f"{path}.stats.json", encoding="utf-8") as f:
-      stats = json.load(f)
+  stats = records.read_stats(path)
   summary, seq_len = MaskingSummary(), 0
-  for ex in create_pretraining_data.read_examples(path):
+  for ex in records.read_examples(path):
     seq_len = len(ex["input_ids"])
     summarize([ex], tables, summary)
   return format_report(summary, seq_len, stats.get("corpus"), stats.get("pairs"))
