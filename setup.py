@@ -2,10 +2,11 @@
 
 from setuptools import find_packages, setup
 
-# Ranges are the releases this code was tested with, up to the next minor
-# release: jax, flax and orbax change APIs between minors.
+# Ranges are the releases this code was tested with, up to the next minor release (jax, flax and
+# orbax change APIs between minors): the floor tier (Python 3.11, jax 0.10.2) and the newest
+# (Python 3.12+, jax 0.12), each pinned by its file in constraints/.
 INSTALL_REQUIRES = [
-    "jax>=0.10.2,<0.11",
+    "jax>=0.10.2,<0.13",
     "flax>=0.12.8,<0.13",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
@@ -33,8 +34,8 @@ INSTALL_REQUIRES = [
 # no GPU. (~1.9 GB.) On such a host other commands need JAX_PLATFORMS=cpu, or jax reports the
 # plugin's failed start before falling back to the CPU.
 GPU_AOT = [
-    "jax-cuda13-plugin>=0.10.2,<0.11",
-    "jax-cuda13-pjrt>=0.10.2,<0.11",
+    "jax-cuda13-plugin>=0.10.2,<0.13",
+    "jax-cuda13-pjrt>=0.10.2,<0.13",
     "nvidia-cuda-nvcc==13.0.88",
     "nvidia-nvvm==13.0.88",
     "nvidia-cudnn-cu13>=9.10,<10",
@@ -57,9 +58,11 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8",
         "pytest-xdist>=3.6",  # make test runs on both cores
-        "torch==2.13.0",
+        # The CPU build on these machines' disk (Python 3.11); on 3.12+ the registry's build.
+        "torch==2.13.0; python_version < '3.12'",
+        "torch==2.14.1; python_version >= '3.12'",
         "transformers>=4.46,<5",
-        "jax[tpu]>=0.10.2,<0.11",  # the tests compile real TPU programs (albert_jax.aot)
+        "jax[tpu]>=0.10.2,<0.13",  # the tests compile real TPU programs (albert_jax.aot)
         *GPU_AOT,  # ... and GPU programs
         # A local Cloud Storage server: the gs:// tests run against it (tests/gcs_emulator.py).
         "gcp-storage-emulator>=2026.7,<2027",
@@ -71,7 +74,7 @@ EXTRAS_REQUIRE = {
     "prepare": ["apache-beam>=2.77,<2.78"],
     # libtpu: compile for Cloud TPU slices on any host (`python -m albert_jax.aot`), and run on
     # a Cloud TPU VM.
-    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     "gpu-aot": GPU_AOT,
     "export": EXPORT,
     # TFDS registers wikipedia/bookcorpus/glue only when TensorFlow is installed.
