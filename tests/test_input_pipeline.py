@@ -5,6 +5,7 @@ import collections
 import json
 import shutil
 
+import grain
 import ml_collections
 import numpy as np
 import pytest
@@ -113,7 +114,6 @@ def test_resume_is_exact_across_epochs(tiny):
 
 def test_orbax_saves_and_restores_the_state(tiny, tmp_path):
   """The way the trainer stores it: Grain's Orbax handler, next to the train state."""
-  import grain
   import orbax.checkpoint as ocp
   cfg = _cfg(tiny)
   it = _iter(cfg, 8)
@@ -126,6 +126,21 @@ def test_orbax_saves_and_restores_the_state(tiny, tmp_path):
     manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
   assert restored.get_state() == {"next_batch": 3, "stream": it.stream}
   assert _same(_take(restored, 2), expected)
+
+
+def test_the_state_is_what_a_checkpoint_reads_back():
+  """get_state() holds the stream as JSON gives it back (tuples as lists), so the state is the
+  same before a save and after a restore, and the iterator's own: the caller's dict may change."""
+  stream = {"seed": 0, "lengths": (64, 10), "prepared_shards": {"train-0": "3 pairs"}}
+  it = input_pipeline.BatchIterator(grain.MapDataset.range(4), num_workers=0, prefetch=0,
+                                    stats={}, stream=stream)
+  state = it.get_state()
+  assert state == json.loads(json.dumps(state))
+  assert state["stream"]["lengths"] == [64, 10]
+  stream["prepared_shards"]["train-0"] = "4 pairs"
+  assert it.get_state() == state
+  it.set_state(json.loads(json.dumps({**state, "next_batch": 2})))  # the same stream: accepted
+  assert next(it) == 2
 
 
 @pytest.mark.parametrize("masking,batch,count", [("dynamic", 128, 2), ("dynamic", 96, 3),

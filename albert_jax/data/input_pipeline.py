@@ -12,7 +12,7 @@ Global batch g holds positions g*B .. (g+1)*B - 1 of an endless stream of exampl
 example once, in a permutation drawn from (seed, e). A batch is a pure function of g (an element of
 a Grain MapDataset, made in a thread or in Grain worker processes), so the stream is the same for
 any `num_workers`, and process p of P takes rows [p*B/P, (p+1)*B/P). Dynamic masking masks
-MASK_CHUNK rows at a time with a Generator seeded from (seed, epoch, g, chunk): a host masks only
+sources.MASK_CHUNK rows at a time with a Generator seeded from (seed, epoch, g, chunk): a host masks only
 the chunks holding its rows, and no mask depends on the process count. Segment pairs are cut once,
 each document's from (seed, its index in the corpus); masks are fresh every epoch.
 
@@ -35,30 +35,25 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple
 
 import grain
 import ml_collections
 import numpy as np
 
 from albert_jax import files
-from albert_jax.data import corpus, examples as examples_lib
-from albert_jax.data import records as records_lib
-from albert_jax.data import order, prepared as prepared_lib
+from albert_jax.data import corpus, examples as examples_lib, order, prepared as prepared_lib
+from albert_jax.data import records as records_lib, sources
 from albert_jax.data.pairs import PairTable
+from albert_jax.data.sources import Batch
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
+from albert_jax.data.train_tokenizer import train_spm
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("embedded", "files", "tfds", "prepared")
 MASKINGS = ("dynamic", "static")
-# Rows masked together. Masks depend on it (mask_examples draws for a whole batch), so it is part
-# of the data's definition; 64 rows mask at 85-95% of the speed of 256, and hosts with fewer rows
-# than that mask some rows they drop.
-MASK_CHUNK = 64
 SPM_WAIT_SECONDS = 3 * 3600  # how long other processes wait for process 0's vocabulary
-
-Batch = dict[str, np.ndarray]
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -142,7 +137,6 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathL
     if process_index == 0:
       log.info("Training a %d-piece vocabulary on the training corpus into %s",
                data_cfg.vocab_size, path)
-      from albert_jax.data.train_tokenizer import train_spm
       # train_spm writes spiece.model last and atomically: its presence means the set is whole.
       train_spm((s for doc in read_documents(data_cfg, "train") for s in doc),
                 data_cfg.vocab_size, str(workdir))
@@ -172,41 +166,40 @@ def prepared_vocabulary(data_cfg: ml_collections.ConfigDict) -> AlbertTokenizer:
 
 # ----------------------------------------------------------------------------- examples
 
-def _static_records(path: str, config: examples_lib.ExampleConfig) -> Sequence[bytes]:
-  """Records of a create_pretraining_data.py file, random access, checked against `config`."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"data.static_examples={path!r} is not a file")
-  if path.endswith((".jsonl", ".json")):
-    records = [records_lib.encode_example(ex) for ex in records_lib.read_examples(path)]
-  else:
-    records = grain.sources.ArrayRecordDataSource(path)
-  if not len(records):
-    raise ValueError(f"data.static_examples={path!r} holds no example")
-  first = records_lib.decode_example(records[0])
-  shape = (len(first["input_ids"]), len(first["masked_lm_ids"]))
-  if shape != (config.max_seq_length, config.max_predictions):
-    raise ValueError(f"{path} holds examples of (max_seq_length, max_predictions) {shape}; the "
-                     f"config asks for {(config.max_seq_length, config.max_predictions)}")
-  return records
+class _Split(NamedTuple):
+  """A split's examples; what was read to make them (for the log); what they are made from (for
+  the stream record)."""
+
+  examples: sources.Examples
+  stats: dict[str, Any]
+  fingerprints: dict[str, Any]
 
 
-def _examples(data_cfg, tokenizer, split: str, pair_seed: int):
-  """(examples, tables, stats, fingerprints): a PairTable or a prepared PairSource and the
-  VocabTables to mask it with, or pre-masked records (`encode_example` bytes) and None."""
+def _examples(data_cfg, tokenizer, split: str, pair_seed: int) -> _Split:
+  """The examples of `split`, from where `data_cfg` says they come: a create_pretraining_data
+  file (training only), a prepared corpus, or a corpus cut here."""
   config = example_config(data_cfg)
   vocabulary = prepared_lib.vocabulary_fingerprint(tokenizer)
   if split == "train" and data_cfg.static_examples:
-    records = _static_records(data_cfg.static_examples, config)
-    stats = {}
-    if os.path.exists(f"{data_cfg.static_examples}.stats.json"):
-      with open(f"{data_cfg.static_examples}.stats.json", encoding="utf-8") as f:
-        stats = json.load(f)
-    return records, None, {"corpus": stats.get("corpus"), "pairs": stats.get("pairs"),
-                           "examples_per_epoch": len(records)}, {
-        "static_examples": corpus.files_fingerprint(data_cfg.static_examples),
-        "vocabulary": stats.get("vocabulary", vocabulary)}
+    return _static_file(data_cfg.static_examples, config, vocabulary)
   if data_cfg.source == "prepared":
-    return _prepared_examples(data_cfg, tokenizer, split, config, vocabulary)
+    return _prepared(data_cfg, tokenizer, split, config, vocabulary)
+  return _corpus(data_cfg, tokenizer, split, pair_seed, config, vocabulary)
+
+
+def _static_file(path: str, config: examples_lib.ExampleConfig, vocabulary: str) -> _Split:
+  """The pre-masked examples of a create_pretraining_data file, with what it recorded of them."""
+  examples = sources.Premasked.open(path, config)
+  recorded = records_lib.read_stats(path)
+  return _Split(examples, {"corpus": recorded.get("corpus"), "pairs": recorded.get("pairs"),
+                           "examples_per_epoch": len(examples)},
+                {"static_examples": corpus.files_fingerprint(path),
+                 "vocabulary": recorded.get("vocabulary", vocabulary)})
+
+
+def _corpus(data_cfg, tokenizer, split, pair_seed, config, vocabulary) -> _Split:
+  """A split of the corpus read, tokenized and cut into pairs here: masked as they are read, or
+  (static masking, training) `dupe_factor` copies masked now."""
   spec = corpus_spec(data_cfg)
   corpus_stats, pair_stats = corpus.CorpusStats(), examples_lib.PairStats()
   docs, indices, fingerprint = examples_lib.tokenize_split(spec, split, tokenizer, corpus_stats)
@@ -216,23 +209,24 @@ def _examples(data_cfg, tokenizer, split: str, pair_seed: int):
                      "text")
   tables = examples_lib.tokenizer_tables(tokenizer)
   if split == "train" and data_cfg.masking == "static":
-    examples = records_lib.create_examples(docs, tables, config, pair_seed, data_cfg.dupe_factor,
-                                   pair_stats, indices=indices, space_size=space_size)
-    tables = None
+    examples = sources.Premasked(records_lib.create_examples(
+        docs, tables, config, pair_seed, data_cfg.dupe_factor, pair_stats, indices=indices,
+        space_size=space_size))
   else:
-    examples = PairTable.pack(examples_lib.make_segment_pairs(
+    examples = sources.MaskedPairs(PairTable.pack(examples_lib.make_segment_pairs(
         docs, [pair_seed, 0], config, indices=indices, space_size=space_size,
-        word_start=tables.word_start, stats=pair_stats))
+        word_start=tables.word_start, stats=pair_stats)), tables, config)
   if not len(examples):
     raise ValueError(f"The {split} split of data.source={data_cfg.source!r} gave no example")
-  return examples, tables, {"corpus": corpus_stats.as_dict(), "documents": len(docs),
-                            "pairs": dataclasses.asdict(pair_stats),
-                            "examples_per_epoch": len(examples)}, {
-      "corpus": fingerprint, "vocabulary": vocabulary}
+  return _Split(examples, {"corpus": corpus_stats.as_dict(), "documents": len(docs),
+                           "pairs": dataclasses.asdict(pair_stats),
+                           "examples_per_epoch": len(examples)},
+                {"corpus": fingerprint, "vocabulary": vocabulary})
 
 
-def _prepared_examples(data_cfg, tokenizer, split, config, vocabulary):
-  """`_examples` of a prepared directory, after checking it was cut as `data_cfg` would cut it."""
+def _prepared(data_cfg, tokenizer, split, config, vocabulary) -> _Split:
+  """The pairs of a prepared directory, masked as they are read, after checking it was cut as
+  `data_cfg` would cut it."""
   manifest = _prepared_manifest(data_cfg)
   if data_cfg.masking != "dynamic":
     raise ValueError("data.source='prepared' masks dynamically: set data.masking='dynamic' (for "
@@ -242,37 +236,17 @@ def _prepared_examples(data_cfg, tokenizer, split, config, vocabulary):
     raise ValueError(f"{data_cfg.prepared} was cut with another vocabulary than the job's "
                      f"(fingerprint {manifest['vocabulary'][:12]}..., the job's {vocabulary[:12]}"
                      f"...): leave config.spm_model empty to use {prepared_lib.VOCAB_FILE} there")
-  source = prepared_lib.PairSource(data_cfg.prepared, split, manifest)
-  if not len(source):
+  pairs = prepared_lib.PairSource(data_cfg.prepared, split, manifest)
+  if not len(pairs):
     raise ValueError(f"{data_cfg.prepared} holds no {split} pair")
   prepared_lib.check_shards(data_cfg.prepared, manifest, split)  # before step 1, in seconds
   info = manifest["splits"][split]
-  return source, examples_lib.tokenizer_tables(tokenizer), {
+  return _Split(sources.MaskedPairs(pairs, examples_lib.tokenizer_tables(tokenizer), config), {
       "corpus": info["corpus"], "documents": info["documents"], "pairs": info["pair_stats"],
-      "examples_per_epoch": len(source)}, {
+      "examples_per_epoch": len(pairs)}, {
       "corpus": info["fingerprint"], "vocabulary": vocabulary,
       "prepared": manifest["fingerprint"], "pair_seed": manifest["settings"]["seed"],
-      "prepared_shards": prepared_lib.stream_shards(manifest, split)}
-
-
-def _host_batch(g: int, *, examples: Sequence, batch_size: int, rows: tuple[int, int], seed: int,
-                tables: examples_lib.VocabTables | None, config: examples_lib.ExampleConfig) -> Batch:
-  """Rows [lo, hi) of global batch g: decoded records, or pairs masked in MASK_CHUNK-row chunks."""
-  lo, hi = rows
-  first, n = g * batch_size, len(examples)
-  if tables is None:
-    records = [records_lib.decode_example(examples[i])
-               for i in order.examples_at(range(first + lo, first + hi), n, seed)]
-    return {k: np.stack([r[k] for r in records]) for k in examples_lib.FEATURE_NAMES}
-  parts = []
-  for j in range(lo // MASK_CHUNK, -(-hi // MASK_CHUNK)):
-    start, stop = first + j * MASK_CHUNK, first + min((j + 1) * MASK_CHUNK, batch_size)
-    pairs = examples.pairs_at(order.examples_at(range(start, stop), n, seed))
-    rng = np.random.default_rng([seed, 1, start // n, g, j])
-    parts.append(examples_lib.mask_examples(pairs, rng, tables, config))
-  offset = lo - lo // MASK_CHUNK * MASK_CHUNK
-  return {k: np.concatenate([p[k] for p in parts])[offset:offset + hi - lo]
-          for k in examples_lib.FEATURE_NAMES}
+      "prepared_shards": prepared_lib.stream_shards(manifest, split)})
 
 
 def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index, process_count,
@@ -300,13 +274,11 @@ def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index,
                      "equal per-process batches")
   per_host = global_batch_size // process_count
   config = example_config(data_cfg)
-  examples, tables, stats, fingerprints = _examples(data_cfg, tokenizer, split, pair_seed)
-  make = functools.partial(
-      _host_batch, examples=examples, batch_size=global_batch_size,
-      rows=(process_index * per_host, (process_index + 1) * per_host), seed=seed, tables=tables,
-      config=config)
-  masking = "static" if tables is None else "dynamic"
-  stats.update(split=split, masking=masking, global_batch_size=global_batch_size,
+  examples, stats, fingerprints = _examples(data_cfg, tokenizer, split, pair_seed)
+  make = functools.partial(examples.rows, batch_size=global_batch_size,
+                           rows=(process_index * per_host, (process_index + 1) * per_host),
+                           seed=seed)
+  stats.update(split=split, masking=examples.masking, global_batch_size=global_batch_size,
                per_host_batch_size=per_host, batches_per_epoch=len(examples) / global_batch_size)
   # What decides the stream, flat and JSON: a resume that changes one of these changes the data.
   stream = {"source": data_cfg.source, "seed": int(seed), "pair_seed": int(pair_seed),
@@ -315,7 +287,7 @@ def _batches(data_cfg, tokenizer, split, global_batch_size, seed, process_index,
             "short_seq_prob": config.short_seq_prob, "ngram": config.ngram,
             "favor_shorter_ngram": config.favor_shorter_ngram,
             "random_next_sentence": config.random_next_sentence, "mode": config.mode,
-            "masking": masking, **fingerprints}
+            "masking": examples.masking, **fingerprints}
   if split == "train" and data_cfg.masking == "static" and not data_cfg.static_examples:
     stream["dupe_factor"] = int(data_cfg.dupe_factor)
   return grain.MapDataset.range(sys.maxsize).map(make), stats, stream
@@ -334,11 +306,12 @@ class BatchIterator(grain.DatasetIterator):
     super().__init__()
     self._batches = batches  # element g: this host's rows of global batch g
     self._num_workers, self._prefetch = num_workers, prefetch
+    # What decides the stream, saved with the position: in the form a checkpoint reads back, so
+    # get_state() is the same before a save and after a restore.
     self.stream, self._allow_change = order.canonical(stream or {}), allow_change
     self._next = 0
     self._it = None
     self.stats = stats  # corpus and pair counts, examples per epoch: for the trainer's log
-    self.stream = dict(stream or {})  # what decides the stream (saved with the position)
 
   def _iterator(self) -> grain.DatasetIterator:
     if self._it is None:
