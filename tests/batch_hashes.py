@@ -14,7 +14,7 @@ both. `--write` keeps the hashes of an embedded corpus it did not compute (anoth
 The corpus is synthetic (pseudo-words from a seeded NumPy generator) and the vocabulary is
 tests/data/pipeline/spiece.model (`--vocabulary` trained it on that corpus once), so the hashes
 do not depend on the Python version; the embedded corpus does (its text is the standard
-library's documentation), so its cases are kept per `corpus.embedded_fingerprint()`.
+library's documentation), so its cases are kept per `embedded.fingerprint()`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from albert_jax.data import corpus, examples, input_pipeline  # noqa: E402
+from albert_jax.data import corpus, embedded, examples, input_pipeline  # noqa: E402
 from albert_jax.data.tokenizer import AlbertTokenizer  # noqa: E402
 
 REFERENCE = REPO / "tests" / "data" / "batch_hashes.json"
@@ -195,7 +195,7 @@ def compute(name: str, work: Workdir) -> dict:
 def reference_of(name: str, reference: dict) -> dict | None:
   """The pinned values of `name` for this Python (None: an embedded corpus not pinned)."""
   if name.startswith("embedded"):
-    return reference["embedded"].get(corpus.embedded_fingerprint(), {}).get(name)
+    return reference["embedded"].get(embedded.fingerprint(), {}).get(name)
   return reference["cases"].get(name)
 
 
@@ -227,7 +227,7 @@ def main() -> None:
       print(f"{name}: {'new' if pinned is None else 'same' if pinned == values else 'DIFFERENT'}",
             flush=True)
       if name.startswith("embedded"):
-        reference["embedded"].setdefault(corpus.embedded_fingerprint(), {})[name] = values
+        reference["embedded"].setdefault(embedded.fingerprint(), {})[name] = values
       else:
         reference["cases"][name] = values
   if args.write:

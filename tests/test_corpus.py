@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import tensorflow_datasets as tfds
 
-from albert_jax.data import corpus
+from albert_jax.data import corpus, embedded, sentences
 
 
 def _write(path, data: bytes):
@@ -101,16 +101,16 @@ Heading
 =======
 Next paragraph, wrapped
 over lines."""
-  assert corpus.split_sentences(text) == [
+  assert sentences.split_sentences(text) == [
       "Return the value.",
       "If x is None, e.g. when unset, use Dr. Smith's default (see J. Doe).",
       "It works!", "Really?", '"Yes."', "(Version 3.11.)", "The end",
       "'doctest dropped' Heading",  # a doctest's output line is not recognisable as code
       "Next paragraph, wrapped over lines."]
   # Unwrapped (Wikipedia's text): each line is a paragraph; indentation is not code.
-  assert corpus.split_sentences("Title\n  One. Two\nThree.", wrapped=False) == [
+  assert sentences.split_sentences("Title\n  One. Two\nThree.", wrapped=False) == [
       "Title", "One.", "Two", "Three."]
-  assert corpus.split_sentences("----\n\n  \n...\n") == []
+  assert sentences.split_sentences("----\n\n  \n...\n") == []
 
 
 def test_byte_ranges_tile_a_file_into_its_documents(tmp_path):
@@ -273,7 +273,7 @@ def test_embedded_corpus_is_large_split_and_deterministic():
   assert 20 <= evals.documents <= 0.1 * train.documents
   titles = {s: [t for t, _ in docs[s]] for s in docs}
   assert not set(titles["train"]) & set(titles["eval"])
-  assert all(corpus.embedded_split(t) == "eval" for t in titles["eval"])
+  assert all(embedded.split_of(t) == "eval" for t in titles["eval"])
   assert titles["train"] == sorted(titles["train"])
   # The language reference and module docstrings are both there, as English sentences.
   all_docs = dict(docs["train"] + docs["eval"])
@@ -282,7 +282,7 @@ def test_embedded_corpus_is_large_split_and_deterministic():
       " ".join(all_docs["topic:for"]))
   assert not any("print(i)" in s for s in all_docs["topic:for"])  # code blocks dropped
   # Deterministic: built again from scratch, the same documents.
-  corpus._embedded_corpus.cache_clear()
+  embedded.texts.cache_clear()
   assert list(corpus.embedded_documents("eval", with_titles=True)) == docs["eval"]
   with pytest.raises(ValueError, match="split"):
     next(corpus.embedded_documents("test"))
@@ -299,13 +299,13 @@ def test_embedded_corpus_does_not_depend_on_what_the_program_patched(monkeypatch
     """A replacement hook. It has a docstring of its own."""
   monkeypatch.setattr(sys, "excepthook", hook)
   monkeypatch.setattr(sys, "displayhook", hook)
-  corpus._embedded_corpus.cache_clear()
+  embedded.texts.cache_clear()
   try:
-    here = hashlib.md5(json.dumps(corpus._embedded_corpus()).encode()).hexdigest()
+    here = hashlib.md5(json.dumps(embedded.texts()).encode()).hexdigest()
   finally:
-    corpus._embedded_corpus.cache_clear()
+    embedded.texts.cache_clear()
   fresh = subprocess.run(
-      [sys.executable, "-c", "import hashlib, json; from albert_jax.data import corpus; "
-       "print(hashlib.md5(json.dumps(corpus._embedded_corpus()).encode()).hexdigest())"],
+      [sys.executable, "-c", "import hashlib, json; from albert_jax.data import embedded; "
+       "print(hashlib.md5(json.dumps(embedded.texts()).encode()).hexdigest())"],
       capture_output=True, text=True, check=True).stdout.strip()
   assert here == fresh

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from albert_jax.data import corpus, examples, input_pipeline, order
+from albert_jax.data import corpus, embedded, examples, input_pipeline, order
 from albert_jax.tasks import pretraining
 from albert_jax.data import create_pretraining_data as cpd, records
 from albert_jax.data.tokenizer import AlbertTokenizer
@@ -394,5 +394,5 @@ def test_batches_are_the_pinned_ones(pinned, name):
   expected = batch_hashes.reference_of(name, reference)
   if expected is None:
     pytest.skip(f"No pinned batches of this Python's embedded corpus "
-                f"({corpus.embedded_fingerprint()}); the others pin the same code")
+                f"({embedded.fingerprint()}); the others pin the same code")
   assert batch_hashes.compute(name, work) == expected

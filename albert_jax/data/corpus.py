@@ -1,6 +1,6 @@
 """Pretraining corpora as documents (lists of sentences): text files, TFDS datasets, and an English
-corpus built at run time from the standard library's own documentation. Every reader cleans what
-would crash or stall a long job and counts it in a `CorpusStats`.
+corpus built at run time from the standard library's own documentation (embedded.py). Every reader
+cleans what would crash or stall a long job and counts it in a `CorpusStats`.
 
   read_documents("corpus/*.txt.gz,more/")          # the original format, see `text_file_documents`
   read_documents("tfds:wikipedia/20230601.en")     # needs TensorFlow, see `tfds_documents`
@@ -18,22 +18,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import functools
 import gzip
 import hashlib
-import importlib
 import importlib.util
-import inspect
 import os
-import pydoc_data.topics
 import re
-import sys
-import sysconfig
 import zlib
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from albert_jax import files as files_lib
+from albert_jax.data import embedded
+from albert_jax.data.sentences import split_sentences
 
 Document = list[str]
 
@@ -41,11 +36,9 @@ Document = list[str]
 # at most max_seq_length tokens (~2.5k characters at 512) of it anyway, and a multi-megabyte line
 # (a minified file, a table dump) would otherwise stall tokenization.
 MAX_SENTENCE_CHARS = 8192
-# Share of the embedded corpus's documents (by a hash of the title) held out as its eval split.
-EMBEDDED_EVAL_PERCENT = 5
 # Share of a corpus's documents (by a CRC32 of their index) held out for eval when no eval split
-# is named.
-HOLDOUT_PERCENT = EMBEDDED_EVAL_PERCENT
+# is named: the embedded corpus's share.
+HOLDOUT_PERCENT = embedded.EVAL_PERCENT
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -112,55 +105,6 @@ def _finish(sentences: Iterable[str], stats: CorpusStats, max_chars: int) -> Doc
   stats.words += sum(len(s.split()) for s in doc)
   stats.chars += sum(map(len, doc))
   return doc
-
-
-# ----------------------------------------------------------------------------- sentences
-
-# A period after these is not a sentence end.
-_ABBREVIATIONS = frozenset(
-    "e.g i.e etc vs cf al approx fig figs eq no nos mr mrs ms dr st jr sr prof vol ch sec "
-    "resp ca viz".split())
-# A sentence end: terminal punctuation, closing quotes or brackets, space, then what a sentence
-# starts with (a capital, a digit, an opening quote or bracket).
-_SENTENCE_END = re.compile(r"""[.!?]["'’”)\]]*\s+(?=["'‘“(\[]?[A-Z0-9])""")
-_RULE_LINE = re.compile(r"""^\s*([-=*~^"#+_.`:])\1{2,}\s*$""")  # reST underlines, rulers
-_PROMPT = re.compile(r"^\s*(>>>|\.\.\.)(\s|$)")  # doctest lines
-
-
-def split_sentences(text: str, *, wrapped: bool = True) -> list[str]:
-  """Rule-based sentences of prose `text`.
-
-  Paragraphs are separated by blank lines and reST underlines; with `wrapped` (docstrings, manuals)
-  a single newline is a line wrap inside a paragraph, without it (Wikipedia's TFDS text) every line
-  is a paragraph.
-  A wrapped paragraph whose every line is indented is a code or literal block and is dropped, as
-  are doctest lines and reST underlines. A paragraph splits after `.`, `!` or `?` (and any closing
-  quotes or brackets) followed by whitespace and a capital, digit, quote or bracket, except after
-  a common abbreviation ("e.g.", "etc.", "Dr.") or a single-letter initial.
-  """
-  paragraphs, lines = [], []
-  for line in text.splitlines():
-    if not line.strip() or _RULE_LINE.match(line) or not wrapped:
-      paragraphs.append(lines)
-      lines = []
-    if line.strip() and not _RULE_LINE.match(line) and not _PROMPT.match(line):
-      lines.append(line)
-  paragraphs.append(lines)
-  sentences = []
-  for lines in paragraphs:
-    if not lines or (wrapped and all(ln[:1].isspace() for ln in lines)):
-      continue
-    joined = " ".join(" ".join(lines).split())
-    start = 0
-    for m in _SENTENCE_END.finditer(joined):
-      words = joined[start:m.start()].rsplit(None, 1)
-      word = words[-1].lstrip("\"'‘“([").lower() if words else ""
-      if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
-        continue
-      sentences.append(joined[start:m.start() + len(m.group(0).rstrip())])
-      start = m.end()
-    sentences.append(joined[start:])
-  return [s for s in (s.strip() for s in sentences) if any(c.isalnum() for c in s)]
 
 
 # ----------------------------------------------------------------------------- text files
@@ -333,88 +277,6 @@ def tfds_documents(name: str, split: str = "train", *, feature: str = "text",
       sentences = []
 
 
-# ----------------------------------------------------------------------------- embedded corpus
-
-# A docstring: a triple-quoted string first in a `def` or `class` body whose header fits one line.
-_DOCSTRING = re.compile(
-    r"""^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t][^\n]*:[ \t]*(?:\#[^\n]*)?\n"""
-    r"""[ \t]*[rRuU]?(?P<q>\"\"\"|''')(?P<body>.*?)(?P=q)""", re.M | re.S)
-_MODULE_DOCSTRING = re.compile(
-    r"""\A(?:[ \t]*(?:\#[^\n]*)?\n)*[ \t]*[rRuU]?(?P<q>\"\"\"|''')(?P<body>.*?)(?P=q)""", re.S)
-_COMMENT_BLOCK = re.compile(r"(?:^[ \t]*#[^\n]*\n){3,}", re.M)
-
-
-def _prose_comment(block: str) -> str | None:
-  """A block of 3+ comment lines as one paragraph, if it reads as prose (not code or a licence)."""
-  text = " ".join(ln.strip().lstrip("#").strip() for ln in block.splitlines())
-  letters = sum(c.isalpha() or c == " " for c in text)
-  if letters < 0.85 * len(text) or "copyright" in text.lower() or "license" in text.lower():
-    return None
-  return text
-
-
-def _module_document(source: str) -> list[str]:
-  """Sentences of a module's docstrings (module, classes, functions) and prose comment blocks."""
-  parts = []  # (offset, text, wrapped)
-  if m := _MODULE_DOCSTRING.match(source):
-    parts.append((m.start("body"), inspect.cleandoc(m.group("body")), True))
-  for m in _DOCSTRING.finditer(source):
-    parts.append((m.start("body"), inspect.cleandoc(m.group("body")), True))
-  for m in _COMMENT_BLOCK.finditer(source):
-    if text := _prose_comment(m.group(0)):
-      parts.append((m.start(), text, False))
-  parts.sort(key=lambda p: p[0])
-  return [s for _, text, wrapped in parts for s in split_sentences(text, wrapped=wrapped)]
-
-
-@functools.lru_cache(maxsize=1)
-def _embedded_corpus() -> tuple[tuple[str, tuple[str, ...]], ...]:
-  """(title, sentences) of every embedded document, sorted by title; built once per process."""
-  docs = {f"topic:{name}": split_sentences(text)
-          for name, text in pydoc_data.topics.topics.items()}
-  root = Path(sysconfig.get_paths()["stdlib"])
-  skip = {"test", "tests", "site-packages", "dist-packages", "pydoc_data", "__pycache__"}
-  for path in sorted(root.rglob("*.py")):
-    rel = path.relative_to(root)
-    if skip & set(rel.parts):
-      continue
-    module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
-    try:
-      source = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-      continue
-    docs[f"module:{module}"] = _module_document(source)
-  # Modules compiled into the interpreter have no source file; importing one runs no Python code.
-  for name in sorted(sys.builtin_module_names):
-    try:
-      mod = importlib.import_module(name)
-    except ImportError:
-      continue
-    if f"module:{name}" not in docs:
-      # Only the module's own C functions and types, each docstring once, in text order: a
-      # running program (pytest, a debugger) may have rebound e.g. sys.excepthook, whose
-      # original stays reachable as sys.__excepthook__.
-      texts = [inspect.getdoc(mod) or ""] + sorted({
-          inspect.getdoc(obj) or "" for obj in vars(mod).values()
-          if (inspect.isbuiltin(obj) or inspect.isclass(obj))
-          and getattr(obj, "__module__", None) == name})
-      docs[f"module:{name}"] = [s for t in texts for s in split_sentences(t)]
-  return tuple((title, tuple(docs[title])) for title in sorted(docs))
-
-
-def embedded_fingerprint() -> str:
-  """A checksum of the embedded corpus's text (it differs between Python versions)."""
-  digest = hashlib.sha256()
-  for title, sentences in _embedded_corpus():
-    digest.update("\n".join((title, *sentences, "")).encode("utf-8", errors="surrogatepass"))
-  return digest.hexdigest()[:16]
-
-
-def embedded_split(title: str) -> str:
-  """"eval" for about EMBEDDED_EVAL_PERCENT% of titles (a CRC32 of the title), else "train"."""
-  return "eval" if zlib.crc32(title.encode("utf-8")) % 100 < EMBEDDED_EVAL_PERCENT else "train"
-
-
 def embedded_documents(split: str = "train", stats: CorpusStats | None = None,
                        max_sentence_chars: int = MAX_SENTENCE_CHARS,
                        with_titles: bool = False, start: int = 0,
@@ -424,15 +286,15 @@ def embedded_documents(split: str = "train", stats: CorpusStats | None = None,
   One document per pydoc topic (`pydoc_data.topics`, the language reference as `help()` shows it)
   and one per standard-library module: its module, class and function docstrings and its prose
   comment blocks, in source order, read from the `.py` files without importing anything (plus the
-  docstrings of modules compiled into the interpreter). Sentences come from `split_sentences`.
-  Deterministic for a given Python installation (documents sorted by title); the text differs
-  between Python versions. `split` is "train", "eval" (`embedded_split`) or "all"; `start` and
-  `stop` take that split's titles [start, stop) only.
+  docstrings of modules compiled into the interpreter): `embedded.texts`, cleaned and counted
+  here. Deterministic for a given Python installation (documents sorted by title); the text
+  differs between Python versions. `split` is "train", "eval" (`embedded.split_of`) or "all";
+  `start` and `stop` take that split's titles [start, stop) only.
   """
   if split not in ("train", "eval", "all"):
     raise ValueError(f"split={split!r}: the embedded corpus has 'train', 'eval' and 'all'")
   stats = CorpusStats() if stats is None else stats
-  entries = [(t, s) for t, s in _embedded_corpus() if split == "all" or embedded_split(t) == split]
+  entries = [(t, s) for t, s in embedded.texts() if split == "all" or embedded.split_of(t) == split]
   for title, sentences in entries[start:stop]:
     if (doc := _finish(sentences, stats, max_sentence_chars)) is not None:
       yield (title, doc) if with_titles else doc
@@ -563,7 +425,7 @@ class CorpusSpec:
       total = len(_tfds_source(self.tfds_name, split, self.tfds_data_dir or None, False))
       return [Unit("tfds", self.tfds_name, split, a, min(a + unit_examples, total),
                    min(unit_examples, total - a)) for a in range(0, total, unit_examples)]
-    total = sum(1 for t, _ in _embedded_corpus() if embedded_split(t) == space)
+    total = sum(1 for t, _ in embedded.texts() if embedded.split_of(t) == space)
     return [Unit("embedded", "embedded", space, a, min(a + unit_titles, total),
                  min(unit_titles, total - a)) for a in range(0, total, unit_titles)]
 
