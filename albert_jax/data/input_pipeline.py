@@ -12,9 +12,9 @@ Global batch g holds positions g*B .. (g+1)*B - 1 of an endless stream of exampl
 example once, in a permutation drawn from (seed, e). A batch is a pure function of g (an element of
 a Grain MapDataset, made in a thread or in Grain worker processes), so the stream is the same for
 any `num_workers`, and process p of P takes rows [p*B/P, (p+1)*B/P). Dynamic masking masks
-sources.MASK_CHUNK rows at a time with a Generator seeded from (seed, epoch, g, chunk): a host masks only
-the chunks holding its rows, and no mask depends on the process count. Segment pairs are cut once,
-each document's from (seed, its index in the corpus); masks are fresh every epoch.
+sources.MASK_CHUNK rows at a time with a Generator seeded from (seed, epoch, g, chunk): a host
+masks only the chunks holding its rows, and no mask depends on the process count. Segment pairs
+are cut once, each document's from (seed, its index in the corpus); masks are fresh every epoch.
 
 Where the pairs come from (`data.source`): "files", "tfds" or "embedded" read, tokenize and cut the
 corpus in every process at start (memory and start-up grow with the corpus); "prepared" reads the
