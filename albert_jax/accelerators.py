@@ -15,6 +15,8 @@ import os
 import re
 from typing import Any, Union
 
+from jax.experimental import topologies
+
 GiB = 2**30
 
 
@@ -118,7 +120,6 @@ class Slice:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_WORKER_ID", "0")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # beside another libtpu process
-    from jax.experimental import topologies
     try:
       return list(topologies.get_topology_desc(**self.topology_kwargs()).devices)
     except Exception as e:  # noqa: BLE001  (libtpu missing, unknown topology)
@@ -250,7 +251,6 @@ class GpuSystem:
 
   def compile_devices(self) -> list:
     """The system's GPUs, compile-only (jax-cuda13-plugin: `pip install -e .[gpu-aot]`)."""
-    from jax.experimental import topologies
     try:
       return list(topologies.get_topology_desc(
           platform="cuda", topology=self.topology_name,

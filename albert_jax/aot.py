@@ -20,18 +20,33 @@ optimized program (`census.py`) with a roofline lower bound. Neither is a measur
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import re
-import sys
-import time
-from typing import Any, Sequence
 
-from absl import app, flags
-from ml_collections import config_flags
+if __name__ == "__main__":
+  # Compile-only: this host's own backend is the CPU whatever is installed (jax reads this when
+  # it is imported, below), and programs for devices that are not here must not go into a
+  # persistent compilation cache.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
-from albert_jax import accelerators, census, overrides
+import dataclasses  # noqa: E402  (the environment above comes first)
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from albert_jax import accelerators, attention, census, files, init_from, optimizer  # noqa: E402
+from albert_jax import model as M, overrides, sharding, tasks, train  # noqa: E402
 
 GiB = 2**30
 
@@ -39,7 +54,6 @@ GiB = 2**30
 
 def _bytes_per_device(tree) -> int:
   """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
-  import jax
   return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
              for a in jax.tree_util.tree_leaves(tree))
 
@@ -76,7 +90,6 @@ class JobStep:
 def step_of(config) -> JobStep:
   """The job's step without data, vocabulary or checkpoint: config.model's architecture, its
   vocab_size -1 read as config.data.vocab_size (pretraining) or 30000, ALBERT's."""
-  from albert_jax import init_from, tasks
   task = tasks.get(config.task)
   vocab = config.model.vocab_size if config.model.vocab_size > 0 else config.data.get(
       "vocab_size", 30000)
@@ -85,8 +98,6 @@ def step_of(config) -> JobStep:
 
 
 def _batch(spec, batch_size: int, mesh) -> dict:
-  import jax
-  from albert_jax import sharding
   return {k: jax.ShapeDtypeStruct((batch_size, *s.shape), s.dtype,
                                   sharding=sharding.batch_sharding(mesh, 1 + len(s.shape)))
           for k, s in spec.example.items()}
@@ -94,10 +105,6 @@ def _batch(spec, batch_size: int, mesh) -> dict:
 
 def lower(config, spec, devices):
   """(lowered train step, abstract state, mesh) of `config`'s job on `devices`."""
-  import flax.linen as nn
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from albert_jax import optimizer, sharding, train
 
   mesh = sharding.make_mesh(dict(config.mesh), devices)
   rules = sharding.rules(config.sharding)
@@ -123,8 +130,6 @@ def _cost(compiled) -> dict[str, float]:
 
 def _compile_cost(fn, args, mesh, rules) -> tuple[float, float]:
   """(seconds, FLOPs) of `fn(*args)` on one chip by XLA's TPU cost model."""
-  import flax.linen as nn
-  import jax
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     cost = jax.jit(fn).lower(*args).compile().cost_analysis()
   cost = dict((cost[0] if isinstance(cost, (list, tuple)) else cost) or {})
@@ -141,11 +146,6 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
   remat policy on the micro-batch's shapes (their difference is one iteration), and the
   optimizer update. Checked against the unrolled program of albert-large (README).
   """
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from albert_jax import model as M, optimizer, sharding
 
   cfg, rules = spec.model_config, sharding.rules(config.sharding)
   micro = config.batch_size // config.grad_accum_steps
@@ -197,7 +197,6 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
 def _resolved(config, spec, target) -> tuple[str, str, str]:
   """(attention implementation, layer loop, remat policy) `config`'s `auto`s stand for on
   `target` (an unrolled stack is not rematerialised: `model.AlbertTransformer`)."""
-  from albert_jax import attention, model as M
   cfg = spec.model_config
   loop = M.resolve_layer_loop(config.get("layer_loop", "auto"), target.platform)
   return (attention.resolve(config.attention, target.platform, config.dtype,
@@ -212,7 +211,6 @@ def compile_report(config, target: accelerators.Target, devices: Sequence | None
                    ceilings: census.Ceilings | None = None) -> dict[str, Any]:
   """Compiles `config`'s train step for `target`; the report `main` prints (see the module doc).
   `ceilings` prices a GPU program's roofline (default: the GPU's datasheet)."""
-  from albert_jax import train
   devices = target.compile_devices() if devices is None else list(devices)
   spec = step_of(config)
   cfg = spec.model_config
@@ -370,7 +368,6 @@ def _check_writable(flag: str, path: str | None) -> None:
   """Refuse an output path that cannot be written before spending minutes on the compile."""
   if not path:
     return
-  from albert_jax import files
   parent = os.path.dirname(os.path.abspath(path)) if not files.is_remote(path) else None
   if parent is not None and not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
     raise ValueError(f"--{flag}={path}: cannot write there ({parent} is not a writable "
@@ -380,7 +377,6 @@ def _check_writable(flag: str, path: str | None) -> None:
 def _read_ceilings(path: str | None) -> census.Ceilings | None:
   if not path:
     return None
-  import json
   try:
     with open(path, encoding="utf-8") as f:
       d = json.load(f)
@@ -405,7 +401,6 @@ def main(argv):
   except (ValueError, RuntimeError) as e:
     sys.exit(f"error: {e}")
   print(format_report(report), flush=True)
-  from albert_jax import files
   hlo = report.pop("hlo", None)
   if FLAGS.hlo:
     files.write_text(FLAGS.hlo, hlo)
@@ -414,9 +409,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Compile-only: this host's own backend is the CPU whatever is installed, and programs for
-  # devices that are not here must not go into a persistent compilation cache.
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
   _define_flags()
   app.run(main, flags_parser=overrides.parse_flags)

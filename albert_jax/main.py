@@ -18,12 +18,16 @@ a save whose directory could not be created).
 import json
 import os
 import sys
+import logging as std_logging
+import socket
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from albert_jax import overrides
+from albert_jax import checkpointing, lease, overrides, train
+from albert_jax.data import order, prepared
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:tiny",
@@ -55,7 +59,6 @@ def _on_accelerator_vm() -> bool:
 def initialize_distributed() -> None:
   """jax.distributed.initialize, also on a single TPU/GPU host: without it Orbax's preemption
   sync never fires and a SIGTERM from the scheduler kills the job with nothing saved."""
-  import jax
   if FLAGS.distributed == "off":
     return
   timeouts = dict(initialization_timeout=FLAGS.initialization_timeout,
@@ -68,7 +71,7 @@ def initialize_distributed() -> None:
   elif FLAGS.distributed == "on" or _on_accelerator_vm():
     if Path("/dev/nvidia0").exists() and not any(
         k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")):
-      import socket  # one GPU host: be our own coordinator
+      # One GPU host: be our own coordinator.
       with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
@@ -79,8 +82,6 @@ def initialize_distributed() -> None:
 
 def _quiet_libraries() -> None:
   """Orbax and Grain log every file they write at INFO; keep their warnings and errors only."""
-  import logging as std_logging
-
   class Filter(std_logging.Filter):
     def filter(self, record):
       return record.levelno >= std_logging.WARNING or not any(
@@ -94,9 +95,6 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _quiet_libraries()
   initialize_distributed()
-  import jax
-  from albert_jax import checkpointing, lease, train
-  from albert_jax.data import order, prepared
   config = FLAGS.config
   logging.info("JAX %s, process %d of %d, %d devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)

@@ -4,7 +4,8 @@ Only process 0 writes. A row is one line ended by its newline, appended in one w
 bucket, where objects cannot be appended to, the file is rewritten whole): a reader takes the
 lines that end in a newline, so it never sees half a row, and a last line torn by a kill is
 dropped. On resume, rows past the restored step (written after the last checkpoint by the
-interrupted run) are dropped too, so metrics.jsonl never holds a step twice.
+interrupted run) are dropped too, so metrics.jsonl never holds a step's metrics twice; so are
+those past the step a rollback goes back to (spike.py), which writes an event row instead.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 from absl import logging
 
 from albert_jax import accelerators, files
@@ -31,7 +35,6 @@ def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without torch: where torch is installed tensorboardX
   imports it (1.3 s at every start, and this package never imports torch), though scalars need
   none of it. A torch imported before stays as it is."""
-  import sys
   blocked = "torch" not in sys.modules
   if blocked:
     sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's fallback
@@ -78,8 +81,36 @@ class MetricsWriter:
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
-    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    line = json.dumps(row)
+    self._append(json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}))
+    for name, value in metrics.items():
+      if math.isfinite(float(value)):
+        self._tb.add_scalar(name, float(value), int(step))
+    self._sync()
+
+  def rewind(self, step: int) -> None:
+    """Drops the rows past `step`, as a resume from it would (a rollback: spike.py)."""
+    if self.enabled:
+      self._lines = self._truncate_after(step)
+
+  def event(self, step: int, name: str, fields: dict) -> None:
+    """A row {"step": step, "event": name, **fields} (JSON values) and, in TensorBoard, the
+    fields as text and the numbers as scalars NAME/FIELD. An event the file already holds
+    (written before a kill, decided again by the rerun) is not written twice."""
+    if not self.enabled:
+      return
+    line = json.dumps({"step": int(step), "event": name, **fields})
+    held = self._lines if self.remote or not self.path.exists() else _whole_lines(
+        self.path.read_text())
+    if line in held:
+      return
+    self._append(line)
+    self._tb.add_text(f"events/{name}", f"`{json.dumps(fields)}`", int(step))
+    for key, value in fields.items():
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        self._tb.add_scalar(f"{name}/{key}", float(value), int(step))
+    self._sync()
+
+  def _append(self, line: str) -> None:
     if self.remote:  # objects cannot be appended to: replace the whole file (one upload)
       self._lines.append(line)
       files.write_text(self.path, "".join(x + "\n" for x in self._lines))
@@ -89,9 +120,8 @@ class MetricsWriter:
         os.write(fd, (line + "\n").encode())
       finally:
         os.close(fd)
-    for name, value in metrics.items():
-      if math.isfinite(float(value)):
-        self._tb.add_scalar(name, float(value), int(step))
+
+  def _sync(self) -> None:
     if self.remote and time.monotonic() - self._synced > SYNC_SECONDS:
       self._upload_events()
 
@@ -132,8 +162,6 @@ def peak_flops(config) -> tuple[float, str]:
   """(peak FLOP/s of all devices together, where it comes from), for MFU:
   config.peak_tflops_per_device, else a table of accelerators (dense bf16), else, on CPU, a
   float32 matmul measured now."""
-  import jax
-  import jax.numpy as jnp
   devices = jax.devices()
   if config.get("peak_tflops_per_device"):
     return config.peak_tflops_per_device * 1e12 * len(devices), "config.peak_tflops_per_device"
@@ -172,6 +200,10 @@ class Throughput:
                  "per step; peak %.3g TFLOP/s (%s)", step, now - self.begun,
                  self.flops_per_step / 1e12, self.peak_flops / 1e12, self.peak_source)
     self._mark, self._paused = (step, now), 0.0
+
+  def rewind(self, step: int) -> None:
+    """The run went back to `step` (a rollback): speed is counted from there, from now."""
+    self._mark, self._paused = (step, time.perf_counter()), 0.0
 
   @contextlib.contextmanager
   def paused(self):

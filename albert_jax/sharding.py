@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -76,7 +77,6 @@ def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None
   shape = mesh_shape(sizes, len(devices))
   num_slices = len({getattr(d, "slice_index", 0) for d in devices})
   if num_slices > 1:
-    from jax.experimental import mesh_utils
     if shape[0] % num_slices:
       raise ValueError(f"mesh data={shape[0]} must be a multiple of the {num_slices} slices")
     ici = (shape[0] // num_slices, shape[1], shape[2])
@@ -108,7 +108,6 @@ def put(host_array, target) -> jax.Array:
 def to_host(tree) -> Any:
   """Global arrays as host numpy arrays on every process (gathered across hosts if needed)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)
 
