@@ -90,7 +90,7 @@ class JobStep:
 def step_of(config) -> JobStep:
   """The job's step without data, vocabulary or checkpoint: config.model's architecture, its
   vocab_size -1 read as config.data.vocab_size (pretraining) or 30000, ALBERT's."""
-  task = tasks.get(config.task)
+  task = tasks.of(config)
   vocab = config.model.vocab_size if config.model.vocab_size > 0 else config.data.get(
       "vocab_size", 30000)
   cfg = init_from.model_config(config, task, vocab)

@@ -257,7 +257,7 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
                mesh.size, jax.process_count(), config.sharding)
 
   # The task: its vocabulary and data.
-  task = tasks.get(config.task)
+  task = tasks.of(config)
   tokenizer = task.tokenizer(config, workdir)
   train_iter, evals = task.data(config, tokenizer)
 

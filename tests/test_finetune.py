@@ -15,7 +15,7 @@ from albert_jax import hf_convert, init_from, metrics, tasks, train
 from albert_jax import model as M
 from albert_jax.data import corpus
 from albert_jax.data.train_tokenizer import train_spm
-from albert_jax.tasks import squad
+from albert_jax.tasks import squad_metrics
 
 from conftest import once_per_session
 
@@ -213,7 +213,7 @@ def test_squad_run_writes_predictions_and_official_metrics(tmp_path, vocab, vers
   assert set(predictions) == ids
   # The run's metrics are the official definitions applied to its predictions file.
   dataset = json.loads(data.read_text())
-  expected = squad.evaluate(dataset, predictions)
+  expected = squad_metrics.evaluate(dataset, predictions)
   if version == 1:
     assert results["exact_match"] == pytest.approx(expected["exact_match"])
     assert results["f1"] == pytest.approx(expected["f1"])
@@ -248,7 +248,7 @@ def test_squad_v2_original_head_from_an_hf_directory(tmp_path, vocab):
   ids = {qa["id"] for p in dataset["data"][0]["paragraphs"] for qa in p["qas"]}
   assert set(predictions) == set(null_odds) == set(nbest) == ids
   # The run's metrics are the official v2.0 ones of its predictions file, at the best threshold.
-  official = squad.evaluate(dataset, predictions)
+  official = squad_metrics.evaluate(dataset, predictions)
   for key in ("exact", "f1", "HasAns_f1", "NoAns_exact"):
     assert results[key] == pytest.approx(official[key]), key
   assert results["null_score_diff_threshold"] == results["best_f1_thresh"]

@@ -19,7 +19,7 @@ from albert_jax.data import corpus
 from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
 from albert_jax.data import arrays
-from albert_jax.tasks import squad
+from albert_jax.tasks import squad, squad_data, squad_metrics, squad_v2_original
 
 
 def dataset_json(*qas, v2=False):
@@ -35,7 +35,7 @@ def dataset_json(*qas, v2=False):
 
 
 def v1_scores(prediction, gold):
-  out = squad.evaluate(dataset_json(("q", [gold], False)), {"q": prediction})
+  out = squad_metrics.evaluate(dataset_json(("q", [gold], False)), {"q": prediction})
   return out["exact_match"], out["f1"]
 
 
@@ -72,7 +72,7 @@ def test_v1_f1_max_over_golds_and_missing_predictions(capsys):
       ("q5", ["anything"], False))  # no prediction: 0, still counted
   preds = {"q1": "the big red dog", "q2": "red dog barked", "q3": "the red dog",
            "q4": "cat cat dog"}
-  out = squad.evaluate(data, preds)
+  out = squad_metrics.evaluate(data, preds)
   assert set(out) == {"exact_match", "f1"}
   assert out["exact_match"] == pytest.approx(100.0 * 1 / 5, rel=1e-12)
   assert out["f1"] == pytest.approx(100.0 * (2 / 3 + 0.8 + 1 + 2 / 3 + 0) / 5, rel=1e-12)
@@ -92,7 +92,7 @@ V2_PREDS = {"q1": "denver broncos", "q2": "whale", "q3": "", "q4": "something", 
 
 
 def test_v2_no_answer_scores_and_splits():
-  out = squad.evaluate(V2_DATA, V2_PREDS)
+  out = squad_metrics.evaluate(V2_DATA, V2_PREDS)
   # raw exact: 1 0 1 0 1; raw F1: 1 2/3 1 0 1 (empty vs empty is 1 in v2.0)
   expected = {
       "exact": 100.0 * 3 / 5, "f1": 100.0 * (1 + 2 / 3 + 1 + 0 + 1) / 5, "total": 5,
@@ -104,7 +104,7 @@ def test_v2_no_answer_scores_and_splits():
 
 def test_v2_na_prob_threshold_and_best_threshold_search():
   na_probs = {"q1": 0.1, "q2": 0.8, "q3": 0.9, "q4": 0.95, "q5": 0.3}
-  out = squad.evaluate(V2_DATA, V2_PREDS, na_probs=na_probs, na_prob_thresh=0.5)
+  out = squad_metrics.evaluate(V2_DATA, V2_PREDS, na_probs=na_probs, na_prob_thresh=0.5)
   # Above 0.5 (q2, q3, q4) the answer is "no answer": q2 (has one) 0, q3 and q4 1.
   assert out["exact"] == out["f1"] == pytest.approx(100.0 * 4 / 5)
   assert out["HasAns_exact"] == out["HasAns_f1"] == pytest.approx(100.0 * 2 / 3)
@@ -117,13 +117,13 @@ def test_v2_na_prob_threshold_and_best_threshold_search():
 
 
 def test_v2_chosen_by_na_probs_alone_and_missing_predictions_count_zero(capsys):
-  out = squad.evaluate(dataset_json(("q1", ["x"], False)), {"q1": "x"}, na_probs={"q1": 0.0})
+  out = squad_metrics.evaluate(dataset_json(("q1", ["x"], False)), {"q1": "x"}, na_probs={"q1": 0.0})
   assert (out["exact"], out["best_exact"], out["best_exact_thresh"]) == (100.0, 100.0, 0.0)
-  out = squad.evaluate(dataset_json(("q1", ["x"], False), ("q2", [], True), v2=True), {"q1": "x"})
+  out = squad_metrics.evaluate(dataset_json(("q1", ["x"], False), ("q2", [], True), v2=True), {"q1": "x"})
   assert (out["exact"], out["total"], out["NoAns_exact"], out["NoAns_total"]) == (50.0, 2, 0.0, 1)
   assert "Missing prediction for q2" in capsys.readouterr().err
   with pytest.raises(KeyError, match="na_probs"):
-    squad.evaluate(V2_DATA, V2_PREDS, na_probs={"q1": 0.5})
+    squad_metrics.evaluate(V2_DATA, V2_PREDS, na_probs={"q1": 0.5})
 
 
 # A transcription of evaluate-v1.1.py and evaluate-v2.0.py, written out separately.
@@ -194,10 +194,10 @@ def test_metrics_equal_the_official_scripts_bit_for_bit():
     preds = {qid: (rng.choice(golds) if golds and rng.random() < 0.3 else phrase())
              for qid, golds, _ in qas}
     if not v2:
-      assert squad.evaluate(dataset_json(*qas), preds) == _ref_v1(qas, preds)
+      assert squad_metrics.evaluate(dataset_json(*qas), preds) == _ref_v1(qas, preds)
       continue
     na_probs = {qid: rng.choice([0.1, 0.2, 0.5, rng.random()]) for qid in preds}  # with ties
-    out = squad.evaluate(dataset_json(*qas, v2=True), preds, na_probs, 0.4)
+    out = squad_metrics.evaluate(dataset_json(*qas, v2=True), preds, na_probs, 0.4)
     assert out == {**_ref_v2(qas, preds, na_probs, 0.4), "exact_match": out["exact"]}
 
 
@@ -247,15 +247,15 @@ def qa_set(tokenizer):
       qid = f"c{k}w{i}"
       text = context[offsets[i][0]:offsets[j][1]]
       question = " ".join(words[i:i + i % 12])  # 0-11 words: some truncated to MAX_QUERY
-      examples.append(squad.Example(qid, question, context, [text], [offsets[i][0]]))
+      examples.append(squad_data.Example(qid, question, context, [text], [offsets[i][0]]))
       spans[qid] = (i, j)
-    examples.append(squad.Example(f"c{k}none", "Is there no answer?", context, [], [], True))
+    examples.append(squad_data.Example(f"c{k}none", "Is there no answer?", context, [], [], True))
   return examples, spans
 
 
 @pytest.fixture(scope="module")
 def features(tokenizer, qa_set):
-  return squad.convert_examples(qa_set[0], tokenizer, MAX_SEQ, STRIDE, MAX_QUERY)
+  return squad_data.convert_examples(qa_set[0], tokenizer, MAX_SEQ, STRIDE, MAX_QUERY)
 
 
 def test_windows_map_every_answer_back_exactly(tokenizer, qa_set, features):
@@ -366,7 +366,7 @@ def test_postprocess_recovers_gold_text_v1(features, qa_set, kept):
     assert (preds[ex.qid] == ex.answers[0]) == (e in kept), ex.qid
     assert nbest[ex.qid][0]["probability"] == max(x["probability"] for x in nbest[ex.qid])
   answerable = [examples[e] for e in kept if not examples[e].is_impossible]
-  assert squad.evaluate(squad.to_squad_json(answerable), preds) == {"exact_match": 100.0,
+  assert squad_metrics.evaluate(squad_data.to_squad_json(answerable), preds) == {"exact_match": 100.0,
                                                                     "f1": 100.0}
 
 
@@ -380,7 +380,7 @@ def test_postprocess_v2_null_scores(features, qa_set, kept):
     assert null_odds[ex.qid] == (20.0 if ex.is_impossible else -20.0), ex.qid
     assert preds[ex.qid] == ("" if ex.is_impossible else ex.answers[0])
     assert "" in [x["text"] for x in nbest[ex.qid]]
-  out = squad.evaluate(squad.to_squad_json(examples, version_2=True), preds, null_odds)
+  out = squad_metrics.evaluate(squad_data.to_squad_json(examples, version_2=True), preds, null_odds)
   assert (out["exact"], out["f1"], out["best_f1"], out["NoAns_total"]) == (100.0, 100.0, 100.0, 4)
   # A threshold above 20 keeps a span even for impossible questions.
   preds, _, _ = squad.postprocess(features, *peaked_logits(features, True), version_2=True,
@@ -393,7 +393,7 @@ def test_postprocess_span_rules(tokenizer):
            if len(tokenizer.tokenize_raw(w)) == 1][:5]
   assert len(words) == 5
   context = "\t".join(words)
-  data = squad.convert_examples([squad.Example("q", "which?", context, [], [])], tokenizer, 32, 8,
+  data = squad_data.convert_examples([squad_data.Example("q", "which?", context, [], [])], tokenizer, 32, 8,
                                 8, is_training=False)
   assert len(data) == 1
   off = int(data.meta.context_offset[0])
@@ -418,10 +418,10 @@ def test_postprocess_span_rules(tokenizer):
 
 def test_training_drops_misplaced_answers_and_strips_spaces(tokenizer):
   context = "\n alpha  beta gamma"
-  examples = [squad.Example("ok", "q", context, [" beta "], [8]),
-              squad.Example("bad", "q", context, ["beta"], [2]),
-              squad.Example("first", "q", context, ["\n alpha"], [0])]  # spaces before word 0
-  train = squad.convert_examples(examples, tokenizer, 32, 8, 8, is_training=True)
+  examples = [squad_data.Example("ok", "q", context, [" beta "], [8]),
+              squad_data.Example("bad", "q", context, ["beta"], [2]),
+              squad_data.Example("first", "q", context, ["\n alpha"], [0])]  # spaces before word 0
+  train = squad_data.convert_examples(examples, tokenizer, 32, 8, 8, is_training=True)
   assert train.meta.example_index.tolist() == [0, 1]
   assert train.meta.examples == [examples[0], examples[2]]
   for row, word in ((0, 1), (1, 0)):
@@ -429,7 +429,7 @@ def test_training_drops_misplaced_answers_and_strips_spaces(tokenizer):
         train.features["end_positions"][row])
     off = train.meta.context_offset[row]
     assert set(train.meta.token_to_word[row][start - off:end - off + 1].tolist()) == {word}
-  evals = squad.convert_examples(examples, tokenizer, 32, 8, 8, is_training=False)
+  evals = squad_data.convert_examples(examples, tokenizer, 32, 8, 8, is_training=False)
   assert len(evals) == 3 and evals.features["start_positions"][1] == 0
 
 
@@ -438,9 +438,9 @@ def test_training_drops_misplaced_answers_and_strips_spaces(tokenizer):
 def test_json_round_trip(tmp_path, qa_set):
   examples = qa_set[0][:20]
   path = tmp_path / "dev.json"
-  path.write_text(json.dumps(squad.to_squad_json(examples, version_2=True)), encoding="utf-8")
-  assert squad.read_squad_json(path) == examples
-  assert squad.read_squad_json(json.loads(path.read_text(encoding="utf-8"))) == examples
+  path.write_text(json.dumps(squad_data.to_squad_json(examples, version_2=True)), encoding="utf-8")
+  assert squad_data.read_squad_json(path) == examples
+  assert squad_data.read_squad_json(json.loads(path.read_text(encoding="utf-8"))) == examples
 
 
 def test_read_tfds_v2_records():
@@ -463,16 +463,16 @@ def test_read_tfds_v2_records():
     return records
 
   with tfds.testing.mock_data(as_data_source_fn=data_source):
-    examples = squad.read_tfds("squad/v2.0", "validation")
+    examples = squad_data.read_tfds("squad/v2.0", "validation")
   assert examples == [
-      squad.Example("a1", "Where?", "Café in Paris.", ["Paris", "in Paris"], [8, 5], False),
-      squad.Example("a2", "Who?", "Nothing here.", [], [], True)]
+      squad_data.Example("a1", "Where?", "Café in Paris.", ["Paris", "in Paris"], [8, 5], False),
+      squad_data.Example("a2", "Who?", "Nothing here.", [], [], True)]
 
 
 @pytest.mark.parametrize("name", ["squad/v1.1", "squad/v2.0"])
 def test_read_tfds_random_mock_data(name):
   with tfds.testing.mock_data(num_examples=3):
-    examples = squad.read_tfds(name, "train")
+    examples = squad_data.read_tfds(name, "train")
   assert len(examples) == 3
   for ex in examples:
     assert all(isinstance(x, str) for x in (ex.qid, ex.question, ex.context, *ex.answers))
@@ -503,11 +503,11 @@ def small_config(arg, **changes):
 def test_load_from_files_and_tfds(tmp_path, tokenizer, qa_set):
   examples = qa_set[0]
   path = tmp_path / "squad.json"
-  path.write_text(json.dumps(squad.to_squad_json(examples, True)), encoding="utf-8")
+  path.write_text(json.dumps(squad_data.to_squad_json(examples, True)), encoding="utf-8")
   cfg = small_config("v2", train_file=str(path), eval_file=str(path), max_examples=30)
   train, evals = squad.load(cfg, tokenizer, "train"), squad.load(cfg, tokenizer, "eval")
   assert train.meta is None and evals.meta.examples == examples[:30]
-  expected = squad.convert_examples(examples[:30], tokenizer, MAX_SEQ, STRIDE, MAX_QUERY)
+  expected = squad_data.convert_examples(examples[:30], tokenizer, MAX_SEQ, STRIDE, MAX_QUERY)
   # The span head's rows: the features its example_spec names (the original head adds three).
   assert set(train.features) == set(evals.features) == set(squad.example_spec(cfg)) - {"weight"} == {
       "input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"}
@@ -515,7 +515,7 @@ def test_load_from_files_and_tfds(tmp_path, tokenizer, qa_set):
     np.testing.assert_array_equal(v, expected.features[k])
     np.testing.assert_array_equal(evals.features[k], expected.features[k])
   cfg.head = "original"
-  assert set(squad.load(cfg, tokenizer, "eval").features) == set(expected.features)
+  assert set(squad_v2_original.load(cfg, tokenizer, "eval").features) == set(expected.features)
   records = [{"id": ex.qid, "question": ex.question, "context": ex.context,
               "is_impossible": ex.is_impossible,
               "answers": {"text": np.asarray(ex.answers, object),
@@ -560,7 +560,7 @@ def test_task_evaluate_writes_predictions(tmp_path, features, qa_set, kept, arg)
   meta = features.meta
   data = arrays.Dataset(
       {k: v[rows] for k, v in features.features.items()},
-      squad.Meta([examples[e] for e in keep],
+      squad_data.Meta([examples[e] for e in keep],
                  np.searchsorted(keep, meta.example_index[rows]).astype(np.int32),
                  meta.context_offset[rows], [meta.token_to_word[r] for r in rows],
                  [meta.max_context[r] for r in rows]))

@@ -16,11 +16,11 @@ import torch
 import transformers
 from transformers.models.xlm.modeling_xlm import XLMSQuADHead
 
-from albert_jax import hf_convert
+from albert_jax import hf_convert, tasks
 from albert_jax.checkpoints import model_dir
 from albert_jax import model as M
 from albert_jax.data.arrays import Dataset
-from albert_jax.tasks import squad
+from albert_jax.tasks import squad, squad_data, squad_metrics
 from albert_jax.tasks import squad_v2_original as original
 from helpers import random_params
 
@@ -121,7 +121,7 @@ def test_training_outputs_and_loss_match_transformers(copied):
   np.testing.assert_allclose(ours.end_logits, end.numpy(), atol=2e-6, rtol=0)
   np.testing.assert_allclose(ours.cls_logits, cls.numpy(), atol=2e-6, rtol=0)
   rows = jax.tree_util.tree_map(jnp.asarray, batch)
-  ours_loss = float(squad.normalise(original.loss_sums(ours, rows), squad.counts(rows))["loss"])
+  ours_loss = float(original.normalise(original.loss_sums(ours, rows), original.counts(rows))["loss"])
   assert ours_loss == pytest.approx(float(loss), abs=2e-6)
   # HF's own total reads the answer class at the gold start: a different quantity.
   assert float(hf_full) == pytest.approx(float(span_loss + 0.5 * (
@@ -175,10 +175,10 @@ def test_the_loop_feeds_the_head_its_features(copied):
   module = module.clone(config=CFG.replace(classifier_dropout_prob=0.0))
   rows = jax.tree_util.tree_map(jnp.asarray, batch)
   outputs = M.apply_to_batch(module, params, rows, jax.random.key(0))
-  sums = squad.loss_sums(outputs, rows)
+  sums = original.loss_sums(outputs, rows)
   expected = original.loss_sums(_ours(module, params, batch, training=True), rows)
   assert float(sums["loss"]) == pytest.approx(float(expected["loss"]), rel=1e-6)
-  preds = squad.predictions(M.apply_to_batch(module, params, rows), rows)
+  preds = original.predictions(M.apply_to_batch(module, params, rows), rows)
   ours = _ours(module, params, batch, training=False)
   for key, value in preds.items():
     np.testing.assert_array_equal(value, getattr(ours, key))
@@ -194,8 +194,8 @@ def _two_windows(cls_logits=(0.5, -1.5)):
   """One question, context w0..w9 (a token per word) in two windows of 6 tokens after a
   one-token question (offset 3): words 0-5 and 4-9; words 4 and 5 have their max context in the
   second window."""
-  ex = squad.Example("q", "which?", CONTEXT, [], [], True)
-  meta = squad.Meta([ex], np.zeros(2, np.int32), np.full(2, 3, np.int32),
+  ex = squad_data.Example("q", "which?", CONTEXT, [], [], True)
+  meta = squad_data.Meta([ex], np.zeros(2, np.int32), np.full(2, 3, np.int32),
                     [np.arange(0, 6), np.arange(4, 10)],
                     [np.array([1, 1, 1, 1, 0, 0], bool), np.ones(6, bool)])
   k1, k2 = 3, 2
@@ -319,9 +319,9 @@ def windows(tokenizer):
   """Real windows: eight questions over long contexts of the embedded corpus, cut small."""
   from albert_jax.data import corpus
   words = " ".join(s for doc in corpus.embedded_documents("eval") for s in doc).split()
-  examples = [squad.Example(f"q{k}", " ".join(words[k:k + 3]), " ".join(words[40 * k:40 * k + 60]),
+  examples = [squad_data.Example(f"q{k}", " ".join(words[k:k + 3]), " ".join(words[40 * k:40 * k + 60]),
                             [], [], True) for k in range(8)]
-  return squad.convert_examples(examples, tokenizer, 40, 8, 8, is_training=False)
+  return squad_data.convert_examples(examples, tokenizer, 40, 8, 8, is_training=False)
 
 
 def _random_beams(data, rs, k1=5, k2=5):
@@ -359,9 +359,9 @@ def test_threshold_is_the_best_f1_one_and_metrics_are_the_official(tmp_path):
   golds = [["beta"], [], ["blue gray"], []]  # q1 and q3 are impossible
   spans = [(1, 1), (0, 0), (2, 3), (3, 3)]  # word spans: right for q0 and q2
   cls = [-2.0, 1.0, 0.5, 0.75]  # null scores: only the search's threshold (0.5) gets all four
-  examples = [squad.Example(f"q{i}", "?", c, g, [c.index(x) for x in g], not g)
+  examples = [squad_data.Example(f"q{i}", "?", c, g, [c.index(x) for x in g], not g)
               for i, (c, g) in enumerate(zip(contexts, golds))]
-  meta = squad.Meta(examples, np.arange(4, dtype=np.int32), np.full(4, 3, np.int32),
+  meta = squad_data.Meta(examples, np.arange(4, dtype=np.int32), np.full(4, 3, np.int32),
                     [np.arange(4) for _ in range(4)], [np.ones(4, bool) for _ in range(4)])
   data = Dataset({"input_ids": np.zeros((4, 8), np.int32)}, meta)
   arrays = {"start_top_index": np.asarray([[3 + s] for s, _ in spans], np.int32),
@@ -369,26 +369,25 @@ def test_threshold_is_the_best_f1_one_and_metrics_are_the_official(tmp_path):
             "end_top_index": np.asarray([[[3 + e]] for _, e in spans], np.int32),
             "end_top_log_probs": np.full((4, 1, 1), -0.2, np.float32),
             "cls_logits": np.asarray(cls, np.float32)}
-  cfg = squad.data_config("v2")
-  cfg.head = "original"
+  cfg = original.data_config("v2")
   assert cfg.null_score_diff_threshold == 0.0  # would null q2: not what this head uses
-  out = squad.evaluate_task(arrays, data, cfg, tmp_path)  # through the task's entry point
+  out = original.evaluate_task(arrays, data, cfg, tmp_path)  # through the task's entry point
   preds = json.loads((tmp_path / "predictions.json").read_text())
   null_odds = json.loads((tmp_path / "null_odds.json").read_text())
   nbest = json.loads((tmp_path / "nbest_predictions.json").read_text())
   assert null_odds == {f"q{i}": c for i, c in enumerate(cls)}
   assert [nbest[f"q{i}"][0]["text"] for i in range(4)] == ["beta", "one", "blue gray", "west"]
   # Brute force over the thresholds: "" where the null score is above t.
-  gold = squad.to_squad_json(examples, version_2=True)
+  gold = squad_data.to_squad_json(examples, version_2=True)
   answers = {f"q{i}": nbest[f"q{i}"][0]["text"] for i in range(4)}
-  f1_at = {t: squad.evaluate(gold, {q: "" if null_odds[q] > t else a
+  f1_at = {t: squad_metrics.evaluate(gold, {q: "" if null_odds[q] > t else a
                                     for q, a in answers.items()})["f1"]
            for t in [-math.inf, *cls]}
   assert f1_at == {-math.inf: 50.0, -2.0: 75.0, 0.5: 100.0, 0.75: 75.0, 1.0: 50.0}
   assert out["null_score_diff_threshold"] == out["best_f1_thresh"] == 0.5
   assert preds == {"q0": "beta", "q1": "", "q2": "blue gray", "q3": ""}
   assert out["f1"] == out["best_f1"] == out["exact"] == 100.0
-  official = squad.evaluate(gold, preds)
+  official = squad_metrics.evaluate(gold, preds)
   assert {k: out[k] for k in official} == {k: float(v) for k, v in official.items()}
 
 
@@ -406,13 +405,22 @@ def _config(arg="v2,head=original"):
 
 def test_config_selects_the_head_and_its_features(tokenizer, windows):
   cfg = _config()
-  assert (cfg.data.head, squad.head(cfg.data)) == ("original", "squad_v2_original")
-  assert squad.head(_config("v2").data) == "question_answering"
+  assert (cfg.task, cfg.data.head) == ("squad_v2_original", "original")
+  assert tasks.of(cfg) is original and original.head(cfg.data) == "squad_v2_original"
+  assert tasks.of(_config("v2")) is squad and squad.head(_config("v2").data) == "question_answering"
+  # The override the docs give selects the task too; a task never runs the other head's data.
+  overridden = _config("v2")
+  overridden.data.head = "original"
+  assert tasks.of(overridden) is original
+  with pytest.raises(ValueError, match="squad_v2_original"):
+    squad.head(cfg.data)
+  with pytest.raises(ValueError, match="data.head='span'"):
+    original.head(_config("v2").data)
   with pytest.raises(ValueError, match="version 2"):
     _config("v1,head=original")
   with pytest.raises(ValueError, match="data.head"):
     _config("v2,head=xlnet")
-  spec = squad.example_spec(cfg.data)
+  spec = original.example_spec(cfg.data)
   assert set(spec) == {"input_ids", "attention_mask", "token_type_ids", "start_positions",
                        "end_positions", "p_mask", "cls_index", "is_impossible", "weight"}
   assert spec["p_mask"].shape == (cfg.data.max_seq_length,) and spec["cls_index"].shape == ()
@@ -451,10 +459,10 @@ def test_loss_sums_by_hand():
                             cls_logits=jnp.asarray([2.0, -1.0]))
   batch = {"start_positions": np.asarray([0, 2]), "end_positions": np.asarray([2, 0]),
            "is_impossible": np.asarray([1, 1]), "weight": np.asarray([1.0, 0.0], np.float32)}
-  sums = squad.loss_sums(outputs, batch)  # the task dispatches on the head's outputs
+  sums = original.loss_sums(outputs, batch)
   expected = 0.5 * (-math.log(0.5) - math.log(0.8)) + 0.5 * math.log1p(math.exp(-2.0))
   assert float(sums["loss"]) == pytest.approx(expected, rel=1e-6)  # row 2 has weight 0
-  metrics = squad.normalise(sums, squad.counts(batch))
+  metrics = original.normalise(sums, original.counts(batch))
   assert (float(metrics["cls_accuracy"]), float(metrics["accuracy"])) == (1.0, 1.0)
 
 

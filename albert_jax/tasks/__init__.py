@@ -30,9 +30,10 @@ named as Hugging Face names them (`input_ids`, `attention_mask`, `token_type_ids
 from the example builders to the model.
 """
 
-from albert_jax.tasks import glue, ner, pretraining, race, squad
+from albert_jax.tasks import glue, ner, pretraining, race, squad, squad_data, squad_v2_original
 
-TASKS = {"pretraining": pretraining, "glue": glue, "squad": squad, "race": race, "ner": ner}
+TASKS = {"pretraining": pretraining, "glue": glue, "squad": squad,
+         "squad_v2_original": squad_v2_original, "race": race, "ner": ner}
 
 
 def get(name: str):
@@ -40,3 +41,13 @@ def get(name: str):
   if name not in TASKS:
     raise ValueError(f"config.task={name!r}: choose one of {sorted(TASKS)}")
   return TASKS[name]
+
+
+def of(config):
+  """The task `config` runs: config.task's, chosen here once. A SQuAD config's `data.head` names
+  its task too, so `--config.data.head=original` on `finetune_squad.py:v2` runs
+  squad_v2_original, as `finetune_squad.py:v2,head=original` does."""
+  name = config.task
+  if name == "squad":
+    name = squad_data.task_name(config.data.get("head", "span"))
+  return get(name)
