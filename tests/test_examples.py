@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_jax.data import corpus, examples
+from albert_jax.data import corpus, examples, masking
 from albert_jax.data import records
 from albert_jax.data import report
 from albert_jax.data.pairs import PairTable
@@ -53,7 +53,7 @@ def test_masking_statistics(mode):
   docs = _documents(np.random.default_rng(1), 800, tables.vocab_size)
   pairs = examples.make_segment_pairs(docs, 0, config, word_start=tables.word_start)
   assert len(pairs) > 2000
-  f = examples.mask_examples(pack(pairs), 1, tables, config)
+  f = masking.mask_examples(pack(pairs), 1, tables, config)
   assert {k: (v.shape, v.dtype) for k, v in f.items()} == {
       **{k: ((len(pairs), 128), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")},
       **{k: ((len(pairs), 20), np.int32) for k in ("masked_lm_positions", "masked_lm_ids")},
@@ -119,7 +119,7 @@ def test_ngram_lengths_follow_the_formula(mode, favor_shorter, p):
   rng = np.random.default_rng(0)
   pairs = [examples.SegmentPair(rng.integers(5, 5005, 254), rng.integers(5, 5005, 255), 0)
            for _ in range(4000)]
-  runs = collections.Counter(_run_lengths(examples.mask_examples(pack(pairs), 1, tables, config)))
+  runs = collections.Counter(_run_lengths(masking.mask_examples(pack(pairs), 1, tables, config)))
   p1, p2, p3 = p
   expected = {(3,): p3, (1, 2): p2 + p1 * (p2 + p3), (1, 1, 1): p1 * p1}
   observed = {k: runs[k] / len(pairs) for k in expected}
@@ -134,7 +134,7 @@ def test_ngram_lengths_in_long_sequences():
   rng = np.random.default_rng(2)
   pairs = [examples.SegmentPair(rng.integers(5, 5005, 2046), rng.integers(5, 5005, 2047), 0)
            for _ in range(200)]
-  masked = examples.mask_examples(pack(pairs), 3, tables, config)
+  masked = masking.mask_examples(pack(pairs), 3, tables, config)
   lengths = collections.Counter(n for runs in _run_lengths(masked) for n in runs)
   total = sum(lengths.values())
   for n, p in zip((1, 2, 3), (6 / 11, 3 / 11, 2 / 11)):
@@ -146,7 +146,7 @@ def test_whole_words_are_masked_together_within_a_segment():
   config = examples.ExampleConfig(max_seq_length=128)
   docs = _documents(np.random.default_rng(4), 100, tables.vocab_size)
   pairs = examples.make_segment_pairs(docs, 0, config, word_start=tables.word_start)
-  f = examples.mask_examples(pack(pairs), 5, tables, config)
+  f = masking.mask_examples(pack(pairs), 5, tables, config)
   for i, pair in enumerate(pairs):
     original, length = _unmasked(pair, 128)
     masked = np.zeros(128, bool)
@@ -166,7 +166,7 @@ def test_a_word_never_crosses_the_middle_sep_in_fixed_mode():
   pair = examples.SegmentPair(np.full(10, 5), np.array([6] + [5] * 9), 0)
   config = examples.ExampleConfig(max_seq_length=32, max_predictions_per_seq=1)
   for mode, can_mask in (("fixed", True), ("faithful", False)):
-    f = examples.mask_examples(pack([pair] * 500), 0, tables,
+    f = masking.mask_examples(pack([pair] * 500), 0, tables,
                                dataclasses.replace(config, mode=mode))
     masked = set(f["masked_lm_positions"][:, 0].tolist())
     assert f["masked_lm_weights"].sum() == 500
@@ -178,10 +178,10 @@ def test_mask_budget_counts_as_each_mode_says():
   tables = _tables(5000)
   pair = examples.SegmentPair(np.arange(5, 20), np.arange(20, 35), 0)  # 30 one-piece words
   for mode, expected in (("fixed", 4), ("faithful", 5)):  # round(30 * .15), round(33 * .15)
-    f = examples.mask_example(pair, 0, tables, examples.ExampleConfig(max_seq_length=64, mode=mode))
+    f = masking.mask_example(pair, 0, tables, examples.ExampleConfig(max_seq_length=64, mode=mode))
     assert f["masked_lm_weights"].sum() == expected
   config = examples.ExampleConfig(max_seq_length=64, masked_lm_prob=0.5, max_predictions_per_seq=7)
-  assert examples.mask_example(pair, 0, tables, config)["masked_lm_weights"].sum() == 7
+  assert masking.mask_example(pair, 0, tables, config)["masked_lm_weights"].sum() == 7
   assert examples.ExampleConfig(max_seq_length=128).max_predictions == 20
   assert examples.ExampleConfig(max_seq_length=512).max_predictions == 77
 
@@ -192,7 +192,7 @@ def test_random_replacements_never_special_in_fixed_mode():
   pairs = [examples.SegmentPair(rng.integers(5, 20, 60), rng.integers(5, 20, 60), 0) for _ in range(300)]
   drawn = {}
   for mode in ("fixed", "faithful"):
-    f = examples.mask_examples(pack(pairs), 6, tables,
+    f = masking.mask_examples(pack(pairs), 6, tables,
                                examples.ExampleConfig(max_seq_length=128, mode=mode))
     rows, cols = np.nonzero(f["masked_lm_weights"])
     now = f["input_ids"][rows, f["masked_lm_positions"][rows, cols]]
@@ -321,7 +321,7 @@ def test_same_seed_same_examples_other_seed_differs():
 
   def make(pair_seed, mask_seed, documents=docs):
     pairs = examples.make_segment_pairs(documents, pair_seed, config, word_start=tables.word_start)
-    return pairs, examples.mask_examples(pack(pairs), mask_seed, tables, config)
+    return pairs, masking.mask_examples(pack(pairs), mask_seed, tables, config)
 
   pairs, f = make(1, 2)
   pairs2, f2 = make(1, 2)
@@ -337,8 +337,8 @@ def test_same_seed_same_examples_other_seed_differs():
   more, _ = make(1, 2, docs + _documents(np.random.default_rng(11), 5, tables.vocab_size))
   assert [p.tokens_a.tolist() for p in more[:len(pairs)]] == [p.tokens_a.tolist() for p in pairs]
   # One pair masked alone with a seed is reproducible too.
-  one = examples.mask_example(pairs[0], 5, tables, config)
-  assert all((one[k] == examples.mask_example(pairs[0], 5, tables, config)[k]).all() for k in one)
+  one = masking.mask_example(pairs[0], 5, tables, config)
+  assert all((one[k] == masking.mask_example(pairs[0], 5, tables, config)[k]).all() for k in one)
 
 
 # ----------------------------------------------------------------------------- records and CLIs
@@ -347,7 +347,7 @@ def test_records_round_trip(tmp_path):
   tables = _tables(3000, word_start_share=0.6)
   config = examples.ExampleConfig(max_seq_length=64)
   docs = _documents(np.random.default_rng(12), 20, tables.vocab_size)
-  f = examples.mask_examples(pack(examples.make_segment_pairs(docs, 0, config)), 0, tables,
+  f = masking.mask_examples(pack(examples.make_segment_pairs(docs, 0, config)), 0, tables,
                              config)
   rows = [{k: v[i] for k, v in f.items()} for i in range(len(f["input_ids"]))]
   for row in rows:
@@ -395,7 +395,7 @@ def test_create_pretraining_data_cli(tiny_corpus, tmp_path):
   arrays = list(records.read_examples(tmp_path / "out" / "b.array_record"))
   # Same seed, same examples, whichever the format.
   assert len(jsonl) == len(arrays) > 50
-  assert all((x[k] == y[k]).all() for x, y in zip(jsonl, arrays) for k in examples.FEATURE_NAMES)
+  assert all((x[k] == y[k]).all() for x, y in zip(jsonl, arrays) for k in masking.FEATURE_NAMES)
   assert arrays[0]["input_ids"].shape == (64,) and arrays[0]["masked_lm_ids"].shape == (10,)
   stats = json.loads((tmp_path / "a.jsonl.stats.json").read_text())
   assert stats["examples"] == len(jsonl) and stats["corpus"]["files"] == 2
@@ -436,9 +436,9 @@ def test_a_pair_table_holds_and_gathers_the_pairs_it_packs():
     assert got.tokens.dtype == np.int32 and got.starts.dtype == np.int64
   tables = _tables(100)
   config = examples.ExampleConfig(max_seq_length=24)
-  a = examples.mask_examples(table.pairs_at([5, 2, 7]), 4, tables, config)
-  b = examples.mask_examples(pack([pairs[5], pairs[2], pairs[7]]), 4, tables, config)
-  assert all(np.array_equal(a[k], b[k]) for k in examples.FEATURE_NAMES)
+  a = masking.mask_examples(table.pairs_at([5, 2, 7]), 4, tables, config)
+  b = masking.mask_examples(pack([pairs[5], pairs[2], pairs[7]]), 4, tables, config)
+  assert all(np.array_equal(a[k], b[k]) for k in masking.FEATURE_NAMES)
   assert table.tokens[table.starts[5]:table.starts[6]].tolist() == [
       *pairs[5].tokens_a, *pairs[5].tokens_b]  # masking wrote into a copy
   with pytest.raises(ValueError, match="PairTable"):

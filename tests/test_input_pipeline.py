@@ -13,6 +13,7 @@ import pytest
 from albert_jax.data import corpus, embedded, examples, input_pipeline, order
 from albert_jax.tasks import pretraining
 from albert_jax.data import create_pretraining_data as cpd, records
+from albert_jax.data.masking import FEATURE_NAMES
 from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
 
@@ -151,7 +152,7 @@ def test_processes_split_the_global_batch(tiny, masking, batch, count):
   parts = [_take(_iter(cfg, batch, p=p, n=count), 3) for p in range(count)]
   for g in range(3):
     assert all(len(part[g]["input_ids"]) == batch // count for part in parts)
-    joined = {k: np.concatenate([part[g][k] for part in parts]) for k in examples.FEATURE_NAMES}
+    joined = {k: np.concatenate([part[g][k] for part in parts]) for k in FEATURE_NAMES}
     assert _same([joined], [whole[g]])
   keys = [{_original(r) for r in _rows(part)} for part in parts]
   assert all(not keys[i] & keys[j] for i in range(count) for j in range(i))
@@ -229,7 +230,7 @@ def test_static_examples_file(tiny, tmp_path, name):
   it = _iter(_cfg(tiny, static_examples=out), 16)
   assert it.stats["examples_per_epoch"] == len(rows) and it.stats["pairs"]["pairs"] > 0
   epoch = _rows(_take(it, -(-len(rows) // 16)))[:len(rows)]
-  key = lambda r: b"".join(r[k].tobytes() for k in examples.FEATURE_NAMES)
+  key = lambda r: b"".join(r[k].tobytes() for k in FEATURE_NAMES)
   assert collections.Counter(map(key, epoch)) == collections.Counter(map(key, rows))
   with pytest.raises(ValueError, match="max_seq_length"):
     _iter(_cfg(tiny, static_examples=out, max_seq_length=128), 16)
@@ -301,7 +302,7 @@ def test_a_resume_that_changes_the_stream_is_refused_naming_the_field(tiny, capl
   for half in halves:
     half.set_state(state)
   parts = [next(h) for h in halves]
-  joined = {k: np.concatenate([p[k] for p in parts]) for k in examples.FEATURE_NAMES}
+  joined = {k: np.concatenate([p[k] for p in parts]) for k in FEATURE_NAMES}
   assert _same([joined], run[4:5])
   # The override: continue from the checkpoint's batch of the new stream, loudly.
   it = input_pipeline.train_iterator(cfg, AlbertTokenizer(cfg.spm_model), global_batch_size=16,

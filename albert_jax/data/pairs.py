@@ -4,7 +4,7 @@ length of its A and its label.
 
 `Pairs` is the question every source of pairs answers, whatever holds them: `pairs_at(indices)`,
 the pairs at these indices as a PairTable. A PairTable is itself one (a corpus cut in memory);
-`prepared.PairSource` is another (a prepared corpus, read by index). `examples.mask_examples`
+`prepared.PairSource` is another (a prepared corpus, read by index). `masking.mask_examples`
 reads a PairTable as it is, so a pair's tokens are copied once on their way to a batch.
 """
 

@@ -2,7 +2,7 @@
 copies of a corpus (`create_examples`). `create_pretraining_data` writes them offline; training
 reads them (`data.static_examples`) or makes them at start (`data.masking="static"`).
 
-Formats (`read_examples` reads both; features are those of `examples.mask_examples`):
+Formats (`read_examples` reads both; features are those of `masking.mask_examples`):
   .jsonl         one JSON object per line: the seven features, padded, as lists
   array_record   `encode_example`: little-endian int32 [version=1, max_seq_length, max_predictions,
                  length, n_masked, segment_a_length, sentence_order_label] followed by
@@ -22,7 +22,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from albert_jax import files
-from albert_jax.data import examples as examples_lib
+from albert_jax.data import examples as examples_lib, masking
 from albert_jax.data.pairs import PairTable
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def decode_example(record: bytes) -> dict[str, np.ndarray]:
   out["token_type_ids"] = ((index >= segment_a) & (index < length)).astype(np.int32)
   out["masked_lm_weights"] = (slots < n_masked).astype(np.float32)
   out["sentence_order_label"] = np.asarray(label, np.int32)
-  return {k: out[k] for k in examples_lib.FEATURE_NAMES}
+  return {k: out[k] for k in masking.FEATURE_NAMES}
 
 
 def is_jsonl(path: str, fmt: str | None = None) -> bool:
@@ -80,7 +80,7 @@ def read_examples(path: str | os.PathLike) -> Iterator[dict[str, np.ndarray]]:
       for line in f:
         row = json.loads(line)
         yield {k: np.asarray(row[k], np.float32 if k == "masked_lm_weights" else np.int32)
-               for k in examples_lib.FEATURE_NAMES}
+               for k in masking.FEATURE_NAMES}
     return
   reader = ArrayRecordReader(path)
   try:
@@ -101,7 +101,7 @@ def write_examples(records: Iterable[bytes | dict], path: str | os.PathLike,
       with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
           r = decode_example(r) if isinstance(r, bytes) else r
-          f.write(json.dumps({k: np.asarray(r[k]).tolist() for k in examples_lib.FEATURE_NAMES},
+          f.write(json.dumps({k: np.asarray(r[k]).tolist() for k in masking.FEATURE_NAMES},
                              separators=(",", ":")) + "\n")
           count += 1
     else:
@@ -168,7 +168,7 @@ def create_examples(documents: list[list[np.ndarray]], tables: examples_lib.Voca
     rng = np.random.default_rng([seed, 1, copy])
     pairs = PairTable.pack(pairs)
     for start in range(0, len(pairs), MASK_BATCH):
-      batch = examples_lib.mask_examples(pairs.pairs_at(range(start, min(start + MASK_BATCH,
+      batch = masking.mask_examples(pairs.pairs_at(range(start, min(start + MASK_BATCH,
                                                                          len(pairs)))),
                                          rng, tables, config)
       records.extend(encode_example({k: v[i] for k, v in batch.items()})

@@ -18,14 +18,14 @@ from typing import Iterable
 import numpy as np
 from absl import app, flags
 
-from albert_jax.data import corpus, examples as examples_lib, records
+from albert_jax.data import corpus, examples as examples_lib, masking, records
 from albert_jax.data.pairs import PairTable
 from albert_jax.data.tokenizer import AlbertTokenizer
 
 
 @dataclasses.dataclass
 class MaskingSummary:
-  """Counts over examples (features of `examples.mask_examples`, one example or a batch)."""
+  """Counts over examples (features of `masking.mask_examples`, one example or a batch)."""
 
   examples: int = 0
   label_1: int = 0
@@ -155,7 +155,7 @@ def report_corpus(input_spec: str, tokenizer, config: examples_lib.ExampleConfig
   summary = MaskingSummary()
   for start in range(0, len(pairs), 256):
     chunk = pairs.pairs_at(range(start, min(start + 256, len(pairs))))
-    summarize([examples_lib.mask_examples(chunk, rng, tables, config)], tables, summary)
+    summarize([masking.mask_examples(chunk, rng, tables, config)], tables, summary)
   return format_report(summary, config.max_seq_length, corpus_stats.as_dict(),
                        dataclasses.asdict(pair_stats))
 

@@ -19,7 +19,7 @@ from typing import ClassVar, Protocol, Sequence
 import grain
 import numpy as np
 
-from albert_jax.data import examples as examples_lib, order, records as records_lib
+from albert_jax.data import examples as examples_lib, masking, order, records as records_lib
 from albert_jax.data.pairs import Pairs
 
 # Rows masked together. Masks depend on it (mask_examples draws for a whole batch), so it is part
@@ -64,10 +64,10 @@ class MaskedPairs:
       start, stop = first + j * MASK_CHUNK, first + min((j + 1) * MASK_CHUNK, batch_size)
       pairs = self.pairs.pairs_at(order.examples_at(range(start, stop), n, seed))
       rng = np.random.default_rng([seed, 1, start // n, g, j])
-      parts.append(examples_lib.mask_examples(pairs, rng, self.tables, self.config))
+      parts.append(masking.mask_examples(pairs, rng, self.tables, self.config))
     offset = lo - lo // MASK_CHUNK * MASK_CHUNK  # row lo within the first chunk masked
     return {k: np.concatenate([p[k] for p in parts])[offset:offset + hi - lo]
-            for k in examples_lib.FEATURE_NAMES}
+            for k in masking.FEATURE_NAMES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,4 +105,4 @@ class Premasked:
     first = g * batch_size
     decoded = [records_lib.decode_example(self.records[i])
                for i in order.examples_at(range(first + lo, first + hi), len(self.records), seed)]
-    return {k: np.stack([r[k] for r in decoded]) for k in examples_lib.FEATURE_NAMES}
+    return {k: np.stack([r[k] for r in decoded]) for k in masking.FEATURE_NAMES}
