@@ -45,8 +45,8 @@ from absl import app, flags  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from albert_jax import accelerators, attention, census, files, init_from, optimizer  # noqa: E402
-from albert_jax import model as M, overrides, sharding, tasks, train  # noqa: E402
+from albert_jax import accelerators, attention, census, encoder, files, init_from  # noqa: E402
+from albert_jax import model as M, optimizer, overrides, sharding, tasks, train  # noqa: E402
 
 GiB = 2**30
 
@@ -150,7 +150,7 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
   cfg, rules = spec.model_config, sharding.rules(config.sharding)
   micro = config.batch_size // config.grad_accum_steps
   dtype = jnp.dtype(config.dtype)
-  group = M.layer_group_class(config.remat_policy, "tpu")(
+  group = encoder.layer_group_class(config.remat_policy, "tpu")(
       config=cfg, dtype=dtype, remat_policy=config.remat_policy, attention=config.attention,
       deterministic=False)
   length = spec.example["input_ids"].shape[-1]
@@ -196,13 +196,13 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
 
 def _resolved(config, spec, target) -> tuple[str, str, str]:
   """(attention implementation, layer loop, remat policy) `config`'s `auto`s stand for on
-  `target` (an unrolled stack is not rematerialised: `model.AlbertTransformer`)."""
+  `target` (an unrolled stack is not rematerialised: `encoder.AlbertTransformer`)."""
   cfg = spec.model_config
-  loop = M.resolve_layer_loop(config.get("layer_loop", "auto"), target.platform)
+  loop = encoder.resolve_layer_loop(config.get("layer_loop", "auto"), target.platform)
   return (attention.resolve(config.attention, target.platform, config.dtype,
                             spec.example["input_ids"].shape[-1],
                             cfg.attention_probs_dropout_prob > 0), loop,
-          M.resolve_remat_policy(config.remat_policy, target.platform) if loop == "scan"
+          encoder.resolve_remat_policy(config.remat_policy, target.platform) if loop == "scan"
           else "none")
 
 

@@ -22,7 +22,7 @@ SPLASH_BLOCKS = (512, 256, 128)  # tried in order; the largest that divides the 
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 # The logical names of q, k, v and the context (`sharding.py` maps them onto the mesh).
 QKV_AXES = ("batch", "length", "act_heads", "act_kv")
-# What the default remat policy keeps of attention (`model.REMAT_POLICIES`), so that the backward
+# What the default remat policy keeps of attention (`encoder.REMAT_POLICIES`), so that the backward
 # pass does not run the forward again: `xla`'s context and the splash kernel's own residuals
 # (its output and softmax statistics) by these names, and the outputs of the primitive jax's
 # cuDNN attention binds for its forward pass (the context and the statistics).

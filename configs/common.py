@@ -9,7 +9,7 @@ field overridable: `--config.model.num_hidden_layers=12`).
 
 import ml_collections
 
-from albert_jax import model as M
+from albert_jax import encoder, model as M
 from albert_jax import optimizer, tasks
 
 
@@ -43,13 +43,13 @@ def base_config(task: str, model: str, *, data_arg: str = "") -> ml_collections.
   config.model = model_config(model)
   config.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
   # How the encoder applies its shared layer: scan | unroll | auto (unrolled on a GPU, scanned on
-  # TPU and CPU; model.resolve_layer_loop).
+  # TPU and CPU; encoder.resolve_layer_loop).
   config.layer_loop = "auto"
   # Rematerialisation of the scanned layer: matmul_outputs (the default: every matmul's output
   # and the attention kernel's are kept, LayerNorms and the activation recomputed) | none |
   # dots_with_no_batch_dims | ffn_residual | layer_norm_inputs | full | dots
-  # (model.REMAT_POLICIES; measured in the README's "The scan" section).
-  config.remat_policy = M.DEFAULT_REMAT
+  # (encoder.REMAT_POLICIES; measured in docs/accelerators.md, "The scan and the remat policies on TPU").
+  config.remat_policy = encoder.DEFAULT_REMAT
   # Attention core: xla | splash | cudnn | auto (splash on TPU, cudnn on GPU in bf16, else xla;
   # albert_jax/attention.py).
   config.attention = "auto"

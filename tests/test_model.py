@@ -11,7 +11,7 @@ import torch
 import transformers
 from transformers.activations import ACT2FN
 
-from albert_jax import model as M
+from albert_jax import encoder, model as M
 from helpers import random_params
 
 TINY = M.AlbertConfig(vocab_size=64, embedding_size=8, hidden_size=32, num_hidden_layers=3,
@@ -100,11 +100,11 @@ def test_unrolled_loop_by_hand_over_the_shared_layer():
   params = random_params(cfg, "base", 4)
   ids = _ids((2, 6), cfg.vocab_size, 1)
   ref = _apply(module, params, ids).last_hidden_state
-  emb = _apply(M.AlbertEmbeddings(cfg), params["embeddings"], ids, np.zeros_like(ids),
+  emb = _apply(encoder.AlbertEmbeddings(cfg), params["embeddings"], ids, np.zeros_like(ids),
                np.broadcast_to(np.arange(6), ids.shape), True)
   p_in = params["encoder"]["embedding_hidden_mapping_in"]
   x = emb @ p_in["kernel"] + p_in["bias"]
-  layer = M.AlbertLayer(cfg)
+  layer = encoder.AlbertLayer(cfg)
   layer_params = params["encoder"]["albert_layer_groups_0"]["albert_layers_0"]
   step = jax.jit(lambda x: layer.apply({"params": layer_params}, x, np.ones(ids.shape, bool), True))
   for _ in range(cfg.num_hidden_layers):
@@ -150,10 +150,10 @@ def test_remat_policy_saves_what_it_says(policy, expected, capsys):
   """The activations the backward pass keeps (JAX's own report), beyond the layer's arguments."""
   cfg = M.AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_attention_heads=2,
                        intermediate_size=64)
-  layer, x, mask = M.AlbertLayer(cfg), jnp.ones((2, 4, 16)), np.ones((2, 4), bool)
+  layer, x, mask = encoder.AlbertLayer(cfg), jnp.ones((2, 4, 16)), np.ones((2, 4), bool)
   params = layer.init(jax.random.key(0), x, mask, True)
   fn = jax.checkpoint(lambda p, x: layer.apply(p, x, mask, True),
-                      policy=M.REMAT_POLICIES[policy])
+                      policy=encoder.REMAT_POLICIES[policy])
   capsys.readouterr()
   jax.ad_checkpoint.print_saved_residuals(fn, params, x)
   saved = [line.split(" from ")[0] for line in capsys.readouterr().out.splitlines()
@@ -170,12 +170,12 @@ def test_unknown_remat_policy_is_an_error():
 
 def test_auto_picks_the_layer_loop_and_policy_per_platform():
   """GPU: unrolled (no remat applies); TPU: scanned, `lean`; CPU: scanned, `matmul_outputs`."""
-  assert [M.resolve_layer_loop("auto", p) for p in ("gpu", "tpu", "cpu")] == [
+  assert [encoder.resolve_layer_loop("auto", p) for p in ("gpu", "tpu", "cpu")] == [
       "unroll", "scan", "scan"]
-  assert [M.resolve_remat_policy("auto", p) for p in ("gpu", "tpu", "cpu")] == [
+  assert [encoder.resolve_remat_policy("auto", p) for p in ("gpu", "tpu", "cpu")] == [
       "matmul_outputs", "lean", "matmul_outputs"]
-  assert M.resolve_layer_loop("scan", "gpu") == "scan"
-  assert M.resolve_remat_policy("full", "tpu") == "full"
+  assert encoder.resolve_layer_loop("scan", "gpu") == "scan"
+  assert encoder.resolve_remat_policy("full", "tpu") == "full"
 
 
 def test_unrolled_layers_are_not_rematerialised(capsys):

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from albert_jax import hf_convert, optimizer, train
+from albert_jax import encoder, hf_convert, optimizer, train
 from albert_jax.tasks import pretraining
 from albert_jax import model as M
 
@@ -134,7 +134,7 @@ class JittedPeer:
 class Ours(JittedPeer):
   """The real `train.train_step`, jitted with the state donated."""
 
-  def __init__(self, cfg, params, batch, optim="adamw_optax", remat_policy=M.DEFAULT_REMAT):
+  def __init__(self, cfg, params, batch, optim="adamw_optax", remat_policy=encoder.DEFAULT_REMAT):
     module = M.AlbertForPreTraining(cfg, remat_policy=remat_policy)
     optim_cfg = optimizer.default_optim_config()
     optim_cfg.update(name=optim, lr=LR, warmup_steps=0)
