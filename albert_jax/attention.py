@@ -115,8 +115,9 @@ def splash_block(length: int) -> int:
 def _splash_modules():
   """jax's splash kernel and mask modules, imported on first use: GPU and CPU runs never import
   the TPU kernels, so a jax release that moves them breaks splash alone."""
+  # Here, not at the top: see the docstring.
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask  # as above
   return splash_attention_kernel, splash_attention_mask
 
 

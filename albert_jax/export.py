@@ -183,8 +183,8 @@ def _jax2onnx():
   of the caller's own still finds every plugin. onnx_ir warns of each shape constant it writes
   without a type: nothing is wrong, so it is not shown.
   """
-  from jax2onnx import plugins
-  from jax2onnx.plugins import plugin_system
+  from jax2onnx import plugins  # optional: the [export] extra, for --format=onnx only
+  from jax2onnx.plugins import plugin_system  # optional, as above
   done = plugin_system._already_imported_plugins
   root = Path(plugins.__file__).parent
   for path in sorted((root / "jax").rglob("*.py")):
@@ -196,7 +196,7 @@ def _jax2onnx():
   plugin_system._already_imported_plugins = True
   logger.setLevel(logging.ERROR)
   try:
-    from jax2onnx import to_onnx as convert
+    from jax2onnx import to_onnx as convert  # optional: the [export] extra
     yield convert
   finally:
     plugin_system._already_imported_plugins = done
@@ -207,7 +207,7 @@ def to_onnx(serving: Serving, matmuls: bool = True):
   """The ONNX graph (a ModelProto, opset OPSET) of `serving.forward` for int32 ids, batch and
   sequence dynamic, converted by jax2onnx; the parameters are its initializers. `matmuls=False`
   keeps jax2onnx's Einsums (experiments/benchmarks/export_serving.py prices the rewrite)."""
-  import onnx
+  import onnx  # optional: the [export] extra, for --format=onnx only
   spec = jax.ShapeDtypeStruct(("batch", "sequence"), jnp.int32)
   with _jax2onnx() as convert:
     model = convert(serving.forward, [spec] * 3, opset=OPSET, model_name=f"albert_{serving.head}",
@@ -221,7 +221,7 @@ def to_onnx(serving: Serving, matmuls: bool = True):
 def _matmuls(model):
   """The graph with jax2onnx's `Einsum("abc,cd->abd")` (every dense layer) as a MatMul, which is
   the same product: onnxruntime's Einsum runs it ~10% slower (albert-base, 8 x 128, this CPU)."""
-  import onnx
+  import onnx  # optional: the [export] extra, for --format=onnx only
   nodes = []
   for node in model.graph.node:
     equation = next((a.s for a in node.attribute if a.name == "equation"), None)
@@ -235,7 +235,7 @@ def _matmuls(model):
 
 def with_int64_inputs(model):
   """A copy of an int32-input graph taking int64 ids: each input cast to int32 first."""
-  import onnx
+  import onnx  # optional: the [export] extra, for --format=onnx only
   model = type(model).FromString(model.SerializeToString())
   casts = []
   for value in model.graph.input:
@@ -254,8 +254,8 @@ def with_int64_inputs(model):
 
 def _write_onnx(model32, out: Path) -> None:
   """model.onnx (int64 ids) and model_int32.onnx, sharing one file of weights."""
-  import onnx
-  from onnx import external_data_helper
+  import onnx  # optional: the [export] extra, for --format=onnx only
+  from onnx import external_data_helper  # optional, as above
   model64 = with_int64_inputs(model32)
   # Shape constants stay in the graph (onnxruntime's shape inference reads them there).
   external_data_helper.convert_model_to_external_data(model64, location=ONNX_DATA,
