@@ -35,6 +35,7 @@ import struct
 from typing import Any, Sequence
 
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from albert_jax import files
 from albert_jax.data import examples as examples_lib
@@ -157,7 +158,6 @@ def _edges(path, size: int) -> bytes:
 
 
 def _num_records(path: str) -> int:
-  from array_record.python.array_record_module import ArrayRecordReader
   reader = ArrayRecordReader(path)
   try:
     return reader.num_records()
@@ -236,7 +236,6 @@ def _verify_shard(path: str, shard: dict, dtype: str, vocab: int, longest: int,
   digests = shard_digests(path)
   found += [f"{key} {digests[key][:16]}..., the manifest says {shard[key][:16]}..."
             for key in ("sha256", "edges") if key in shard and digests[key] != shard[key]]
-  from array_record.python.array_record_module import ArrayRecordReader
   try:
     reader = ArrayRecordReader(path)
   except Exception as e:  # noqa: BLE001
@@ -354,7 +353,6 @@ def write_pairs(path: str, pairs: Sequence[SegmentPair], dtype: str,
                 group_size: int = 1) -> int:
   """An ArrayRecord file of `pairs`; returns its bytes. `group_size` records per chunk: 1 (what
   Grain asks for) reads fastest at random, but a reader holds ~55 bytes of index per chunk."""
-  from array_record.python.array_record_module import ArrayRecordWriter
   writer = ArrayRecordWriter(path, f"group_size:{group_size}")
   try:
     for pair in pairs:
