@@ -92,13 +92,6 @@ def _parse(record: bytes, dtype: str) -> tuple[int, int, np.ndarray]:
   return len_a, label, tokens
 
 
-def decode_pair(record: bytes, dtype: str) -> SegmentPair:
-  """The pair a record holds; ValueError for bytes that cannot be one (a damaged record)."""
-  len_a, label, tokens = _parse(record, dtype)
-  tokens = tokens.astype(np.int32)
-  return SegmentPair(tokens[:len_a], tokens[len_a:], label)
-
-
 def vocabulary_fingerprint(tokenizer: Any) -> str:
   """sha256 of the SentencePiece model and the text preprocessing flags: the token ids."""
   flags = json.dumps([tokenizer.do_lower_case, tokenizer.remove_space, tokenizer.keep_accents])
@@ -256,11 +249,10 @@ def _verify_shard(path: str, shard: dict, dtype: str, vocab: int, longest: int,
             found.append(f"record {k} cannot be read ({str(e).strip()[:200]})")
       for k, record in records:
         try:
-          pair = decode_pair(record, dtype)
+          _, _, tokens = _parse(record, dtype)  # A then B, as stored
         except ValueError as e:
           found.append(f"record {k}: {e}")
           continue
-        tokens = np.concatenate([pair.tokens_a, pair.tokens_b])
         if len(tokens) > longest or (len(tokens) and tokens.max() >= vocab):
           found.append(f"record {k}: {len(tokens)} tokens (at most {longest}), largest id "
                        f"{tokens.max() if len(tokens) else None} (vocabulary {vocab})")
