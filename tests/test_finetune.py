@@ -3,6 +3,7 @@ published format, with tiny models: GLUE (learns a separable task), SQuAD, RACE,
 and starting from an HF directory and from an Orbax pretraining checkpoint."""
 
 import importlib.util
+import inspect
 import json
 import random
 from pathlib import Path
@@ -63,6 +64,19 @@ def tiny(config, vocab, **changes):
       target = target[p]
     target[leaf] = value
   return config
+
+
+# ----------------------------------------------------------------------------- the interface
+
+def test_every_task_implements_the_interface():
+  """Each of tasks.TASKS has every name of the `tasks.Task` protocol, and calls its config
+  argument `data_cfg`."""
+  for name, task in tasks.TASKS.items():
+    assert isinstance(task, tasks.Task), name
+    for fn in (task.head, task.num_labels, task.example_spec):
+      assert list(inspect.signature(fn).parameters) == ["data_cfg"], (name, fn)
+    assert list(inspect.signature(task.score).parameters)[2] == "data_cfg", name
+  assert not isinstance(json, tasks.Task)
 
 
 # ----------------------------------------------------------------------------- GLUE

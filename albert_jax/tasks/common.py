@@ -1,9 +1,11 @@
 """What the fine-tuning tasks share: the eval-set container, where the vocabulary comes from,
-training and eval batches of tokenised arrays, and the classification loss."""
+training and eval batches of tokenised arrays and their scoring (`interface`: the part of the task
+interface every fine-tuning task has alike), and the classification loss."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +32,8 @@ class EvalSet:
 
 
 def input_spec(*shape: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """The model inputs of one row (`input_ids`, `attention_mask`, `token_type_ids`): int32 `shape`."""
+  """The model inputs of one row (`input_ids`, `attention_mask`, `token_type_ids`), int32
+  `shape`."""
   return {k: jax.ShapeDtypeStruct(shape, jnp.int32)
           for k in ("input_ids", "attention_mask", "token_type_ids")}
 
@@ -119,6 +122,13 @@ def evaluate_rows(evaluate_task: Callable, predictions, eval_set: EvalSet, data_
   out_dir.mkdir(parents=True, exist_ok=True)
   metrics = evaluate_task(gathered(predictions, eval_set), eval_set.data, data_cfg, out_dir)
   return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def interface(load: Callable, evaluate_task: Callable) -> tuple[Callable, Callable, Callable]:
+  """The task interface's `tokenizer`, `data` and `score`, alike in every fine-tuning task, from its
+  `load(data_cfg, tokenizer, split) -> Dataset` and `evaluate_task(rows, dataset, data_cfg,
+  out_dir) -> metrics` (rows: an eval set's predictions gathered in dataset order)."""
+  return tokenizer, functools.partial(data, load), functools.partial(evaluate_rows, evaluate_task)
 
 
 # ----------------------------------------------------------------------------- classification

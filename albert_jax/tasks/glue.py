@@ -9,7 +9,6 @@ Face's `glue` processors): MNLI ["contradiction", "entailment", "neutral"], QNLI
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -433,57 +432,57 @@ def data_config(arg: str = "") -> ml_collections.ConfigDict:
   ))
 
 
-def head(task_cfg) -> str:
-  del task_cfg
+def head(data_cfg) -> str:
+  del data_cfg
   return HEAD
 
 
-def num_labels(task_cfg) -> int:
+def num_labels(data_cfg) -> int:
   """The classifier's width: the number of classes, 1 for STS-B (regression)."""
-  labels = TASKS[canonical_task(task_cfg.task)].labels
+  labels = TASKS[canonical_task(data_cfg.task)].labels
   return 1 if labels is None else len(labels)
 
 
-def example_spec(task_cfg) -> dict[str, jax.ShapeDtypeStruct]:
+def example_spec(data_cfg) -> dict[str, jax.ShapeDtypeStruct]:
   """One row of `load`'s features: the inputs and `labels` (float32 for STS-B)."""
-  regression = TASKS[canonical_task(task_cfg.task)].labels is None
+  regression = TASKS[canonical_task(data_cfg.task)].labels is None
   return common.with_weight({
-      **common.input_spec(task_cfg.max_seq_length),
+      **common.input_spec(data_cfg.max_seq_length),
       "labels": jax.ShapeDtypeStruct((), jnp.float32 if regression else jnp.int32)})
 
 
-def _splits(task_cfg, split: str) -> list[str]:
+def _splits(data_cfg, split: str) -> list[str]:
   """"train" / "eval" / "predict" -> the file splits they stand for; other names as they are."""
-  task = canonical_task(task_cfg.task)
+  task = canonical_task(data_cfg.task)
   if split == "train":
-    names = [task_cfg.train_split]
+    names = [data_cfg.train_split]
   elif split == "eval":
-    names = [task_cfg.eval_split]  # extra_eval_splits are loaded by name, one eval set each
+    names = [data_cfg.eval_split]  # extra_eval_splits are loaded by name, one eval set each
   elif split == "predict":
-    if not task_cfg.predict_split:
+    if not data_cfg.predict_split:
       raise ValueError("data.predict_split is empty: set it (e.g. 'test') to write submissions")
-    names = [s.strip() for s in task_cfg.predict_split.split(",") if s.strip()]
+    names = [s.strip() for s in data_cfg.predict_split.split(",") if s.strip()]
   else:
     names = [split]
   return [file_split(task, s) for s in names]
 
 
-def read_examples(task_cfg, split: str) -> list[Example]:
+def read_examples(data_cfg, split: str) -> list[Example]:
   """Examples of one file split from the configured source."""
-  if task_cfg.source == "files":
-    return read_tsv_examples(task_cfg.task, files.path(task_cfg.data_dir) / f"{split}.tsv",
-                             max_examples=task_cfg.max_examples)
-  if task_cfg.source == "tfds":
-    return read_tfds(task_cfg.task, split, task_cfg.tfds_data_dir or None,
-                     max_examples=task_cfg.max_examples)
-  raise ValueError(f"data.source={task_cfg.source!r}: use 'files' or 'tfds'")
+  if data_cfg.source == "files":
+    return read_tsv_examples(data_cfg.task, files.path(data_cfg.data_dir) / f"{split}.tsv",
+                             max_examples=data_cfg.max_examples)
+  if data_cfg.source == "tfds":
+    return read_tfds(data_cfg.task, split, data_cfg.tfds_data_dir or None,
+                     max_examples=data_cfg.max_examples)
+  raise ValueError(f"data.source={data_cfg.source!r}: use 'files' or 'tfds'")
 
 
-def load(task_cfg, tokenizer, split: str) -> arrays.Dataset:
+def load(data_cfg, tokenizer, split: str) -> arrays.Dataset:
   """Features of "train", "eval", "predict" (comma list: one dataset) or a file split by name."""
-  return concatenate([convert_examples(read_examples(task_cfg, s), tokenizer, task_cfg.task,
-                                       task_cfg.max_seq_length, split=s)
-                      for s in _splits(task_cfg, split)])
+  return concatenate([convert_examples(read_examples(data_cfg, s), tokenizer, data_cfg.task,
+                                       data_cfg.max_seq_length, split=s)
+                      for s in _splits(data_cfg, split)])
 
 
 def loss_sums(outputs, batch) -> dict[str, jax.Array]:
@@ -511,10 +510,10 @@ def _subset(dataset: arrays.Dataset, rows: np.ndarray) -> arrays.Dataset:
   return arrays.Dataset({k: v[rows] for k, v in dataset.features.items()}, meta)
 
 
-def evaluate_task(predictions, dataset: arrays.Dataset, task_cfg, output_dir) -> dict[str, float]:
+def evaluate_task(predictions, dataset: arrays.Dataset, data_cfg, output_dir) -> dict[str, float]:
   """Metrics and "score" per labelled split (the first unprefixed, the others `split_prefix`ed);
   writes output_dir/predictions_<split>.tsv, or the submission file of an unlabelled split."""
-  task, output_dir = canonical_task(task_cfg.task), Path(output_dir)
+  task, output_dir = canonical_task(data_cfg.task), Path(output_dir)
   values = predicted_values(task, predictions["logits"])
   results: dict[str, float] = {}
   first = True
@@ -522,7 +521,7 @@ def evaluate_task(predictions, dataset: arrays.Dataset, task_cfg, output_dir) ->
     rows = np.flatnonzero(dataset.meta["split"] == split)
     part = _subset(dataset, rows)
     if not part.meta["labelled"].all():
-      write_submission(task_cfg.task, values[rows], part, output_dir)
+      write_submission(data_cfg.task, values[rows], part, output_dir)
       continue
     metrics = compute_metrics(task, values[rows], part.features["labels"])
     metrics["score"] = glue_score(task, metrics)
@@ -533,7 +532,4 @@ def evaluate_task(predictions, dataset: arrays.Dataset, task_cfg, output_dir) ->
   return results
 
 
-# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
-tokenizer = common.tokenizer
-data = functools.partial(common.data, load)  # (config, tokenizer)
-score = functools.partial(common.evaluate_rows, evaluate_task)
+tokenizer, data, score = common.interface(load, evaluate_task)

@@ -4,7 +4,6 @@ seqeval's entity-level precision / recall / F1 (its default, conlleval-compatibl
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections import Counter
 from pathlib import Path
@@ -193,43 +192,43 @@ def data_config(arg: str = "") -> ml_collections.ConfigDict:
   ))
 
 
-def labels_of(task_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """task_cfg.labels, or the train file's tags when it is empty."""
-  if task_cfg.labels:
-    return tuple(task_cfg.labels)
-  if not task_cfg.train_file:
+def labels_of(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """data_cfg.labels, or the train file's tags when it is empty."""
+  if data_cfg.labels:
+    return tuple(data_cfg.labels)
+  if not data_cfg.train_file:
     raise ValueError("ner needs data.labels or data.train_file to know its labels")
-  return label_list(read_conll(task_cfg.train_file))
+  return label_list(read_conll(data_cfg.train_file))
 
 
-def head(task_cfg) -> str:
-  del task_cfg
+def head(data_cfg) -> str:
+  del data_cfg
   return HEAD
 
 
-def num_labels(task_cfg: ml_collections.ConfigDict) -> int:
-  return len(labels_of(task_cfg))
+def num_labels(data_cfg: ml_collections.ConfigDict) -> int:
+  return len(labels_of(data_cfg))
 
 
-def example_spec(task_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+def example_spec(data_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
   """One sentence of `load`'s features: the inputs and a label per token."""
   return common.with_weight({
-      **common.input_spec(task_cfg.max_seq_length),
-      "labels": jax.ShapeDtypeStruct((task_cfg.max_seq_length,), jnp.int32)})
+      **common.input_spec(data_cfg.max_seq_length),
+      "labels": jax.ShapeDtypeStruct((data_cfg.max_seq_length,), jnp.int32)})
 
 
-def load(task_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> arrays.Dataset:
+def load(data_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> arrays.Dataset:
   """One row per sentence; meta: `sentences`, each row's first-piece `positions`, `labels`."""
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r}: use 'train' or 'eval'")
-  path = task_cfg.train_file if split == "train" else task_cfg.eval_file
+  path = data_cfg.train_file if split == "train" else data_cfg.eval_file
   if not path:
     raise ValueError(f"ner needs data.{split}_file")
   sentences = read_conll(path)
-  if task_cfg.max_examples:
-    sentences = sentences[:task_cfg.max_examples]
-  labels = labels_of(task_cfg)
-  features, positions = convert_sentences(sentences, labels, tokenizer, task_cfg.max_seq_length)
+  if data_cfg.max_examples:
+    sentences = sentences[:data_cfg.max_examples]
+  labels = labels_of(data_cfg)
+  features, positions = convert_sentences(sentences, labels, tokenizer, data_cfg.max_seq_length)
   return arrays.Dataset(features, meta={"sentences": sentences, "positions": positions,
                                         "labels": labels})
 
@@ -276,11 +275,11 @@ def word_tags(predicted: np.ndarray, dataset: arrays.Dataset) -> list[list[str]]
 
 
 def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
-             task_cfg: ml_collections.ConfigDict, output_dir: str | os.PathLike | None
-             ) -> dict[str, float]:
+                  data_cfg: ml_collections.ConfigDict, output_dir: str | os.PathLike | None
+                  ) -> dict[str, float]:
   """Entity precision / recall / F1, per-type F1, token accuracy; writes output_dir/predictions.txt
   (CoNLL: "word gold predicted" per line, a blank line after each sentence)."""
-  del task_cfg
+  del data_cfg
   predicted = predictions.get("predictions")
   if predicted is None:
     predicted = np.argmax(predictions["logits"], -1)
@@ -300,7 +299,4 @@ def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
   return metrics
 
 
-# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
-tokenizer = common.tokenizer
-data = functools.partial(common.data, load)  # (config, tokenizer)
-score = functools.partial(common.evaluate_rows, evaluate_task)
+tokenizer, data, score = common.interface(load, evaluate_task)

@@ -65,9 +65,9 @@ def data(config, tok):
                                         allow_change=config.get("allow_data_change", False))
   # Held-out pairs are cut with the training seed (as `prepare` cuts both splits), and shuffled
   # and masked with another.
-  batches = input_pipeline.eval_batches(config.data, tok,
-                                        global_batch_size=config.eval_batch_size or config.batch_size,
-                                        seed=config.seed + 1, pair_seed=config.seed)
+  batches = input_pipeline.eval_batches(
+      config.data, tok, global_batch_size=config.eval_batch_size or config.batch_size,
+      seed=config.seed + 1, pair_seed=config.seed)
   return train, ([common.EvalSet("eval", batches)] if batches else [])
 
 
@@ -100,7 +100,8 @@ def normalise(sums, denominators) -> dict[str, jax.Array]:
   masked, examples = denominators["masked"] + 1e-5, denominators["examples"]
   mlm_loss, sop_loss = sums["mlm_loss"] / masked, sums["sop_loss"] / examples
   return {"loss": mlm_loss + sop_loss, "mlm_loss": mlm_loss, "sop_loss": sop_loss,
-          "mlm_accuracy": sums["mlm_correct"] / masked, "sop_accuracy": sums["sop_correct"] / examples}
+          "mlm_accuracy": sums["mlm_correct"] / masked,
+          "sop_accuracy": sums["sop_correct"] / examples}
 
 
 def predictions(outputs, batch):

@@ -5,7 +5,6 @@ reading the distribution (or TFDS), `[CLS] article [SEP] question+option [SEP]` 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from pathlib import Path
@@ -210,45 +209,45 @@ def data_config(arg: str = "") -> ml_collections.ConfigDict:
   ))
 
 
-def head(task_cfg) -> str:
-  del task_cfg
+def head(data_cfg) -> str:
+  del data_cfg
   return HEAD
 
 
-def num_labels(task_cfg: ml_collections.ConfigDict) -> int:
-  del task_cfg
+def num_labels(data_cfg: ml_collections.ConfigDict) -> int:
+  del data_cfg
   return 2  # the multiple-choice head has one logit per choice and ignores num_labels
 
 
-def example_spec(task_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+def example_spec(data_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
   """One question of `load`'s features: inputs [choices, length] and the answer's index."""
-  return common.with_weight({**common.input_spec(NUM_CHOICES, task_cfg.max_seq_length),
+  return common.with_weight({**common.input_spec(NUM_CHOICES, data_cfg.max_seq_length),
                              "labels": jax.ShapeDtypeStruct((), jnp.int32)})
 
 
-def read_examples(task_cfg: ml_collections.ConfigDict, split: str) -> list[Example]:
-  """The questions of a split name ("train", "dev", "test") from task_cfg.source."""
-  levels = _check_levels(task_cfg.levels)
-  if task_cfg.source == "files":
-    if not task_cfg.data_dir:
+def read_examples(data_cfg: ml_collections.ConfigDict, split: str) -> list[Example]:
+  """The questions of a split name ("train", "dev", "test") from data_cfg.source."""
+  levels = _check_levels(data_cfg.levels)
+  if data_cfg.source == "files":
+    if not data_cfg.data_dir:
       raise ValueError("race with source='files' needs data.data_dir (the directory with RACE/)")
-    examples = read_race(task_cfg.data_dir, split, levels)
-  elif task_cfg.source == "tfds":
+    examples = read_race(data_cfg.data_dir, split, levels)
+  elif data_cfg.source == "tfds":
     examples = [ex for level in levels
-                for ex in read_tfds(split, level, task_cfg.data_dir or None)]
+                for ex in read_tfds(split, level, data_cfg.data_dir or None)]
   else:
-    raise ValueError(f"race source={task_cfg.source!r}: use 'files' or 'tfds'")
-  return examples[:task_cfg.max_examples] if task_cfg.max_examples else examples
+    raise ValueError(f"race source={data_cfg.source!r}: use 'files' or 'tfds'")
+  return examples[:data_cfg.max_examples] if data_cfg.max_examples else examples
 
 
-def load(task_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> arrays.Dataset:
+def load(data_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> arrays.Dataset:
   """The "train" or "eval" split's features; meta holds each row's question id and level."""
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r}: use 'train' or 'eval'")
-  examples = read_examples(task_cfg, task_cfg.train_split if split == "train"
-                           else task_cfg.eval_split)
-  features = convert_examples(examples, tokenizer, task_cfg.max_seq_length,
-                              task_cfg.max_qa_length)
+  examples = read_examples(data_cfg, data_cfg.train_split if split == "train"
+                           else data_cfg.eval_split)
+  features = convert_examples(examples, tokenizer, data_cfg.max_seq_length,
+                              data_cfg.max_qa_length)
   return arrays.Dataset(features, meta={"ids": [ex.id for ex in examples],
                                         "levels": [ex.level for ex in examples]})
 
@@ -280,10 +279,10 @@ def accuracies(predicted: np.ndarray, labels: np.ndarray,
 
 
 def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
-             task_cfg: ml_collections.ConfigDict, output_dir: str | os.PathLike | None
-             ) -> dict[str, float]:
+                  data_cfg: ml_collections.ConfigDict, output_dir: str | os.PathLike | None
+                  ) -> dict[str, float]:
   """Accuracies; writes output_dir/predictions.json (question id -> predicted letter)."""
-  del task_cfg
+  del data_cfg
   predicted = np.argmax(np.asarray(predictions["logits"]), axis=-1)
   if len(predicted) != len(dataset):
     raise ValueError(f"{len(predicted)} predictions for {len(dataset)} questions")
@@ -295,7 +294,4 @@ def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
   return metrics
 
 
-# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
-tokenizer = common.tokenizer
-data = functools.partial(common.data, load)  # (config, tokenizer)
-score = functools.partial(common.evaluate_rows, evaluate_task)
+tokenizer, data, score = common.interface(load, evaluate_task)

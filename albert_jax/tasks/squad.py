@@ -6,7 +6,6 @@ the original BERT/ALBERT run_squad's `write_predictions` post-processing, and th
 from __future__ import annotations
 
 import collections
-import functools
 import math
 import re
 from pathlib import Path
@@ -204,7 +203,4 @@ def evaluate_task(predictions, dataset: arrays.Dataset, data_cfg, output_dir) ->
   return {k: float(v) for k, v in metrics.items()}
 
 
-# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
-tokenizer = common.tokenizer
-data = functools.partial(common.data, load)  # (config, tokenizer)
-score = functools.partial(common.evaluate_rows, evaluate_task)
+tokenizer, data, score = common.interface(load, evaluate_task)

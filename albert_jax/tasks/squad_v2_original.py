@@ -10,7 +10,6 @@ Selected by the config: `configs/finetune_squad.py:v2,head=original` sets config
 from __future__ import annotations
 
 import collections
-import functools
 from pathlib import Path
 from typing import Mapping
 
@@ -203,7 +202,4 @@ def evaluate_task(predictions, dataset: Dataset, data_cfg, output_dir) -> dict[s
   return {k: float(v) for k, v in metrics.items()}
 
 
-# The rest of the task interface, as every fine-tuning task has it (tasks/common.py).
-tokenizer = common.tokenizer
-data = functools.partial(common.data, load)  # (config, tokenizer)
-score = functools.partial(common.evaluate_rows, evaluate_task)
+tokenizer, data, score = common.interface(load, evaluate_task)
