@@ -4,8 +4,10 @@ model (`from_pretrained`, `config.init_from`) and model directories: `checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,8 @@ from albert_jax.model import AlbertConfig
 # WORKDIR/checkpoints/<step>/ holds the items
 #   params/         the model parameters (what from_pretrained and orbax-to-hf read)
 #   train_state/    step, optimizer state, first non-finite step
-#   data/           the input pipeline's position and what defines its stream (JSON)
+#   data/           the input pipeline's position and what defines its stream (JSON); with
+#                   config.spike, the spike detector's state and the run's rollbacks (spike.py)
 #   albert_config/  {"config": <HF config dict>, "head": ..., "run_config": <the job's config>}
 #   fingerprints/   a checksum of every array (JSON), verified on restore
 # Orbax writes each step to a temporary directory and renames it when complete (in a bucket: it
@@ -63,10 +66,30 @@ def _register_array_handler():
 _register_array_handler()
 
 
-def make_manager(workdir, *, max_to_keep: int | None, async_save: bool = True):
-  """The Orbax CheckpointManager of a training run (WORKDIR/checkpoints, local or gs://)."""
+@dataclasses.dataclass
+class _NewestAtMost:
+  """Orbax retention: keeps the newest step at or before `limit()`, whatever the count."""
+  limit: Callable[[], int]
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    limit = self.limit()
+    kept = max((c.step for c in checkpoints if c.step <= limit), default=None)
+    return [c.step == kept for c in checkpoints]
+
+
+def make_manager(workdir, *, max_to_keep: int | None, async_save: bool = True,
+                 keep_at_most: Callable[[], int] | None = None):
+  """The Orbax CheckpointManager of a training run (WORKDIR/checkpoints, local or gs://).
+  `keep_at_most`: the newest step at or before it is kept too, beyond `max_to_keep` (spike.py:
+  the newest judged step, where a rollback goes)."""
+  retention = {"max_to_keep": max_to_keep}
+  if keep_at_most is not None:
+    managers = ocp.checkpoint_managers
+    retention = {"preservation_policy": managers.AnyPreservationPolicy(
+        [managers.LatestN(max_to_keep), _NewestAtMost(keep_at_most)])}
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+      **retention, enable_async_checkpointing=async_save, create=True,
       # Steps are chosen by the trainer (interval, end, preemption, SIGTERM): save when asked.
       # No save_decision_policy: none can drop a preemption save.
       save_interval_steps=1,

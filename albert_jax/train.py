@@ -3,7 +3,7 @@
 One linear story: the workdir's lease (one run at a time) -> mesh and rules -> the task, its
 vocabulary and data -> model, optimizer and state layout -> resume (the run's newest good
 checkpoint, else `config.init_from`, else a fresh init) -> the loop (step, log, eval,
-checkpoint, preemption) -> final checkpoint, eval and export.
+checkpoint, preemption; a loss spike rolls back: spike.py) -> final checkpoint, eval and export.
 The task (`tasks/`) gives the head, the data, the loss as sums and the eval; nothing here depends
 on which task runs. The steps are pure functions, jitted with explicit shardings.
 """
@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from albert_jax import accelerators, checkpointing, files, hf_convert, init_from, lease
 from albert_jax import metrics as metrics_lib
 from albert_jax import model as M
-from albert_jax import optimizer, sharding, tasks, watchdog
+from albert_jax import optimizer, sharding, spike, tasks, watchdog
 from albert_jax.checkpoints.table import flatten
 
 PyTree = Any
@@ -60,11 +60,12 @@ def all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, batch, *, module, task, tx, schedule, accum_steps: int,
-               seed: int):
+               seed: int, lr_scale: float = 1.0):
   """One optimizer update from a global batch (split into `accum_steps` micro-batches).
 
   The loss of a micro-batch is its sums over the denominators of the whole batch
-  (`task.counts`), so the accumulated gradient is exactly the whole batch's."""
+  (`task.counts`), so the accumulated gradient is exactly the whole batch's. `lr_scale`
+  multiplies the learning rate (after a rollback: spike.py)."""
   rng = jax.random.fold_in(jax.random.key(seed), state.step)  # dropout: a fresh key per step
   denominators = task.counts(batch)
 
@@ -94,6 +95,8 @@ def train_step(state: TrainState, batch, *, module, task, tx, schedule, accum_st
   metrics = task.normalise(sums, denominators)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if lr_scale != 1.0:  # every optimizer here ends by multiplying by the learning rate
+    updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
   params = optax.apply_updates(state.params, updates)
   # What is written, not only what led to it: an update can overflow with a finite loss and
   # gradient (a huge learning rate, a moment that grew past float32).
@@ -106,7 +109,7 @@ def train_step(state: TrainState, batch, *, module, task, tx, schedule, accum_st
       opt_state=pick(opt_state, state.opt_state),
       nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
                                state.nonfinite_step))
-  metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step),
+  metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step) * lr_scale,
                  tokens=jnp.sum(batch["attention_mask"]).astype(jnp.float32))
   return new_state, metrics
 
@@ -169,14 +172,16 @@ def state_layout(module, tx, mesh, rules) -> StateLayout:
 
 
 def jit_train_step(config, module, task, tx, schedule, state_shardings, batch_shardings,
-                   replicated, compiler_options: dict | None = None):
+                   replicated, compiler_options: dict | None = None, lr_scale: float = 1.0):
   """`train_step` jitted with explicit shardings and XLA options (default: the platform's,
-  `accelerators.compiler_options`); the state is donated (updated in place)."""
+  `accelerators.compiler_options`); the state is donated (updated in place). `lr_scale` is a
+  constant of the program (one more compile for a run that lowers its learning rate)."""
   if compiler_options is None:
     compiler_options = accelerators.compiler_options(replicated.mesh.devices.flat)
   return jax.jit(
       functools.partial(train_step, module=module, task=task, tx=tx, schedule=schedule,
-                        accum_steps=config.grad_accum_steps, seed=config.seed),
+                        accum_steps=config.grad_accum_steps, seed=config.seed,
+                        lr_scale=lr_scale),
       in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
       donate_argnums=0, compiler_options=compiler_options or None)
 
@@ -199,6 +204,108 @@ class _StopFlag:
     del signum, frame
     logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
     self.set = True
+
+
+class _Spikes:
+  """The loop's side of spike.py: each step's loss (a replicated device scalar) until it is
+  judged, the periodic saves held until the steps they cover are, and the rollbacks. The
+  detector's state and the run's rollbacks are saved in the data state."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, shardings: TrainState,
+               save: Callable[[int, TrainState, dict], None]):
+    self.cfg, self._save = cfg, save
+    self.detector, self.rollbacks = spike.fresh(), []
+    self._losses = []  # [(step, loss)] not judged yet, oldest first
+    self._held = []  # [(step, copy of the state, data state)] saves waiting for their judgment
+    self._copy = jax.jit(lambda state: jax.tree_util.tree_map(jnp.copy, state),
+                         out_shardings=shardings)
+
+  def resume(self, data_state: dict) -> None:
+    """The state a checkpoint's data item holds (none in a run's older checkpoints)."""
+    saved = data_state.get(spike.DATA_KEY) or {}
+    self.detector = saved.get("detector") or spike.fresh()
+    self.rollbacks = list(saved.get("rollbacks", []))
+    self._losses, self._held = [], []
+
+  def data_state(self) -> dict:
+    return {spike.DATA_KEY: {"detector": self.detector, "rollbacks": self.rollbacks}}
+
+  def add(self, step: int, loss: jax.Array) -> None:
+    self._losses.append((step, loss))
+
+  def judge(self, through: int) -> spike.Spike | None:
+    """Feeds the losses of the steps up to `through` (finished: the fetch does not wait) to
+    the detector and saves the held steps it has judged; the spike they complete, if any (the
+    held saves are then dropped: they are inside it)."""
+    while self._losses and self._losses[0][0] <= through:
+      step, loss = self._losses.pop(0)
+      self.detector, found = spike.observe(self.cfg, self.detector, step,
+                                           float(jax.device_get(loss)))
+      if found is not None:
+        self._losses, self._held = [], []
+        return found
+    while self._held and self._held[0][0] <= self.judged_through():
+      self._save(*self._held.pop(0))
+    return None
+
+  def hold(self, step: int, state: TrainState, data_state: dict) -> None:
+    """A periodic save of `step`, written once the steps it covers are judged."""
+    self._held.append((step, self._copy(state), data_state))
+
+  def drop_held(self) -> None:
+    """The run stops (preempted, or at its end) and saves its last step: held saves not judged
+    by now are left out."""
+    self._held = []
+
+  def judged_through(self) -> int:
+    return spike.judged_through(self.detector)
+
+  def lr_scale(self, step: int) -> float:
+    return spike.lr_scale(self.rollbacks, step)
+
+
+def _roll_back(found: spike.Spike, spikes: _Spikes, manager, abstract: TrainState,
+               initial_state: Callable[[], TrainState], position: int, run_config: dict,
+               writer: metrics_lib.MetricsWriter) -> tuple[int, TrainState]:
+  """(step, state) of the newest checkpoint `found` does not reach, every newer one deleted
+  first (a preemption's, saved before its steps were judged); the data position stays at
+  `position` (the batches since that checkpoint are skipped) and the rollback is recorded in
+  `spikes` and as an event in the metrics. With no such checkpoint, the initial state at step 0.
+  PersistentSpike when `max_rollbacks` rollbacks within `rollback_window` steps came before."""
+  cfg = spikes.cfg
+  checkpointing.check_written(manager)  # a save in flight lands (or fails) first
+  for step in sorted(manager.all_steps(), reverse=True):
+    if step > found.first_step - 2:
+      manager.delete(step)
+  if spike.rollbacks_within(spikes.rollbacks, found.first_step,
+                            cfg.rollback_window) >= cfg.max_rollbacks:
+    newest = manager.latest_step()
+    writer.rewind(newest or 0)
+    writer.event(newest or 0, "persistent_spike", {
+        "spike": [found.first_step, found.last_step], "losses": found.losses,
+        "reference": found.reference, "threshold": found.threshold,
+        "rollbacks": len(spikes.rollbacks)})
+    raise spike.PersistentSpike(
+        f"The loss spiked at steps {found.first_step}-{found.last_step} (losses "
+        f"{', '.join(f'{x:.4g}' for x in found.losses)}; the {cfg.window} steps before averaged "
+        f"{found.reference:.4g}) after {cfg.max_rollbacks} rollbacks within "
+        f"{cfg.rollback_window} steps: stopping. The checkpoints up to step {newest} are "
+        "intact; lower the learning rate (config.optim.lr, or config.spike.lr_factor and "
+        "lr_steps for a while after each rollback) or check the data, then rerun to resume.")
+  restored = checkpointing.restore_train_state(manager, *checkpoint_parts(abstract),
+                                               run_config=run_config, log=logging.warning)
+  if restored:
+    step, params, rest, data_state = restored
+    state = TrainState(params=params, **rest)
+  else:
+    step, state, data_state = 0, initial_state(), {"next_batch": 0}
+  rollbacks = spikes.rollbacks
+  spikes.resume(data_state)
+  spikes.rollbacks = rollbacks + [spike.record(found, step, (data_state["next_batch"], position),
+                                               cfg)]
+  writer.rewind(step)
+  writer.event(step, "rollback", spikes.rollbacks[-1])
+  return step, state
 
 
 # ----------------------------------------------------------------------------- the job
@@ -263,7 +370,10 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
 
   # The model: the run's own architecture when it has checkpoints, else init_from's, else
   # config.model (init_from.py); then the optimizer and the state's layout on the mesh.
-  manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)
+  # With config.spike (spike.py), retention keeps the newest judged step: where a rollback goes.
+  manager = checkpointing.make_manager(
+      workdir, max_to_keep=config.keep_checkpoints,
+      keep_at_most=(lambda: spikes.judged_through()) if _spike_config(config) else None)
   saved = checkpointing.saved_model_config(manager)
   loaded = init_from.load(config.init_from) if config.init_from and saved is None else None
   cfg = init_from.model_config(config, task, tokenizer.vocab_size,
@@ -284,19 +394,29 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
   # refused by the iterator's set_state unless config.allow_data_change.
   restored = checkpointing.restore_train_state(manager, *checkpoint_parts(layout.abstract),
                                                run_config=run_config, log=logging.warning)
-  if restored:
-    step, params, rest, data_state = restored
-    state = TrainState(params=params, **rest)
-    train_iter.set_state(data_state)
-    logging.info("Resumed from checkpoint step %d", step)
-  else:
+  model_info = {"config": cfg.to_hf_dict(), "head": head, "run_config": run_config}
+  save = lambda step, state, data: _save(manager, step, state, data, model_info)
+  spikes = _Spikes(config.spike, layout.shardings, save) if _spike_config(config) else None
+
+  def initial_state() -> TrainState:
+    nonlocal loaded
     if loaded is None and config.init_from:  # every checkpoint was unusable
       loaded = init_from.load(config.init_from)
     kept = {} if loaded is None else init_from.matching(
         loaded.params, loaded.head, layout.abstract.params, head)[0]
-    state = layout.init(config.seed, kept)
     if loaded is not None:
       logging.info("Initialised parameters from %s", config.init_from)
+    return layout.init(config.seed, kept)
+
+  if restored:
+    step, params, rest, data_state = restored
+    state = TrainState(params=params, **rest)
+    train_iter.set_state({k: v for k, v in data_state.items() if k != spike.DATA_KEY})
+    if spikes:
+      spikes.resume(data_state)
+    logging.info("Resumed from checkpoint step %d", step)
+  else:
+    state = initial_state()
   start_step = int(jax.device_get(state.step))
 
   # The steps, jitted for the shapes the task's examples have (known without pulling a batch).
@@ -313,14 +433,31 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
   flops_per_step = 3 * config.batch_size * flops_per_example(config, task, cfg)
   throughput = metrics_lib.Throughput(config.total_steps, flops_per_step,
                                       metrics_lib.peak_flops(config))
-  model_info = {"config": cfg.to_hf_dict(), "head": head, "run_config": run_config}
   best = _Best(workdir, f"eval/{task.METRIC}", cfg, head, tokenizer) if task.METRIC else None
   evaluate = Evaluator(p_eval_step, evals, task, config.data, mesh, workdir, writer, best)
   guard = watchdog.StepWatchdog(
       config.get("watchdog_factor", 0.0), config.get("watchdog_min_seconds", 600.0),
       describe=f"process {jax.process_index()} of {jax.process_count()}")
+  data_now = lambda: {**train_iter.get_state(), **(spikes.data_state() if spikes else {})}
+  steps = {1.0: p_train_step}  # by learning-rate factor (spike.lr_factor), compiled when needed
+
+  def roll_back(found: spike.Spike) -> tuple[int, TrainState]:
+    """A spike: back to the newest checkpoint before it, past its batches (spike.py)."""
+    logging.warning("!!! Loss spike at steps %d-%d (losses %s; the window's mean %.4g, "
+                    "threshold %.4g): rolling back", found.first_step, found.last_step,
+                    ", ".join(f"{x:.4g}" for x in found.losses), found.reference,
+                    found.threshold)
+    with throughput.paused(), guard.paused():
+      to_step, new_state = _roll_back(found, spikes, manager, layout.abstract, initial_state,
+                                      train_iter.get_state()["next_batch"], run_config, writer)
+    logging.warning("Rolled back to step %d, skipping batches [%d, %d)", to_step,
+                    *spikes.rollbacks[-1]["skipped_batches"])
+    throughput.rewind(to_step)
+    return to_step, new_state
+
   step, preempted, last_eval = start_step, False, None
   pending = []  # device metrics since the last log line: fetched together at the log step
+  ticks = 0  # steps run by this process: Orbax's preemption sync counts them (steps go back)
   logging.info("Training from step %d to %d", start_step, config.total_steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     try:
@@ -328,10 +465,15 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
         if held is not None:
           held.check()  # another run took the workdir over: stop before writing more
         batch = sharding.global_batch(next(train_iter), mesh)
-        state, step_metrics = p_train_step(state, batch)
+        scale = spikes.lr_scale(step + 1) if spikes else 1.0
+        if scale not in steps:
+          steps[scale] = jit_train_step(config, module, task, tx, schedule, layout.shardings,
+                                        batch_shardings, replicated, lr_scale=scale)
+        state, step_metrics = steps[scale](state, batch)
         step += 1
+        ticks += 1
         pending.append(step_metrics)
-        if step == start_step + 1:
+        if ticks == 1:
           jax.block_until_ready(step_metrics)
           throughput.start(step)  # the compile is not step time
           guard.beat(step)
@@ -340,6 +482,16 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
           # a step that never finishes (a stuck peer) stops the beats the watchdog counts.
           jax.block_until_ready(pending[-2])
           guard.beat(step - 1)
+        stopping = stop.set  # read once a step: SIGTERM saves this step
+        if spikes:  # the finished steps' losses; this step's too where a save needs it
+          spikes.add(step, step_metrics["loss"])
+          saving = step % config.checkpoint_every_steps == 0 or step == config.total_steps
+          with throughput.paused(), guard.paused():  # a judged save may be written
+            found = spikes.judge(step if saving or stopping else step - 1)
+          if found:
+            step, state = roll_back(found)
+            pending = []
+            continue
 
         # Step 1 too: the untrained model's metrics are the baseline the run is judged by.
         if step % config.log_every_steps == 0 or step in (1, config.total_steps):
@@ -354,19 +506,30 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
           if config.eval_every_steps and step % config.eval_every_steps == 0:
             last_eval = evaluate(state, step)
           if step % config.checkpoint_every_steps == 0 and step < config.total_steps:
-            _save(manager, step, state, train_iter, model_info)
-        if stop.set or (jax.process_count() > 1 and manager.reached_preemption(step)):
+            if spikes:  # written once the steps it covers are judged
+              spikes.hold(step, state, data_now())
+            else:
+              save(step, state, data_now())
+        if stopping or (jax.process_count() > 1 and manager.reached_preemption(ticks)):
+          # The one save written before its steps are judged: the rerun goes on judging them.
+          found = spikes and spikes.judge(step)
+          if found:  # back to a saved step (or step 0): the rerun resumes there
+            step, state = roll_back(found)
           logging.warning("Preempted: saving step %d and exiting", step)
+          if spikes:
+            spikes.drop_held()
           if manager.latest_step() != step:
-            _save(manager, step, state, train_iter, model_info)
+            save(step, state, data_now())
           preempted = True
           break
 
       if not preempted:
         if not (config.eval_every_steps and step % config.eval_every_steps == 0):
           last_eval = evaluate(state, step)
+        if spikes:
+          spikes.drop_held()
         if manager.latest_step() != step:
-          _save(manager, step, state, train_iter, model_info)
+          save(step, state, data_now())
       checkpointing.check_written(manager)  # a failed save stops the job non-zero
     finally:  # let good checkpoints in flight land, even when stopping on NaN
       guard.close()
@@ -395,6 +558,12 @@ def flops_per_example(config, task, cfg: M.AlbertConfig) -> float:
   return rows * M.pretraining_flops_per_example(cfg, inputs[-1], predictions)
 
 
+def _spike_config(config) -> ml_collections.ConfigDict | None:
+  """config.spike when it is enabled (a config built without it has none)."""
+  cfg = config.get("spike")
+  return cfg if cfg is not None and cfg.enabled else None
+
+
 def _check_finite(state: TrainState, step: int, manager) -> None:
   bad = int(jax.device_get(state.nonfinite_step))
   if bad >= 0:
@@ -405,10 +574,9 @@ def _check_finite(state: TrainState, step: int, manager) -> None:
         "data, then rerun to resume from it).")
 
 
-def _save(manager, step: int, state: TrainState, train_iter, model_info: dict) -> None:
+def _save(manager, step: int, state: TrainState, data_state: dict, model_info: dict) -> None:
   _check_finite(state, step, manager)
-  checkpointing.save_train_state(manager, step, *checkpoint_parts(state), train_iter.get_state(),
-                                 model_info)
+  checkpointing.save_train_state(manager, step, *checkpoint_parts(state), data_state, model_info)
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ field overridable: `--config.model.num_hidden_layers=12`).
 import ml_collections
 
 from albert_jax import encoder, model as M
-from albert_jax import optimizer, tasks
+from albert_jax import optimizer, spike, tasks
 
 
 def parse_arg(arg: str, **defaults) -> dict[str, str]:
@@ -87,6 +87,9 @@ def base_config(task: str, model: str, *, data_arg: str = "") -> ml_collections.
   # heartbeat for this many seconds (a killed run on another host) is taken over, one whose
   # process ended on this machine at once (albert_jax/lease.py). 0: no lease.
   config.lease_timeout_seconds = 120.0
+  # Loss spikes (albert_jax/spike.py): a loss held above the recent ones rolls the run back to
+  # the newest checkpoint before it, skipping its batches. Off here; on for pretraining.
+  config.spike = spike.default_config()
   return config
 
 

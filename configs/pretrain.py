@@ -43,6 +43,7 @@ SLICES = {"base": "v5p-64", "large": "v5p-128", "xlarge": "v5p-256", "xxlarge": 
 def get_config(arg: str = "large"):
   model = common.parse_arg(arg, model="large")["model"]
   config = common.base_config("pretraining", model)  # LAMB, batch 4096 x 512, 125k steps
+  config.spike.enabled = True  # roll back loss spikes (docs/pretraining.md, "Loss spikes")
 
   if model == "tiny":  # the embedded default: CPU, minutes
     config.dtype = "float32"  # XLA:CPU has no fast bf16 matmul
