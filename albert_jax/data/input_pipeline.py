@@ -40,6 +40,7 @@ from typing import Any, Iterator, NamedTuple
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 
 from albert_jax import files
 from albert_jax.data import corpus, examples as examples_lib, order, prepared as prepared_lib
@@ -319,7 +320,6 @@ class BatchIterator(grain.DatasetIterator):
       ds = self._batches[self._next:].to_iter_dataset(
           grain.ReadOptions(num_threads=threads, prefetch_buffer_size=self._prefetch * threads))
       if self._num_workers:
-        from absl import flags
         if not flags.FLAGS.is_parsed():  # grain reads absl flags (google/grain#1355)
           flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(

@@ -53,6 +53,11 @@ from typing import Iterable
 import apache_beam as beam
 import numpy as np
 from absl import app, flags
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 from albert_jax import files as files_lib
 from albert_jax.data import corpus, examples as examples_lib, prepared
@@ -287,7 +292,6 @@ class _local_file:
           os.chmod(self.tmp, 0o644)
           os.replace(self.tmp, os.path.join(self.directory, self.name))
         else:
-          from apache_beam.io.filesystems import FileSystems
           with open(self.tmp, "rb") as src, FileSystems.create(
               FileSystems.join(self.directory, self.name)) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
@@ -419,7 +423,6 @@ def run(spec: corpus.CorpusSpec, spm_model: str, output: str, *,
   staging directory beside it that replaces it only when complete (files.staged_directory), so a
   run that fails or is killed leaves the corpus already there as it was.
   """
-  from apache_beam.options.pipeline_options import PipelineOptions
   tokenizer = AlbertTokenizer(spm_model, do_lower_case=do_lower_case)
   spm_bytes = files_lib.path(spm_model).read_bytes()  # local or gs://
   local = not files_lib.is_remote(output)
@@ -515,12 +518,8 @@ def _local_runner(options):
   """Without --runner (or with DirectRunner): Beam's FnApiRunner, which runs the pipeline here in
   --direct_num_workers threads or processes. (The DirectRunner would first try to download the
   Prism runner, and use it where the network allows.) None: the runner --runner names."""
-  from apache_beam.options.pipeline_options import StandardOptions
   if options.view_as(StandardOptions).runner not in (None, "DirectRunner"):
     return None
-  from apache_beam.portability.api import beam_provision_api_pb2
-  from apache_beam.runners.portability.fn_api_runner import fn_runner
-  from apache_beam.runners.portability.portable_runner import JobServiceHandle
   encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
   return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
       beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
