@@ -3,11 +3,13 @@ scripts, sliding windows that map every answer back to its exact text, post-proc
 reading and the task interface."""
 
 import collections
+import importlib.util
 import json
 import math
 import random
 import re
 import string
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -117,9 +119,11 @@ def test_v2_na_prob_threshold_and_best_threshold_search():
 
 
 def test_v2_chosen_by_na_probs_alone_and_missing_predictions_count_zero(capsys):
-  out = squad_metrics.evaluate(dataset_json(("q1", ["x"], False)), {"q1": "x"}, na_probs={"q1": 0.0})
+  out = squad_metrics.evaluate(dataset_json(("q1", ["x"], False)), {"q1": "x"},
+                               na_probs={"q1": 0.0})
   assert (out["exact"], out["best_exact"], out["best_exact_thresh"]) == (100.0, 100.0, 0.0)
-  out = squad_metrics.evaluate(dataset_json(("q1", ["x"], False), ("q2", [], True), v2=True), {"q1": "x"})
+  out = squad_metrics.evaluate(dataset_json(("q1", ["x"], False), ("q2", [], True), v2=True),
+                               {"q1": "x"})
   assert (out["exact"], out["total"], out["NoAns_exact"], out["NoAns_total"]) == (50.0, 2, 0.0, 1)
   assert "Missing prediction for q2" in capsys.readouterr().err
   with pytest.raises(KeyError, match="na_probs"):
@@ -366,8 +370,8 @@ def test_postprocess_recovers_gold_text_v1(features, qa_set, kept):
     assert (preds[ex.qid] == ex.answers[0]) == (e in kept), ex.qid
     assert nbest[ex.qid][0]["probability"] == max(x["probability"] for x in nbest[ex.qid])
   answerable = [examples[e] for e in kept if not examples[e].is_impossible]
-  assert squad_metrics.evaluate(squad_data.to_squad_json(answerable), preds) == {"exact_match": 100.0,
-                                                                    "f1": 100.0}
+  assert squad_metrics.evaluate(squad_data.to_squad_json(answerable), preds) == {
+      "exact_match": 100.0, "f1": 100.0}
 
 
 def test_postprocess_v2_null_scores(features, qa_set, kept):
@@ -393,8 +397,8 @@ def test_postprocess_span_rules(tokenizer):
            if len(tokenizer.tokenize_raw(w)) == 1][:5]
   assert len(words) == 5
   context = "\t".join(words)
-  data = squad_data.convert_examples([squad_data.Example("q", "which?", context, [], [])], tokenizer, 32, 8,
-                                8, is_training=False)
+  data = squad_data.convert_examples([squad_data.Example("q", "which?", context, [], [])],
+                                     tokenizer, 32, 8, 8, is_training=False)
   assert len(data) == 1
   off = int(data.meta.context_offset[0])
   s_log, e_log = np.full((2, 1, 32), -10.0, np.float32)
@@ -494,6 +498,27 @@ def test_config_and_num_labels():
     squad.data_config("v3")
 
 
+def _finetune_config(name, arg):
+  """configs/NAME.py's get_config(arg) (configs/ is not a package)."""
+  path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_the_config_reads_the_hyperparameters():
+  """Both heads train with their version's row of squad_data.HYPERPARAMETERS."""
+  for arg, version in (("v1", 1), ("v2", 2), ("v2,head=original,model=base", 2)):
+    hp, config = squad_data.HYPERPARAMETERS[version], _finetune_config("finetune_squad", arg)
+    assert (config.optim.lr, config.batch_size, config.total_steps, config.optim.warmup_steps,
+            config.data.max_seq_length) == (hp["lr"], hp["batch_size"], hp["total_steps"],
+                                            hp["warmup_steps"], hp["max_seq_length"])
+  # The original ALBERT run_squad_v1.sh / run_squad_v2.sh.
+  assert [(hp["lr"], hp["total_steps"], hp["max_seq_length"])
+          for hp in squad_data.HYPERPARAMETERS.values()] == [(5e-5, 3649, 384), (3e-5, 8144, 512)]
+
+
 def small_config(arg, **changes):
   cfg = squad.data_config(arg)
   cfg.update(dict(max_seq_length=MAX_SEQ, doc_stride=STRIDE, max_query_length=MAX_QUERY, **changes))
@@ -561,9 +586,9 @@ def test_task_evaluate_writes_predictions(tmp_path, features, qa_set, kept, arg)
   data = arrays.Dataset(
       {k: v[rows] for k, v in features.features.items()},
       squad_data.Meta([examples[e] for e in keep],
-                 np.searchsorted(keep, meta.example_index[rows]).astype(np.int32),
-                 meta.context_offset[rows], [meta.token_to_word[r] for r in rows],
-                 [meta.max_context[r] for r in rows]))
+                      np.searchsorted(keep, meta.example_index[rows]).astype(np.int32),
+                      meta.context_offset[rows], [meta.token_to_word[r] for r in rows],
+                      [meta.max_context[r] for r in rows]))
   # Called the way the training loop calls every task's evaluate_task.
   out = squad.evaluate_task({"start_logits": s_log[rows], "end_logits": e_log[rows]}, data,
                        small_config(arg), tmp_path)

@@ -121,7 +121,8 @@ def test_training_outputs_and_loss_match_transformers(copied):
   np.testing.assert_allclose(ours.end_logits, end.numpy(), atol=2e-6, rtol=0)
   np.testing.assert_allclose(ours.cls_logits, cls.numpy(), atol=2e-6, rtol=0)
   rows = jax.tree_util.tree_map(jnp.asarray, batch)
-  ours_loss = float(original.normalise(original.loss_sums(ours, rows), original.counts(rows))["loss"])
+  sums = original.loss_sums(ours, rows)
+  ours_loss = float(original.normalise(sums, original.counts(rows))["loss"])
   assert ours_loss == pytest.approx(float(loss), abs=2e-6)
   # HF's own total reads the answer class at the gold start: a different quantity.
   assert float(hf_full) == pytest.approx(float(span_loss + 0.5 * (
@@ -196,8 +197,8 @@ def _two_windows(cls_logits=(0.5, -1.5)):
   second window."""
   ex = squad_data.Example("q", "which?", CONTEXT, [], [], True)
   meta = squad_data.Meta([ex], np.zeros(2, np.int32), np.full(2, 3, np.int32),
-                    [np.arange(0, 6), np.arange(4, 10)],
-                    [np.array([1, 1, 1, 1, 0, 0], bool), np.ones(6, bool)])
+                         [np.arange(0, 6), np.arange(4, 10)],
+                         [np.array([1, 1, 1, 1, 0, 0], bool), np.ones(6, bool)])
   k1, k2 = 3, 2
   arrays = {"start_top_index": np.zeros((2, k1), np.int32),
             "start_top_log_probs": np.full((2, k1), -50.0, np.float32),
@@ -319,8 +320,9 @@ def windows(tokenizer):
   """Real windows: eight questions over long contexts of the embedded corpus, cut small."""
   from albert_jax.data import corpus
   words = " ".join(s for doc in corpus.embedded_documents("eval") for s in doc).split()
-  examples = [squad_data.Example(f"q{k}", " ".join(words[k:k + 3]), " ".join(words[40 * k:40 * k + 60]),
-                            [], [], True) for k in range(8)]
+  examples = [squad_data.Example(f"q{k}", " ".join(words[k:k + 3]),
+                                 " ".join(words[40 * k:40 * k + 60]), [], [], True)
+              for k in range(8)]
   return squad_data.convert_examples(examples, tokenizer, 40, 8, 8, is_training=False)
 
 
@@ -362,7 +364,7 @@ def test_threshold_is_the_best_f1_one_and_metrics_are_the_official(tmp_path):
   examples = [squad_data.Example(f"q{i}", "?", c, g, [c.index(x) for x in g], not g)
               for i, (c, g) in enumerate(zip(contexts, golds))]
   meta = squad_data.Meta(examples, np.arange(4, dtype=np.int32), np.full(4, 3, np.int32),
-                    [np.arange(4) for _ in range(4)], [np.ones(4, bool) for _ in range(4)])
+                         [np.arange(4) for _ in range(4)], [np.ones(4, bool) for _ in range(4)])
   data = Dataset({"input_ids": np.zeros((4, 8), np.int32)}, meta)
   arrays = {"start_top_index": np.asarray([[3 + s] for s, _ in spans], np.int32),
             "start_top_log_probs": np.full((4, 1), -0.1, np.float32),
@@ -381,7 +383,7 @@ def test_threshold_is_the_best_f1_one_and_metrics_are_the_official(tmp_path):
   gold = squad_data.to_squad_json(examples, version_2=True)
   answers = {f"q{i}": nbest[f"q{i}"][0]["text"] for i in range(4)}
   f1_at = {t: squad_metrics.evaluate(gold, {q: "" if null_odds[q] > t else a
-                                    for q, a in answers.items()})["f1"]
+                                            for q, a in answers.items()})["f1"]
            for t in [-math.inf, *cls]}
   assert f1_at == {-math.inf: 50.0, -2.0: 75.0, 0.5: 100.0, 0.75: 75.0, 1.0: 50.0}
   assert out["null_score_diff_threshold"] == out["best_f1_thresh"] == 0.5

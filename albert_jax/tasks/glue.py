@@ -4,6 +4,9 @@ hyperparameters, GLUE's metrics, and leaderboard submission files.
 Labels and columns follow google-research/albert's `classifier_utils.py` processors (as Hugging
 Face's `glue` processors): MNLI ["contradiction", "entailment", "neutral"], QNLI / RTE
 ["entailment", "not_entailment"], STS-B a regression score, the others ["0", "1"].
+
+The hyperparameters live here, in HYPERPARAMETERS (run_glue.sh's, per task), and
+configs/finetune_glue.py and `data_config` read them: nothing else states them.
 """
 
 from __future__ import annotations
