@@ -1,6 +1,9 @@
 """SQuAD v1.1 and v2.0 with the span head (Hugging Face's AlbertForQuestionAnswering): its loss,
 the original BERT/ALBERT run_squad's `write_predictions` post-processing, and the fine-tuning task
 (the interface in `albert_jax.tasks`). The data is `squad_data`'s, the metrics `squad_metrics`'.
+
+The hyperparameters live in `squad_data.HYPERPARAMETERS`, one row per SQuAD version for this head
+and the original one (`squad_v2_original`); configs/finetune_squad.py reads them.
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def head(data_cfg) -> str:
 
 def num_labels(data_cfg) -> int:
   del data_cfg
-  return 2
+  return 2  # the head ignores it
 
 
 def example_spec(data_cfg) -> dict[str, jax.ShapeDtypeStruct]:

@@ -58,7 +58,7 @@ def check_head(data_cfg, task: str) -> None:
   named = task_name(data_cfg.get("head", "span"))
   if named != task:
     raise ValueError(f"data.head={data_cfg.head!r} is the {named} task, but config.task={task!r}: "
-                     f"select the head with configs/finetune_squad.py:v2,head=... (which sets "
+                     "select the head with configs/finetune_squad.py:v2,head=... (which sets "
                      "both), or set both")
 
 

@@ -4,7 +4,8 @@ the predictions it gives the loop, and the decoding and threshold search of the 
 
 Selected by the config: `configs/finetune_squad.py:v2,head=original` sets config.task to it (and
 `--config.data.head=original` on a SQuAD config names it too: `tasks.of`). Its data is
-`squad_data`'s, as the span head's, with three more features; the metrics `squad_metrics`'.
+`squad_data`'s, as the span head's, with three more features; the metrics `squad_metrics`'; the
+hyperparameters `squad_data.HYPERPARAMETERS[2]` (run_squad_v2.sh's, which trained this head).
 """
 
 from __future__ import annotations
