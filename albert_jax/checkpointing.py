@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
 import time
 from typing import Callable
 
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from albert_jax import files
 from albert_jax.model import AlbertConfig
@@ -46,6 +48,7 @@ MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
 
 def _array_handler():
   """Orbax's default jax.Array handler (built as Orbax builds it) with the threshold above."""
+  # Orbax's own module for it, not exported: here, so a release that moves it breaks only this.
   from orbax.checkpoint._src.metadata import array_metadata_store
   return ocp.type_handlers.ArrayHandler(
       min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES,
@@ -53,7 +56,6 @@ def _array_handler():
 
 
 def _register_array_handler():
-  import logging as std_logging
   absl_logger = std_logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(std_logging.ERROR)  # Orbax warns on every override, at every start
@@ -225,7 +227,6 @@ def _agreed(code: int) -> int:
   """The worst of every process's `code`: all processes take the same decision."""
   if jax.process_count() == 1:
     return code
-  from jax.experimental import multihost_utils
   return int(np.max(multihost_utils.process_allgather(np.int32(code))))
 
 
@@ -309,7 +310,6 @@ def set_aside(manager, step: int, reason: str, log=logging.warning) -> str:
   if jax.process_index() == 0:
     files.move(directory / str(step), directory / name)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"albert_jax set aside checkpoint {step}")
   manager.reload()
   log(f"!!! checkpoint step {step} in {directory} cannot be used ({reason}); moved to {name} "
@@ -330,7 +330,6 @@ def restore_train_state(manager, abstract_params, abstract_train_state, *,
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if jax.process_count() > 1:  # one list for everyone: process 0's
-    from jax.experimental import multihost_utils
     n = int(multihost_utils.broadcast_one_to_all(np.int64(len(steps))))
     steps = [int(s) for s in multihost_utils.broadcast_one_to_all(
         np.array((steps + [-1] * n)[:n], np.int64))]

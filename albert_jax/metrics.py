@@ -39,7 +39,7 @@ def _summary_writer_class():
   if blocked:
     sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's fallback
   try:
-    from tensorboardX import SummaryWriter
+    from tensorboardX import SummaryWriter  # here: after torch is blocked, above
   finally:
     if blocked:
       del sys.modules["torch"]
