@@ -58,7 +58,8 @@ import pretrain  # noqa: E402  (configs/ is not a package)
 
 # A model small enough that a step is milliseconds, on the 2x2x2 mesh of the 8 simulated devices,
 # with the v1 presets' dropout (so resuming must restore the dropout keys too), logging every
-# step (so resume tests compare every step's loss).
+# step (so resume tests compare every step's loss), and the loss-spike detector armed after 8
+# steps (so every run here is judged: none may raise a false alarm).
 OVERRIDES = {
     "model.embedding_size": 16, "model.hidden_size": 32, "model.num_hidden_layers": 2,
     "model.num_attention_heads": 4, "model.intermediate_size": 64,
@@ -66,7 +67,7 @@ OVERRIDES = {
     "data.max_seq_length": 32, "data.eval_batches": 2, "batch_size": 16, "total_steps": 24,
     "optim.name": "lamb", "optim.lr": 0.01, "optim.warmup_steps": 4, "log_every_steps": 1,
     "eval_every_steps": 12,
-    "checkpoint_every_steps": 6, "keep_checkpoints": 10,
+    "checkpoint_every_steps": 6, "keep_checkpoints": 10, "spike.window": 8,
     "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "sharding": "fsdp_tensor",
 }
 
