@@ -7,9 +7,9 @@
 For each run (its metrics.jsonl, which must log every step: --config.log_every_steps=1), from
 the step the window is full: how far each loss lies above the mean of the window before it, in
 standard deviations of the window (z) and as a fraction of the mean; the largest of each, the
-longest run of steps above the detector's threshold, the steps more than 3, 5 and 10% above the mean (with the longest
-stretch of them in a row), and the spikes the detector would declare (false alarms, on a run
-without spikes). Takes a second.
+longest run of steps above the detector's threshold, the steps more than 3, 5 and 10% above
+the mean (with the longest stretch of them in a row), and the spikes the detector would declare
+(false alarms, on a run without spikes). Takes a second.
 """
 
 import argparse
