@@ -203,8 +203,10 @@ def test_every_generations_hbm_and_peak_are_libtpus():
   assert line, proc.stderr[-3000:]
   measured = json.loads(line.split(" ", 1)[1])
   for gen, spec in accelerators.GENERATIONS.items():
-    # XLA prints GiB with two decimals: the table holds exactly what it prints.
-    assert measured[gen]["hbm"] == spec.hbm_bytes, gen
+    # XLA prints GiB with two decimals: the table holds what the floor's libtpu prints; newer
+    # ones may reserve a little more (v5p: 95.73 GiB on libtpu 0.0.50 against 95.74 on 0.0.42).
+    # Another generation's HBM is gigabytes away.
+    assert abs(measured[gen]["hbm"] - spec.hbm_bytes) <= 0.02 * 2**30, (gen, measured[gen])
     ratio = spec.peak_flops / measured[gen]["rate"]
     low, high = (0.99, 1.01) if spec.cores_per_chip == 1 else (1.10, 1.20)
     assert low <= ratio <= high, (gen, ratio)
