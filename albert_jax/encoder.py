@@ -10,7 +10,7 @@ stack are in `model.py`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -95,6 +95,9 @@ def resolve_remat_policy(name: str, platform: str) -> str:
 
 class _Albert(nn.Module):
   """Fields every ALBERT module shares: the config and how to run it."""
+  # The packed-row features a head takes (`model.apply_to_batch` passes those a batch has); a
+  # head without them refuses packed batches.
+  PACKED_INPUTS: ClassVar[tuple[str, ...]] = ()
   config: AlbertConfig
   dtype: Dtype = jnp.float32  # compute dtype (bf16 on accelerators)
   param_dtype: Dtype = jnp.float32
@@ -165,7 +168,7 @@ class AlbertAttention(_Albert):
   """Multi-head self-attention, output projection, dropout, residual, LayerNorm."""
 
   @nn.compact
-  def __call__(self, x, mask, deterministic):
+  def __call__(self, x, mask, deterministic, example_ids=None):
     cfg = self.config
     heads, head_dim = cfg.num_attention_heads, cfg.head_dim
     def project(name):  # [batch, length, hidden] -> [batch, length, heads, head_dim]
@@ -179,7 +182,8 @@ class AlbertAttention(_Albert):
     # a splash block.
     context = attention_lib.attend(
         "xla" if self.is_initializing() else self.attention, q, k, v, mask,
-        dropout_rate=cfg.attention_probs_dropout_prob, deterministic=deterministic,
+        example_ids=example_ids, dropout_rate=cfg.attention_probs_dropout_prob,
+        deterministic=deterministic,
         dropout=lambda p: probs_dropout(p, deterministic=deterministic))
 
     out = self.dense(cfg.hidden_size, ("heads", "kv", "hidden"), "dense", n_in=2)(context)
@@ -191,9 +195,9 @@ class AlbertLayer(_Albert):
   """The transformer layer ALBERT shares across depth: attention block, then FFN block."""
 
   @nn.compact
-  def __call__(self, x, mask, deterministic):
+  def __call__(self, x, mask, deterministic, example_ids=None):
     cfg = self.config
-    x = AlbertAttention(**self.runtime, name="attention")(x, mask, deterministic)
+    x = AlbertAttention(**self.runtime, name="attention")(x, mask, deterministic, example_ids)
     h = self.dense(cfg.intermediate_size, ("hidden", "mlp"), "ffn", save_as="ffn_hidden")(x)
     h = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "act_mlp"))
     h = self.dense(cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)
@@ -209,9 +213,10 @@ class AlbertLayerGroup(_Albert):
   output_hidden_states: bool = False  # emit the carry per iteration (costs [L, ...] memory)
 
   @nn.compact
-  def __call__(self, x, mask):
+  def __call__(self, x, mask, example_ids=None):
     for i in range(self.config.inner_group_num):
-      x = AlbertLayer(**self.runtime, name=f"albert_layers_{i}")(x, mask, self.deterministic)
+      x = AlbertLayer(**self.runtime, name=f"albert_layers_{i}")(x, mask, self.deterministic,
+                                                                 example_ids)
     return x, (x if self.output_hidden_states else None)
 
 
@@ -248,11 +253,12 @@ class AlbertTransformer(_Albert):
   Each group's weights exist once (`variable_broadcast="params"`) however many times the scan
   applies them, so depth costs neither parameters nor compile time; unrolled (`layer_loop`), the
   same weights are applied in a Python loop. Layer i uses group i // (L / G), as in Hugging Face;
-  G == L is the paper's not-shared ablation.
+  G == L is the paper's not-shared ablation. `example_ids` (packed rows, `attention.py`) reach
+  every layer's attention beside the padding mask.
   """
 
   @nn.compact
-  def __call__(self, x, mask, deterministic, output_hidden_states=False):
+  def __call__(self, x, mask, deterministic, output_hidden_states=False, example_ids=None):
     cfg = self.config
     x = self.dense(cfg.hidden_size, ("emb", "hidden"), "embedding_hidden_mapping_in")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
@@ -267,7 +273,7 @@ class AlbertTransformer(_Albert):
                         split_rngs={"params": False, "dropout": True},
                         in_axes=nn.broadcast, length=repeats)
         x, ys = stack(**self.runtime, deterministic=deterministic,
-                      output_hidden_states=output_hidden_states, name=name)(x, mask)
+                      output_hidden_states=output_hidden_states, name=name)(x, mask, example_ids)
         if output_hidden_states:
           all_hidden.extend(ys[i] for i in range(repeats))
       else:
@@ -275,6 +281,6 @@ class AlbertTransformer(_Albert):
         # remat (which would only hide the GELU from a GPU's GEMM epilogue).
         group = AlbertLayerGroup(**self.runtime, deterministic=deterministic, name=name)
         for _ in range(repeats):
-          x, _ = group(x, mask)
+          x, _ = group(x, mask, example_ids)
           all_hidden.append(x)
     return x, (tuple(all_hidden) if output_hidden_states else None)

@@ -79,7 +79,11 @@ class SquadV2Output:
   hidden_states: tuple[jax.Array, ...] | None = None
 
 
-def _default_inputs(input_ids, attention_mask, token_type_ids, position_ids):
+def _default_inputs(input_ids, attention_mask, token_type_ids, position_ids, example_ids=None):
+  if example_ids is not None:  # packed rows: the ids say which tokens are real
+    attention_mask = example_ids > 0
+    if position_ids is None:
+      position_ids = packed_position_ids(example_ids)
   if attention_mask is None:
     attention_mask = jnp.ones_like(input_ids)
   if token_type_ids is None:
@@ -89,10 +93,39 @@ def _default_inputs(input_ids, attention_mask, token_type_ids, position_ids):
   return attention_mask, token_type_ids, position_ids
 
 
+def packed_position_ids(example_ids: jax.Array) -> jax.Array:
+  """Each token's position within its own example, [rows, length]: 0 at every example's first
+  token, as if each were alone in its row (an example's tokens are contiguous in the row)."""
+  length = example_ids.shape[-1]
+  index = jnp.broadcast_to(jnp.arange(length), example_ids.shape)
+  first = jnp.concatenate([jnp.ones_like(example_ids[..., :1], bool),
+                           example_ids[..., 1:] != example_ids[..., :-1]], axis=-1)
+  return index - jax.lax.cummax(jnp.where(first, index, 0), axis=example_ids.ndim - 1)
+
+
+def _pooler_input(x, example_ids, cls_positions):
+  """What the pooler reads: [batch, hidden] at token 0, or for packed rows each example's own
+  [CLS], [rows, max_examples, hidden] at `cls_positions` [rows, max_examples]."""
+  if cls_positions is not None:
+    return _gather(x, cls_positions)
+  if example_ids is not None:
+    raise ValueError("packed rows (example_ids) need cls_positions [rows, max_examples], each "
+                     "example's [CLS] position (packing.pack gives it), to pool each example")
+  return x[:, 0]
+
+
 # ----------------------------------------------------------------------------- models and heads
 
 class AlbertModel(_Albert):
-  """The backbone: `last_hidden_state` [batch, length, hidden] and `pooler_output` [batch, hidden]."""
+  """The backbone: `last_hidden_state` [batch, length, hidden], `pooler_output` [batch, hidden].
+
+  Packed rows (`packing.pack`: several examples to a row) pass `example_ids` [rows, length] (1,
+  2, ... per example, 0 for padding; `attention_mask` is then not read): attention stays within
+  each example and position ids restart at each example's first token. With a pooler they pass
+  `cls_positions` [rows, max_examples] too, and `pooler_output` is [rows, max_examples, hidden],
+  each example's own [CLS] (empty slots hold what token 0 gives: weigh them 0).
+  """
+  PACKED_INPUTS = ("example_ids", "cls_positions")
   add_pooling_layer: bool = True
 
   def setup(self):
@@ -102,13 +135,16 @@ class AlbertModel(_Albert):
       self.pooler = self.dense(self.config.hidden_size, ("hidden", None), None)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               deterministic: bool = True, output_hidden_states: bool = False) -> BaseModelOutput:
+               deterministic: bool = True, output_hidden_states: bool = False, *,
+               example_ids=None, cls_positions=None) -> BaseModelOutput:
     attention_mask, token_type_ids, position_ids = _default_inputs(
-        input_ids, attention_mask, token_type_ids, position_ids)
+        input_ids, attention_mask, token_type_ids, position_ids, example_ids)
     x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
     x, hidden_states = self.encoder(x, attention_mask.astype(bool), deterministic,
-                                    output_hidden_states)
-    pooled = jnp.tanh(self.pooler(x[:, 0])) if self.add_pooling_layer else None
+                                    output_hidden_states, example_ids)
+    pooled = None
+    if self.add_pooling_layer:
+      pooled = jnp.tanh(self.pooler(_pooler_input(x, example_ids, cls_positions)))
     return BaseModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states)
 
   def attend(self, x):
@@ -203,28 +239,39 @@ class AlbertForMaskedLM(_Albert):
 
 
 class AlbertForSequenceClassification(_Albert):
-  """`num_labels` logits from the pooled output (one logit = regression)."""
+  """`num_labels` logits from the pooled output (one logit = regression), [batch, num_labels].
+
+  Packed rows (`example_ids` and `cls_positions`, as `AlbertModel`) give [rows, max_examples,
+  num_labels], each example's from its own [CLS]: with labels and weights packed the same way
+  ([rows, max_examples], empty slots weighing 0) the per-example loss sums and their
+  denominators are the unpacked ones.
+  """
+  PACKED_INPUTS = ("example_ids", "cls_positions")
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               deterministic: bool = True, output_hidden_states: bool = False) -> ClassifierOutput:
+               deterministic: bool = True, output_hidden_states: bool = False, *,
+               example_ids=None, cls_positions=None) -> ClassifierOutput:
     out = AlbertModel(**self.runtime, name="albert")(
         input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-        output_hidden_states)
+        output_hidden_states, example_ids=example_ids, cls_positions=cls_positions)
     x = self.dropout(self.config.classifier_dropout_prob, out.pooler_output, deterministic)
     logits = self.dense(self.config.num_labels, ("hidden", None), "classifier")(x)
     return ClassifierOutput(logits=logits.astype(jnp.float32), hidden_states=out.hidden_states)
 
 
 class AlbertForTokenClassification(_Albert):
-  """`num_labels` logits for every token."""
+  """`num_labels` logits for every token, [batch, length, num_labels]; packed rows too
+  (`example_ids`, as `AlbertModel`): each token's logits are those it has alone in its row."""
+  PACKED_INPUTS = ("example_ids",)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               deterministic: bool = True, output_hidden_states: bool = False) -> ClassifierOutput:
+               deterministic: bool = True, output_hidden_states: bool = False, *,
+               example_ids=None) -> ClassifierOutput:
     out = AlbertModel(**self.runtime, add_pooling_layer=False, name="albert")(
         input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-        output_hidden_states)
+        output_hidden_states, example_ids=example_ids)
     x = self.dropout(self.config.classifier_dropout_prob, out.last_hidden_state, deterministic)
     logits = self.dense(self.config.num_labels, ("hidden", None), "classifier")(x)
     return ClassifierOutput(logits=logits.astype(jnp.float32), hidden_states=out.hidden_states)
@@ -413,8 +460,15 @@ def make_model(config: AlbertConfig, head: str = "base", **runtime) -> _Albert:
 def apply_to_batch(module: _Albert, params: PyTree, batch: dict[str, jax.Array],
                    rng: jax.Array | None = None):
   """The head's outputs for a batch of features named as Hugging Face names them; dropout on
-  (training) when given a `rng`. Heads that read more of the batch name it (`batch_inputs`)."""
+  (training) when given a `rng`. Heads that read more of the batch name it (`batch_inputs`); a
+  packed batch (one with `example_ids`) passes the packed-row features its head takes."""
   extra = {k: batch[k] for k in module.batch_inputs(training=rng is not None)}
+  if "example_ids" in batch:
+    if not module.PACKED_INPUTS:
+      raise ValueError(f"{type(module).__name__} does not take packed rows (example_ids); "
+                       "the heads that do: " + ", ".join(
+                           cls.__name__ for cls, _ in HEADS.values() if cls.PACKED_INPUTS))
+    extra.update({k: batch[k] for k in module.PACKED_INPUTS if k in batch})
   return module.apply({"params": params}, batch["input_ids"],
                       attention_mask=batch["attention_mask"],
                       token_type_ids=batch["token_type_ids"], deterministic=rng is None,

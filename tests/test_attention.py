@@ -1,6 +1,7 @@
 """The attention implementations against the materialised softmax (`xla`): splash in Pallas
-interpret mode (alone and under an 8-device mesh), cuDNN's call run through XLA, `auto`'s choices,
-the refusals, and the train step with splash compiled for a TPU v5p slice."""
+interpret mode (alone and under an 8-device mesh), cuDNN's call run through XLA, packed rows,
+`auto`'s choices, the refusals, packed rows' cuDNN attention compiled for an H100 and the train
+step with splash compiled for a TPU v5p slice."""
 
 import functools
 import importlib.util
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from albert_jax import accelerators
 from albert_jax import attention as A
 from albert_jax import model as M
 from albert_jax import sharding
@@ -120,6 +122,31 @@ def test_the_model_passes_attention_cudnn_through(params, xla_result, monkeypatc
   _assert_close(_loss_and_grads("cudnn", params, _inputs()), xla_result, atol=1e-5)
 
 
+def _packed_qkv():
+  """q, k, v [3, 128, 4, 16] and example ids: three examples, one filling its row, no example."""
+  q, k, v, _ = _qkv_mask(real_lengths=(128, 128, 128))
+  ids = np.zeros((3, LENGTH), np.int32)
+  ids[0, :40], ids[0, 40:90], ids[0, 90:120] = 1, 2, 3
+  ids[1, :] = 1
+  return q, k, v, ids
+
+
+@pytest.mark.parametrize("attention", ["xla", "splash", "cudnn"])
+def test_packed_rows_attend_within_each_example(attention):
+  """Each example's context is what it gets alone (xla on its own tokens); padding, a whole row
+  of it included, stays finite (no query is left without keys). cudnn's call through XLA."""
+  q, k, v, ids = _packed_qkv()
+  fn = {"xla": A.xla, "splash": A.splash,
+        "cudnn": functools.partial(A.cudnn, implementation="xla")}[attention]
+  out = np.asarray(jax.jit(functools.partial(fn, example_ids=ids))(q, k, v, ids > 0))
+  assert np.isfinite(out).all()
+  for row, start, stop in ((0, 0, 40), (0, 40, 90), (0, 90, 120), (1, 0, 128)):
+    span = slice(start, stop)
+    alone = A.xla(q[row:row + 1, span], k[row:row + 1, span], v[row:row + 1, span],
+                  np.ones((1, stop - start), bool))
+    np.testing.assert_allclose(out[row:row + 1, span], alone, atol=1e-6, rtol=1e-5)
+
+
 def test_cudnn_refuses_float32():
   q, k, v, mask = _qkv_mask()
   with pytest.raises(ValueError, match="attention='cudnn' needs bfloat16 or float16"):
@@ -186,6 +213,35 @@ def test_splash_refuses_a_length_that_is_not_a_multiple_of_its_block(params):
   with pytest.raises(ValueError, match="multiple of its block size 128; got length 100"):
     jax.eval_shape(module.apply, {"params": params}, ids)
   assert [A.splash_block(n) for n in (128, 256, 384, 512, 1024)] == [128, 256, 128, 512, 512]
+
+
+# ----------------------------------------------------------------------------- GPU, compiled here
+
+@pytest.mark.slow  # a GPU compile (~10 s here, most of it fixed cost)
+@pytest.mark.skipif(importlib.util.find_spec("jax_plugins.xla_cuda13") is None,
+                    reason="jax's CUDA plugin is not installed (pip install -e .[gpu-aot])")
+def test_packed_rows_compile_to_cudnn_for_an_h100():
+  """`auto` on a GPU in bf16 picks cudnn for packed rows too: forward and backward lower to
+  cuDNN's fused attention with the block-diagonal mask as its bias, and no [batch, heads, q, k]
+  scores are written (compiled for a compile-only H100; no GPU here)."""
+  device = accelerators.parse_target("h100-1").compile_devices()[0]
+  on_gpu = jax.sharding.SingleDeviceSharding(device)
+  module = M.AlbertForTokenClassification(CFG, dtype=jnp.bfloat16)  # attention="auto"
+  params = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_gpu),
+      nn.unbox(M.abstract_params(module)))
+  ids = jax.ShapeDtypeStruct((BATCH, LENGTH), jnp.int32, sharding=on_gpu)
+
+  def loss(p, input_ids, example_ids):
+    out = module.apply({"params": p}, input_ids, example_ids=example_ids)
+    return jnp.sum(out.logits * (example_ids > 0)[..., None])
+
+  with jax.set_mesh(jax.sharding.Mesh(np.array([device]), ("data",))):
+    text = jax.jit(jax.grad(loss)).lower(params, ids, ids).compile().as_text()
+  assert text.count('custom_call_target="__cudnn$fmhaScaleBiasSoftmax"') == CFG.num_hidden_layers
+  assert text.count('custom_call_target="__cudnn$fmhaScaleBiasSoftmaxBackward"') == (
+      CFG.num_hidden_layers)
+  assert f"[{BATCH},{CFG.num_attention_heads},{LENGTH},{LENGTH}]" not in text
 
 
 # ----------------------------------------------------------------------------- TPU, compiled here
