@@ -2,12 +2,13 @@
 feature extraction, batched with padded length buckets and one jitted forward per batch.
 
     python -m albert_jax.inference fill-mask --model DIR "Hello I'm a [MASK] model." [--top_k 5]
-    python -m albert_jax.inference feature-extraction --model DIR "Hello world." [--pooled]
+    python -m albert_jax.inference feature-extraction --model DIR "Hello." [--pooled] [--packed]
 
 DIR is anything `from_pretrained` reads (an HF directory, an albert-jax model directory or training
 run, an original TF1 release), with its vocabulary (or --tokenizer).
 In Python: `albert_jax.pipeline("fill-mask", model=DIR)(text, top_k=5, targets=None)` and
-`albert_jax.pipeline("feature-extraction", model=DIR)(texts, return_tensors=False, pooled=False)`.
+`albert_jax.pipeline("feature-extraction", model=DIR)(texts, return_tensors=False, pooled=False,
+packed=False)`; `packed=True` runs many short texts several to a row (`packing.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from albert_jax import files, init_from
+from albert_jax import files, init_from, packing
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 from albert_jax.model import AlbertForMaskedLM, AlbertModel, make_model
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TASKS = ("fill-mask", "feature-extraction")
 _MIN_BUCKET = 16
+_MIN_PACKED_WIDTH = 128  # packed rows: at least this wide (a splash block), to hold many texts
 
 
 def _bucket(n: int, cap: int | None = None, floor: int = 1) -> int:
@@ -54,6 +56,16 @@ def _features(module, params, ids, mask, types):
   """(last_hidden_state [batch, length, hidden], pooler_output [batch, hidden] or zeros [batch])."""
   out = module.apply({"params": params}, ids, attention_mask=mask, token_type_ids=types)
   pooled = jnp.zeros(ids.shape[:1]) if out.pooler_output is None else out.pooler_output
+  return out.last_hidden_state.astype(jnp.float32), pooled.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _packed_features(module, params, ids, types, example_ids, cls_positions):
+  """Packed rows: (last_hidden_state [rows, length, hidden], pooler_output [rows, max_examples,
+  hidden] at each text's [CLS], or zeros [rows, max_examples] without a pooler)."""
+  out = module.apply({"params": params}, ids, token_type_ids=types, example_ids=example_ids,
+                     cls_positions=cls_positions if module.add_pooling_layer else None)
+  pooled = jnp.zeros(cls_positions.shape) if out.pooler_output is None else out.pooler_output
   return out.last_hidden_state.astype(jnp.float32), pooled.astype(jnp.float32)
 
 
@@ -129,6 +141,31 @@ class _Runner:
       out = jax.device_get(self.fn(self.params, ids, mask, np.zeros_like(ids), *args))
       for r, i in enumerate(idx):
         yield i, jax.tree_util.tree_map(lambda x: x[r], out)
+
+  def run_packed(self, rows: list[list[int]]):
+    """Yields (row index, per-token outputs [its length, ...], per-text outputs) per row of
+    `rows`, several texts to each of `batch_size` rows per call of `fn` (`_packed_features`).
+
+    Longest first, so that first fit fills the rows well; rows at least _MIN_PACKED_WIDTH wide
+    (at most the model's positions), rows and slots per call rounded up to powers of two.
+    """
+    for i, ids in enumerate(rows):
+      if not ids:
+        raise ValueError(f"text {i + 1} has no tokens: a packed row holds texts of 1 token or more")
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    width = min(self.max_length, max(_MIN_PACKED_WIDTH, _bucket(len(rows[order[0]]))))
+    while order:
+      packed = packing.pack([{"input_ids": rows[i]} for i in order], self.batch_size, width,
+                            width, pad_values={"input_ids": self.tokenizer.pad_token_id})
+      # Only the rows and slots used, rounded up: few shapes, few compiles.
+      n_rows, n_slots = _bucket(int(packed.row.max()) + 1), _bucket(int(packed.slot.max()) + 1)
+      f = {k: v[:n_rows] for k, v in packed.features.items()}
+      hidden, pooled = jax.device_get(self.fn(
+          self.params, f["input_ids"], np.zeros_like(f["input_ids"]), f["example_ids"],
+          f["cls_positions"][:, :n_slots]))
+      for i, x, p in zip(order, packed.per_token(hidden), packed.per_example(pooled)):
+        yield i, x, p
+      order = order[packed.count:]
 
 
 class FillMaskPipeline:
@@ -216,6 +253,8 @@ class FeatureExtractionPipeline:
 
   Any ALBERT checkpoint works: its backbone is used and its head ignored. `pooled=True` gives
   the pooler output, [1, hidden] per text, for checkpoints that have a pooler (not masked_lm).
+  `packed=True` puts several texts in each row (attention within each text, positions from 0 in
+  each), `batch_size` rows per forward: the same features with less padding for many short texts.
   """
 
   def __init__(self, path, tokenizer=None, batch_size: int = 8, **runtime):
@@ -228,10 +267,11 @@ class FeatureExtractionPipeline:
     module = AlbertModel(config=config, add_pooling_layer=self.has_pooler, **runtime)
     self.tokenizer = _tokenizer(found, tokenizer)
     self.runner = _Runner(_features, module, params, self.tokenizer, batch_size)
+    self.packed_runner = _Runner(_packed_features, module, params, self.tokenizer, batch_size)
 
   def __call__(self, inputs: str | Sequence[str], return_tensors: bool = False,
                pooled: bool = False, truncation: bool | None = None,
-               tokenize_kwargs: dict | None = None):
+               tokenize_kwargs: dict | None = None, packed: bool = False):
     """Nested lists (NumPy arrays with return_tensors=True), one per text, a list for a list."""
     if pooled and not self.has_pooler:
       raise ValueError(f"{self.path} has no pooler weights (a masked_lm or token-level "
@@ -242,8 +282,13 @@ class FeatureExtractionPipeline:
       kwargs["truncation"] = truncation
     rows = self.runner.encode(texts, kwargs)
     results = [None] * len(texts)
-    for i, (hidden, pooler) in self.runner.run(rows):
-      x = pooler[None] if pooled else hidden[None, :len(rows[i])]
+    if packed:
+      outputs = self.packed_runner.run_packed(rows)
+    else:
+      outputs = ((i, hidden[:len(rows[i])], pooler)
+                 for i, (hidden, pooler) in self.runner.run(rows))
+    for i, hidden, pooler in outputs:
+      x = pooler[None] if pooled else hidden[None]
       results[i] = x if return_tensors else x.tolist()
     return results[0] if isinstance(inputs, str) else results
 
@@ -289,6 +334,7 @@ def main(argv=None) -> int:
       p.add_argument("--targets", nargs="+", default=None, help="score only these tokens")
     else:
       p.add_argument("--pooled", action="store_true", help="the pooler output instead")
+      p.add_argument("--packed", action="store_true", help="several texts to a row")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   try:
@@ -301,7 +347,8 @@ def main(argv=None) -> int:
       for text, result in zip(args.texts, [results] if len(args.texts) == 1 else results):
         _print_fill(text, result)
     else:
-      for text, x in zip(args.texts, pipe(args.texts, return_tensors=True, pooled=args.pooled)):
+      for text, x in zip(args.texts, pipe(args.texts, return_tensors=True, pooled=args.pooled,
+                                          packed=args.packed)):
         first = " ".join(f"{v:.4f}" for v in x.reshape(-1)[:5])
         print(f"{text}\n  shape {x.shape}  first values {first} ...")
   except (FileNotFoundError, KeyError, ValueError) as e:

@@ -250,6 +250,20 @@ def test_pooled_features_match_transformers_albert_model(dirs):
     inference.pipeline("feature-extraction", model=dirs.hf)("hello", pooled=True)
 
 
+def test_packed_features_equal_one_text_to_a_row(dirs):
+  """Many short texts, several to a row (rows of the model's 40 positions, 2 rows per forward,
+  so several forwards): each text's last hidden state and pooled output are those it has alone."""
+  pipe = inference.pipeline("feature-extraction", model=dirs.hf_pre, batch_size=2)
+  texts = _sentences(14, seed=3) + ["a", "The cat sat on the very big mat by the big red tree."]
+  for pooled in (False, True):
+    alone = pipe(texts, pooled=pooled, return_tensors=True)
+    packed = pipe(texts, pooled=pooled, return_tensors=True, packed=True)
+    for a, b in zip(packed, alone, strict=True):
+      assert a.shape == b.shape
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  assert np.shape(pipe(texts[:2], packed=True)[1]) == np.shape(pipe(texts[1]))
+
+
 # ----------------------------------------------------------------------------- CLI
 
 # `python -m albert_jax.inference ARGS`, then a check that neither torch nor transformers was loaded.
