@@ -235,8 +235,8 @@ class _Spikes:
 
   def judge(self, through: int) -> spike.Spike | None:
     """Feeds the losses of the steps up to `through` (finished: the fetch does not wait) to
-    the detector and saves the held steps it has judged; the spike they complete, if any (the
-    held saves are then dropped: they are inside it)."""
+    the detector, saving each held step once it is judged; the spike they complete, if any (the
+    held saves left are then dropped: they are inside it)."""
     while self._losses and self._losses[0][0] <= through:
       step, loss = self._losses.pop(0)
       self.detector, found = spike.observe(self.cfg, self.detector, step,
@@ -244,8 +244,8 @@ class _Spikes:
       if found is not None:
         self._losses, self._held = [], []
         return found
-    while self._held and self._held[0][0] <= self.judged_through():
-      self._save(*self._held.pop(0))
+      while self._held and self._held[0][0] <= self.judged_through():
+        self._save(*self._held.pop(0))
     return None
 
   def hold(self, step: int, state: TrainState, data_state: dict) -> None:
