@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +163,35 @@ def test_preempting_either_process_a_stuck_peer_and_a_new_process_count_lose_not
   digest = hashlib.sha256(json.dumps(stored["params"], sort_keys=True).encode()).hexdigest()
   for out in outs:
     assert f"PEER restored step 16 on 4 devices of 4 processes, params {digest}" in out, out
+
+
+@pytest.mark.heavy  # two process launches after the uninterrupted run: `make test-all`
+def test_every_process_takes_the_same_rollback(tmp_path, small_corpus, single):
+  """A loss spike (albert_jax/spike.py) is judged by each process from the replicated global
+  loss, without a collective. Resumed from step 8 at 1000x the learning rate, with the rate
+  lowered 1000x after a rollback: two processes of two devices declare the same spike, roll
+  back to the same step, skip the same batches and log the same event as one process of four
+  devices; every loss after the rollback agrees with its (1e-5)."""
+  changes = {"optim.lr": 1000 * RUN["optim.lr"], "spike.window": 8, "spike.lr_factor": 1e-3,
+             "spike.lr_steps": 100}
+  runs, said = {}, []
+  for n, devices in ((1, 4), (2, 2)):
+    runs[n] = tmp_path / f"{n}x{devices}"
+    shutil.copytree(single, runs[n])
+    for step in (12, 16):
+      shutil.rmtree(runs[n] / "checkpoints" / str(step))
+    codes, outs = finish(launch(runs[n], n, devices, small_corpus, **changes))
+    assert codes == [0] * n, outs[0][-3000:]
+    said += [re.findall(r"Rolled back to step \d+, skipping batches \[\d+, \d+\)", o)
+             for o in outs]
+  assert said[0] and all(s == said[0] for s in said), said
+  rows = [[r for r in metrics.read_metrics(runs[n]) if "event" in r] for n in (1, 2)]
+  pick = lambda r: (r["event"], r["spike"], r["to_step"], r["skipped_batches"])
+  assert [pick(r) for r in rows[1]] == [pick(r) for r in rows[0]]
+  assert rows[1][0]["to_step"] == 8 and rows[1][0]["spike"][0] <= 10
+  ours, ref = losses(runs[2]), losses(runs[1])
+  assert sorted(ours) == sorted(ref) == list(range(1, 17))
+  np.testing.assert_allclose([ours[k] for k in ref], [ref[k] for k in ref], rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["a peer dies", "the coordinator dies", "a host never starts"])
