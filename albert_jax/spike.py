@@ -7,15 +7,15 @@ exceeds the mean of the last `window` accepted losses by max(`z` x their standar
 `margin` x their mean); `hold` suspect steps in a row are a spike (fewer are noise: they are then
 accepted). Non-finite losses are suspect. The first `window` losses only fill the window.
 
-When are checkpoints judged? A step's checkpoint is saved when its step comes, as without spike
-detection (a preemption loses nothing), with the detector's state in its data item. It is
-judged once no spike can reach it any more (`judged_through`); a rollback goes to the newest
-judged checkpoint, deletes every newer one (they hold parameters from inside the spike) before
-anything else, and retention always keeps the newest judged one. A run killed before a spike
-that reaches its newest checkpoint is detected resumes from it with the saved detector state,
-computes the same losses and reaches the same verdict at the same step: no checkpoint outlives
-the detection of a spike it is inside. (The other choice, deferring each save by `hold` steps,
-needs the state copied and held on the devices, and a preemption save cannot wait.)
+When are checkpoints written? A periodic save is held (a copy of the state on the devices) until
+the losses that could start a spike reaching it are judged (`judged_through`: usually once the
+next step's loss is in), then written; a spike drops it, so no periodic checkpoint holds parameters from inside
+one. A preemption's save and the run's last cannot wait: they are written at once with the
+detector's state in their data item, and the rerun judges on from it, computes the same losses
+and reaches the same verdict; a rollback deletes every checkpoint newer than its target before
+anything else. Retention always keeps the newest judged step, where a rollback goes. (The other
+choice, saving at once and marking a step committed later, would need every reader of a run and
+every kill between save and mark to know the mark; a held save adds nothing on disk.)
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ class PersistentSpike(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class Spike:
-  first_step: int  # the first suspect step: its loss was computed with the parameters of the
-  last_step: int  # step before, so a checkpoint two steps before it is the newest clean one
+  """`hold` suspect steps in a row. The first one's loss was computed with the parameters of
+  the step before it, so checkpoint first_step - 2 is the newest the spike does not reach."""
+  first_step: int
+  last_step: int
   losses: list[float]
   reference: float  # the window's mean
   threshold: float

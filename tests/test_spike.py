@@ -1,7 +1,8 @@
 """Loss spikes (albert_jax/spike.py, issue 22): the detector alone, then spikes injected from
 outside the code into the tiny pretraining run: a poisoned stretch of batches (rolled back, its
-batches skipped), a resume at 1000x the config's learning rate (stopped after max_rollbacks, or
-cured by a lower learning rate), a preemption inside a spike and a kill during a rollback."""
+batches skipped), a resume at 1000x the config's learning rate (stopped after max_rollbacks, or,
+heavy, cured by a lower learning rate), a preemption inside a spike and (heavy) a kill during a
+rollback. Several processes taking the same rollback: test_multiprocess (heavy)."""
 
 import json
 import math
@@ -92,6 +93,7 @@ def test_learning_rate_factors_and_the_rollback_count():
   assert spike.rollbacks_within(records, 30, 12) == 1
 
 
+@pytest.mark.slow
 def test_no_false_alarm_in_the_suite_runs(reference):
   """The reference run is judged from step 9 with the default thresholds, and with the tight
   ones the poisoned run uses; neither raises an alarm on it."""
@@ -214,32 +216,63 @@ class _StopAfter:
     return self._checks >= self.steps
 
 
-@pytest.mark.slow
-def test_a_preemption_inside_a_spike_and_a_kill_during_its_rollback(tmp_path, spm_model,
-                                                                    reference, spiked,
-                                                                    monkeypatch):
-  """The poisoned run from step 12, in three processes:
-    1. preempted at step 18, inside the spike but before it is declared: the preemption's save
-       cannot wait for its judgment, and holds parameters trained on poisoned batches;
-    2. `python -m albert_jax.main` resumes from it, judges on from the detector state saved
-       with it, declares the spike at the same step, deletes step 18 and is killed (os._exit)
-       in the rollback, before step 12 is restored;
-    3. the rerun resumes from step 12, meets the same spike, rolls back alike and ends as the
-       uninterrupted run did: every loss, the event and the last checkpoint bit for bit."""
-  workdir = tmp_path / "run"
+def _preempted_inside_the_spike(workdir, reference, config, monkeypatch):
+  """The poisoned run resumed from the reference's step 12 and preempted at step 18, inside the
+  spike but before it is declared: the preemption's save cannot wait for its judgment, and
+  holds parameters trained on two poisoned batches and the detector's pending run."""
   shutil.copytree(reference[0], workdir)
   for step in (18, 24):
     shutil.rmtree(workdir / "checkpoints" / str(step))
+  with monkeypatch.context() as patch:
+    patch.setattr(train, "_StopFlag", _StopAfter)
+    summary = train.train_and_evaluate(config, str(workdir))
+  assert summary["preempted"] and summary["step"] == 18
+  state = json.loads((workdir / "checkpoints" / "18" / "data" / "metadata").read_text())
+  assert [s for s, _ in state["spike"]["detector"]["run"]] == [17, 18]  # pending judgment
+
+
+def _ends_as_the_spiked_run(workdir, config, spiked, monkeypatch):
+  """The rerun: it ends as the uninterrupted poisoned run did, every loss, the event and the
+  last checkpoint bit for bit, step 18 saved again from clean batches."""
+  saves = []
+  monkeypatch.setattr(checkpointing, "save_train_state", _recording_saves(saves))
+  train.train_and_evaluate(config, str(workdir))
+  assert losses(workdir) == losses(spiked[0])
+  assert events(workdir) == events(spiked[0])
+  assert [s for s, _ in saves] == [18, 24] and saves[0][1]["next_batch"] == 27
+  _, params, _ = model_dir.load_model_dir(workdir / "checkpoints" / "24")
+  _, expected, _ = model_dir.load_model_dir(spiked[0] / "checkpoints" / "24")
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_preemption_inside_a_spike_is_judged_by_the_rerun(tmp_path, spm_model, reference,
+                                                           spiked, monkeypatch):
+  """Preempted at step 18, inside the spike: the rerun judges on from the detector state saved
+  with step 18, declares the spike at the same step, deletes step 18 and rolls back as the
+  uninterrupted run did."""
   config = tiny_config(spm_model, export_hf=False, **TIGHT)
   draw = fault_worker.poison(*POISON)
   try:
-    with monkeypatch.context() as patch:
-      patch.setattr(train, "_StopFlag", _StopAfter)
-      summary = train.train_and_evaluate(config, str(workdir))
-    assert summary["preempted"] and summary["step"] == 18
-    state = json.loads((workdir / "checkpoints" / "18" / "data" / "metadata").read_text())
-    assert [s for s, _ in state["spike"]["detector"]["run"]] == [17, 18]  # pending judgment
+    _preempted_inside_the_spike(tmp_path / "run", reference, config, monkeypatch)
+    _ends_as_the_spiked_run(tmp_path / "run", config, spiked, monkeypatch)
+  finally:
+    fault_worker.unpoison(draw)
 
+
+@pytest.mark.heavy  # a third run, in a subprocess: `make test-all`
+def test_a_kill_during_a_rollback_resumes_cleanly(tmp_path, spm_model, reference, spiked,
+                                                  monkeypatch):
+  """Preempted at step 18 inside the spike, as above; then `python -m albert_jax.main` resumes
+  from step 18, declares the spike, deletes step 18 and is killed (os._exit) in the rollback,
+  before step 12 is restored; the rerun resumes from step 12, meets the same spike, rolls back
+  alike and ends as the uninterrupted run did."""
+  workdir = tmp_path / "run"
+  config = tiny_config(spm_model, export_hf=False, **TIGHT)
+  draw = fault_worker.poison(*POISON)
+  try:
+    _preempted_inside_the_spike(workdir, reference, config, monkeypatch)
     args = [f"--config.{k}={v}"
             for k, v in {**OVERRIDES, **TIGHT, "spm_model": spm_model, "export_hf": False}.items()]
     proc = subprocess.run(
@@ -252,19 +285,9 @@ def test_a_preemption_inside_a_spike_and_a_kill_during_its_rollback(tmp_path, sp
     assert proc.returncode == 137 and "FAULT kill_in_rollback" in out, out[-3000:]
     assert "Resumed from checkpoint step 18" in out and "Loss spike at steps 17-20" in out
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [6, 12]
-
-    saves = []
-    monkeypatch.setattr(checkpointing, "save_train_state", _recording_saves(saves))
-    train.train_and_evaluate(config, str(workdir))
+    _ends_as_the_spiked_run(workdir, config, spiked, monkeypatch)
   finally:
     fault_worker.unpoison(draw)
-  assert losses(workdir) == losses(spiked[0])
-  assert events(workdir) == events(spiked[0])
-  assert [s for s, _ in saves] == [18, 24] and saves[0][1]["next_batch"] == 27
-  _, params, _ = model_dir.load_model_dir(workdir / "checkpoints" / "24")
-  _, expected, _ = model_dir.load_model_dir(spiked[0] / "checkpoints" / "24")
-  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
-    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
@@ -273,7 +296,7 @@ def test_a_resume_at_1000x_the_learning_rate_stops_after_max_rollbacks(tmp_path,
   """A resume from step 12 with the learning rate 1000x the config's: every rollback meets
   the spike again (skipping batches cannot cure it). After max_rollbacks (2 here) the run stops
   (PersistentSpike, a FloatingPointError: main exits 1 with its message), its checkpoints
-  intact; rerun at the config's learning rate, it continues the unspiked run bit for bit."""
+  intact (a rerun resumes from step 12 as any resume does)."""
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
   for step in (18, 24):
@@ -291,8 +314,6 @@ def test_a_resume_at_1000x_the_learning_rate_stops_after_max_rollbacks(tmp_path,
     assert ((workdir / "checkpoints" / str(step) / "fingerprints" / "metadata").read_text()
             == (reference[0] / "checkpoints" / str(step) / "fingerprints" / "metadata"
                 ).read_text())
-  train.train_and_evaluate(tiny_config(spm_model, export_hf=False), str(workdir))
-  assert losses(workdir) == losses(reference[0])
 
 
 @pytest.mark.heavy  # two more compiles (the 1000x program, the scaled one): `make test-all`
