@@ -46,7 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from albert_jax import accelerators, attention, census, encoder, files, init_from  # noqa: E402
-from albert_jax import model as M, optimizer, overrides, sharding, tasks, train  # noqa: E402
+from albert_jax import model as M, optimizer, overrides, sharding, steps, tasks, train  # noqa: E402
 
 GiB = 2**30
 
@@ -108,15 +108,15 @@ def lower(config, spec, devices):
 
   mesh = sharding.make_mesh(dict(config.mesh), devices)
   rules = sharding.rules(config.sharding)
-  train.check_batch(config, mesh)
-  module = train.make_module(config, spec.model_config, spec.head)
+  steps.check_batch(config, mesh)
+  module = steps.make_module(config, spec.model_config, spec.head)
   tx = optimizer.make_optimizer(config.optim, config.total_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, config.total_steps)
   # State shapes outside jax.set_mesh: eval_shape there would trace eager PRNG keys on the mesh.
-  layout = train.state_layout(module, tx, mesh, rules)
+  layout = steps.state_layout(module, tx, mesh, rules)
   abstract, state_shardings = layout.abstract, layout.shardings
   batch = _batch(spec, config.batch_size, mesh)
-  step = train.jit_train_step(config, module, spec.task, tx, schedule, state_shardings,
+  step = steps.jit_train_step(config, module, spec.task, tx, schedule, state_shardings,
                               {k: v.sharding for k, v in batch.items()}, NamedSharding(mesh, P()))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     return step.lower(abstract, batch), abstract, mesh

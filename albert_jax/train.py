@@ -20,176 +20,21 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from albert_jax import accelerators, checkpointing, files, hf_convert, init_from, lease
 from albert_jax import metrics as metrics_lib
 from albert_jax import model as M
-from albert_jax import optimizer, sharding, spike, tasks, watchdog
-from albert_jax.checkpoints.table import flatten
+from albert_jax import optimizer, sharding, spike, steps, tasks, watchdog
 
 PyTree = Any
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # int32 scalar: updates applied so far
-  params: PyTree
-  opt_state: PyTree
-  # -1 while every step so far was finite; else the first step whose loss, gradient, updated
-  # parameters or optimizer state were not. From then on updates are skipped, so the state (and
-  # any checkpoint of it) stays finite.
-  nonfinite_step: jax.Array
-
-
-# ----------------------------------------------------------------------------- the steps
-
-def all_finite(tree) -> jax.Array:
-  """True when every float in `tree` is finite (one reduction per array, then one over them)."""
-  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
-
-
-def train_step(state: TrainState, batch, *, module, task, tx, schedule, accum_steps: int,
-               seed: int, lr_scale: float = 1.0):
-  """One optimizer update from a global batch (split into `accum_steps` micro-batches).
-
-  The loss of a micro-batch is its sums over the denominators of the whole batch
-  (`task.counts`), so the accumulated gradient is exactly the whole batch's. `lr_scale`
-  multiplies the learning rate (after a rollback: spike.py)."""
-  rng = jax.random.fold_in(jax.random.key(seed), state.step)  # dropout: a fresh key per step
-  denominators = task.counts(batch)
-
-  def loss_fn(params, micro, micro_rng):
-    sums = task.loss_sums(M.apply_to_batch(module, params, micro, micro_rng), micro)
-    return task.normalise(sums, denominators)["loss"], sums
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if accum_steps == 1:
-    (_, sums), grads = grad_fn(state.params, batch, rng)
-  else:
-    # Micro-batch i takes rows i, i + accum, ...: every data shard contributes to each one, so
-    # the split needs no data movement. [batch, ...] -> [accum, batch / accum, ...]
-    micro = jax.tree_util.tree_map(
-        lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
-        batch)
-
-    def accumulate(carry, xs):
-      (_, sums), grads = grad_fn(state.params, xs[0], jax.random.fold_in(rng, xs[1]))
-      return jax.tree_util.tree_map(jnp.add, carry, (grads, sums)), None
-
-    (_, sums_shape), grads_shape = jax.eval_shape(
-        grad_fn, state.params, jax.tree_util.tree_map(lambda x: x[0], micro), rng)
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, sums_shape))
-    (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum_steps)))
-
-  metrics = task.normalise(sums, denominators)
-  grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  if lr_scale != 1.0:  # every optimizer here ends by multiplying by the learning rate
-    updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
-  params = optax.apply_updates(state.params, updates)
-  # What is written, not only what led to it: an update can overflow with a finite loss and
-  # gradient (a huge learning rate, a moment that grew past float32).
-  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & all_finite(params)
-            & all_finite(opt_state))
-  keep_going = finite & (state.nonfinite_step < 0)
-  pick = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(keep_going, n, o), new, old)
-  new_state = TrainState(
-      step=state.step + 1, params=pick(params, state.params),
-      opt_state=pick(opt_state, state.opt_state),
-      nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
-                               state.nonfinite_step))
-  metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step) * lr_scale,
-                 tokens=jnp.sum(batch["attention_mask"]).astype(jnp.float32))
-  return new_state, metrics
-
-
-def eval_step(params, batch, *, module, task):
-  """What one eval batch sends back to the host (`task.predictions`)."""
-  return task.predictions(M.apply_to_batch(module, params, batch), batch)
-
-
-# ----------------------------------------------------------------------------- set-up
-
-def make_module(config: ml_collections.ConfigDict, cfg: M.AlbertConfig, head: str) -> M._Albert:
-  """The model as `config` runs it: compute dtype, layer loop, rematerialisation, attention."""
-  return M.make_model(cfg, head, dtype=jnp.dtype(config.dtype), remat_policy=config.remat_policy,
-                      attention=config.attention, layer_loop=config.get("layer_loop", "auto"))
-
-
-def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
-  """The global batch must split evenly over the batch axes and the accumulation steps."""
-  for name in ("batch_size", "eval_batch_size"):
-    size = config.get(name) or config.batch_size
-    divisor = mesh.shape["data"] * mesh.shape["fsdp"] * (
-        config.grad_accum_steps if name == "batch_size" else 1)
-    if size % divisor:
-      raise ValueError(f"config.{name}={size} must be a multiple of data x fsdp"
-                       f"{' x grad_accum_steps' if name == 'batch_size' else ''} = {divisor}")
-
-
-@dataclasses.dataclass(frozen=True)
-class StateLayout:
-  """The train state's shapes and shardings on a mesh, and how to initialise it there."""
-  abstract: TrainState  # ShapeDtypeStructs with their shardings
-  shardings: TrainState
-  init: Callable[[int, dict], TrainState]  # (seed, {param path: host array} kept) -> state
-
-
-def state_layout(module, tx, mesh, rules) -> StateLayout:
-  """Built once from the boxed parameters: every array of the state, optimizer moments included,
-  carries its parameter's logical axis names, which `rules` map onto `mesh` (counters are
-  replicated). Call outside `jax.set_mesh`: its shapes are traced with an eager PRNG key."""
-  def boxed_state(rng, kept):
-    params = init_from.merge(module.init(rng, M.dummy_input_ids(module))["params"], kept)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      nonfinite_step=jnp.full((), -1, jnp.int32))
-
-  boxed = jax.eval_shape(boxed_state, jax.random.key(0), {})
-  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
-  abstract = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
-
-  def init(seed: int, kept: dict) -> TrainState:
-    """A fresh state; the parameters at `kept`'s paths are those host arrays (`init_from`)."""
-    param_shardings = flatten(abstract.params)
-    kept = {k: sharding.put(v, param_shardings[k]) for k, v in kept.items()}
-    make = lambda rng, kept: nn.unbox(boxed_state(rng, kept))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      return jax.jit(make, out_shardings=shardings)(jax.random.key(seed), kept)
-
-  return StateLayout(abstract, shardings, init)
-
-
-def jit_train_step(config, module, task, tx, schedule, state_shardings, batch_shardings,
-                   replicated, compiler_options: dict | None = None, lr_scale: float = 1.0):
-  """`train_step` jitted with explicit shardings and XLA options (default: the platform's,
-  `accelerators.compiler_options`); the state is donated (updated in place). `lr_scale` is a
-  constant of the program (one more compile for a run that lowers its learning rate)."""
-  if compiler_options is None:
-    compiler_options = accelerators.compiler_options(replicated.mesh.devices.flat)
-  return jax.jit(
-      functools.partial(train_step, module=module, task=task, tx=tx, schedule=schedule,
-                        accum_steps=config.grad_accum_steps, seed=config.seed,
-                        lr_scale=lr_scale),
-      in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
-      donate_argnums=0, compiler_options=compiler_options or None)
-
-
-def checkpoint_parts(state: TrainState) -> tuple[PyTree, dict]:
-  """(params, the rest): saved as separate checkpoint items, so params read on their own."""
-  return state.params, {"step": state.step, "opt_state": state.opt_state,
-                        "nonfinite_step": state.nonfinite_step}
 
 
 class _StopFlag:
@@ -211,8 +56,8 @@ class _Spikes:
   judged, the periodic saves held until the steps they cover are, and the rollbacks. The
   detector's state and the run's rollbacks are saved in the data state."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, shardings: TrainState,
-               save: Callable[[int, TrainState, dict], None]):
+  def __init__(self, cfg: ml_collections.ConfigDict, shardings: steps.TrainState,
+               save: Callable[[int, steps.TrainState, dict], None]):
     self.cfg, self._save = cfg, save
     self.detector, self.rollbacks = spike.fresh(), []
     self._losses = []  # [(step, loss)] not judged yet, oldest first
@@ -248,7 +93,7 @@ class _Spikes:
         self._save(*self._held.pop(0))
     return None
 
-  def hold(self, step: int, state: TrainState, data_state: dict) -> None:
+  def hold(self, step: int, state: steps.TrainState, data_state: dict) -> None:
     """A periodic save of `step`, written once the steps it covers are judged."""
     self._held.append((step, self._copy(state), data_state))
 
@@ -264,9 +109,9 @@ class _Spikes:
     return spike.lr_scale(self.rollbacks, step)
 
 
-def _roll_back(found: spike.Spike, spikes: _Spikes, manager, abstract: TrainState,
-               initial_state: Callable[[], TrainState], position: int, run_config: dict,
-               writer: metrics_lib.MetricsWriter) -> tuple[int, TrainState]:
+def _roll_back(found: spike.Spike, spikes: _Spikes, manager, abstract: steps.TrainState,
+               initial_state: Callable[[], steps.TrainState], position: int, run_config: dict,
+               writer: metrics_lib.MetricsWriter) -> tuple[int, steps.TrainState]:
   """(step, state) of the newest checkpoint `found` does not reach, every newer one deleted
   first (a preemption's, saved before its steps were judged); the data position stays at
   `position` (the batches since that checkpoint are skipped) and the rollback is recorded in
@@ -292,11 +137,11 @@ def _roll_back(found: spike.Spike, spikes: _Spikes, manager, abstract: TrainStat
         f"{cfg.rollback_window} steps: stopping. The checkpoints up to step {newest} are "
         "intact; lower the learning rate (config.optim.lr, or config.spike.lr_factor and "
         "lr_steps for a while after each rollback) or check the data, then rerun to resume.")
-  restored = checkpointing.restore_train_state(manager, *checkpoint_parts(abstract),
+  restored = checkpointing.restore_train_state(manager, *steps.checkpoint_parts(abstract),
                                                run_config=run_config, log=logging.warning)
   if restored:
     step, params, rest, data_state = restored
-    state = TrainState(params=params, **rest)
+    state = steps.TrainState(params=params, **rest)
   else:
     step, state, data_state = 0, initial_state(), {"next_batch": 0}
   rollbacks = spikes.rollbacks
@@ -339,7 +184,6 @@ def take_lease(workdir, timeout_s: float) -> lease.Lease | None:
     except lease.WorkdirInUse as e:
       refusal = e
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     if not int(multihost_utils.broadcast_one_to_all(np.int32(held is not None))):
       raise refusal or lease.WorkdirInUse(
           f"{workdir} is in use by another run: process 0 could not take its lease (its log "
@@ -359,7 +203,8 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
   # Mesh and sharding rules.
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = sharding.rules(config.sharding)
-  check_batch(config, mesh)
+  spike_cfg = _spike_config(config)  # None: no loss-spike rollback for this job (spike.py)
+  steps.check_batch(config, mesh)
   logging.info("Mesh %s over %d devices (%d processes); sharding %r", dict(mesh.shape),
                mesh.size, jax.process_count(), config.sharding)
 
@@ -373,17 +218,17 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
   # With config.spike (spike.py), retention keeps the newest judged step: where a rollback goes.
   manager = checkpointing.make_manager(
       workdir, max_to_keep=config.keep_checkpoints,
-      keep_at_most=(lambda: spikes.judged_through()) if _spike_config(config) else None)
+      keep_at_most=(lambda: spikes.judged_through()) if spike_cfg else None)
   saved = checkpointing.saved_model_config(manager)
   loaded = init_from.load(config.init_from) if config.init_from and saved is None else None
   cfg = init_from.model_config(config, task, tokenizer.vocab_size,
                                saved if saved is not None else loaded and loaded.config,
                                resumed=saved is not None)
   head = task.head(config.data)
-  module = make_module(config, cfg, head)
+  module = steps.make_module(config, cfg, head)
   tx = optimizer.make_optimizer(config.optim, config.total_steps)
   schedule = optimizer.learning_rate_schedule(config.optim, config.total_steps)
-  layout = state_layout(module, tx, mesh, rules)
+  layout = steps.state_layout(module, tx, mesh, rules)
   logging.info("Model (%s head): %s parameters; %s", head,
                f"{M.count_params(layout.abstract.params):,}", cfg)
 
@@ -392,13 +237,13 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
   # A corrupt step is set aside for the one before it; a state this config does not build (a
   # changed optimizer, head or labels) is refused, naming the fields; a changed data stream is
   # refused by the iterator's set_state unless config.allow_data_change.
-  restored = checkpointing.restore_train_state(manager, *checkpoint_parts(layout.abstract),
+  restored = checkpointing.restore_train_state(manager, *steps.checkpoint_parts(layout.abstract),
                                                run_config=run_config, log=logging.warning)
   model_info = {"config": cfg.to_hf_dict(), "head": head, "run_config": run_config}
   save = lambda step, state, data: _save(manager, step, state, data, model_info)
-  spikes = _Spikes(config.spike, layout.shardings, save) if _spike_config(config) else None
+  spikes = _Spikes(spike_cfg, layout.shardings, save) if spike_cfg else None
 
-  def initial_state() -> TrainState:
+  def initial_state() -> steps.TrainState:
     nonlocal loaded
     if loaded is None and config.init_from:  # every checkpoint was unusable
       loaded = init_from.load(config.init_from)
@@ -410,7 +255,7 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
 
   if restored:
     step, params, rest, data_state = restored
-    state = TrainState(params=params, **rest)
+    state = steps.TrainState(params=params, **rest)
     train_iter.set_state({k: v for k, v in data_state.items() if k != spike.DATA_KEY})
     if spikes:
       spikes.resume(data_state)
@@ -423,9 +268,9 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_shardings = {k: sharding.batch_sharding(mesh, 1 + len(s.shape))
                      for k, s in task.example_spec(config.data).items()}
-  p_train_step = jit_train_step(config, module, task, tx, schedule, layout.shardings,
+  p_train_step = steps.jit_train_step(config, module, task, tx, schedule, layout.shardings,
                                 batch_shardings, replicated)
-  p_eval_step = jax.jit(functools.partial(eval_step, module=module, task=task),
+  p_eval_step = jax.jit(functools.partial(steps.eval_step, module=module, task=task),
                         out_shardings=replicated,
                         compiler_options=accelerators.compiler_options(mesh.devices.flat))
 
@@ -439,9 +284,9 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
       config.get("watchdog_factor", 0.0), config.get("watchdog_min_seconds", 600.0),
       describe=f"process {jax.process_index()} of {jax.process_count()}")
   data_now = lambda: {**train_iter.get_state(), **(spikes.data_state() if spikes else {})}
-  steps = {1.0: p_train_step}  # by learning-rate factor (spike.lr_factor), compiled when needed
+  train_steps = {1.0: p_train_step}  # by learning-rate factor (spike.lr_factor), compiled when needed
 
-  def roll_back(found: spike.Spike) -> tuple[int, TrainState]:
+  def roll_back(found: spike.Spike) -> tuple[int, steps.TrainState]:
     """A spike: back to the newest checkpoint before it, past its batches (spike.py)."""
     logging.warning("!!! Loss spike at steps %d-%d (losses %s; the window's mean %.4g, "
                     "threshold %.4g): rolling back", found.first_step, found.last_step,
@@ -466,10 +311,11 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
           held.check()  # another run took the workdir over: stop before writing more
         batch = sharding.global_batch(next(train_iter), mesh)
         scale = spikes.lr_scale(step + 1) if spikes else 1.0
-        if scale not in steps:
-          steps[scale] = jit_train_step(config, module, task, tx, schedule, layout.shardings,
-                                        batch_shardings, replicated, lr_scale=scale)
-        state, step_metrics = steps[scale](state, batch)
+        if scale not in train_steps:
+          train_steps[scale] = steps.jit_train_step(
+              config, module, task, tx, schedule, layout.shardings, batch_shardings, replicated,
+              lr_scale=scale)
+        state, step_metrics = train_steps[scale](state, batch)
         step += 1
         ticks += 1
         pending.append(step_metrics)
@@ -564,7 +410,7 @@ def _spike_config(config) -> ml_collections.ConfigDict | None:
   return cfg if cfg is not None and cfg.enabled else None
 
 
-def _check_finite(state: TrainState, step: int, manager) -> None:
+def _check_finite(state: steps.TrainState, step: int, manager) -> None:
   bad = int(jax.device_get(state.nonfinite_step))
   if bad >= 0:
     raise FloatingPointError(
@@ -574,9 +420,10 @@ def _check_finite(state: TrainState, step: int, manager) -> None:
         "data, then rerun to resume from it).")
 
 
-def _save(manager, step: int, state: TrainState, data_state: dict, model_info: dict) -> None:
+def _save(manager, step: int, state: steps.TrainState, data_state: dict, model_info: dict) -> None:
   _check_finite(state, step, manager)
-  checkpointing.save_train_state(manager, step, *checkpoint_parts(state), data_state, model_info)
+  checkpointing.save_train_state(manager, step, *steps.checkpoint_parts(state), data_state,
+                                 model_info)
 
 
 @dataclasses.dataclass
@@ -592,7 +439,7 @@ class Evaluator:
   writer: metrics_lib.MetricsWriter
   best: "_Best | None"
 
-  def __call__(self, state: TrainState, step: int) -> dict[str, float] | None:
+  def __call__(self, state: steps.TrainState, step: int) -> dict[str, float] | None:
     result = {}
     for eval_set in self.evals:
       outputs = [jax.device_get(self.eval_step(state.params, sharding.global_batch(b, self.mesh)))

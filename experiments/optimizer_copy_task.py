@@ -10,7 +10,7 @@ the same tiny ALBERT (hidden 128, embedding 64, 2 layers, 2 heads, FFN 512, no d
 same batches (seed 0) for `--steps` on the MLM loss alone (the task has no sentence order to
 predict) with clipping at 1.0, weight decay 0.01, eps 1e-6 and a linear warmup (30 steps) then
 linear decay to 0:
-  adamw_optax / adamw / lamb   our `train.train_step` with `optimizer.make_optimizer` (optax's
+  adamw_optax / adamw / lamb   our `steps.train_step` with `optimizer.make_optimizer` (optax's
                                bias-corrected AdamW; the original's AdamW and LAMB, which have
                                no bias correction);
   torch                        transformers' PyTorch `AlbertForMaskedLM` + `torch.optim.AdamW`
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from albert_jax import model as M
-from albert_jax import optimizer, train
+from albert_jax import optimizer, steps
 from albert_jax.tasks import pretraining
 
 BATCH, LENGTH, VOCAB, MASKED, WARMUP = 32, 32, 100, 8, 30
@@ -64,14 +64,14 @@ def run_ours(name: str, lr: float, steps: int, log) -> tuple[float, float]:
                    eps=1e-6)
   tx = optimizer.make_optimizer(optim_cfg, steps)
   params = M.init_params(module, 0)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
   mlm_only = types.SimpleNamespace(  # the pretraining task without its SOP term in the loss
       loss_sums=pretraining.loss_sums, counts=pretraining.counts,
       normalise=lambda sums, d: {**pretraining.normalise(sums, d),
                                  "loss": pretraining.normalise(sums, d)["mlm_loss"]})
   step = jax.jit(functools.partial(
-      train.train_step, module=module, task=mlm_only, tx=tx, accum_steps=1, seed=0,
+      steps.train_step, module=module, task=mlm_only, tx=tx, accum_steps=1, seed=0,
       schedule=optimizer.learning_rate_schedule(optim_cfg, steps)))
   rs = np.random.RandomState(0)
   for i in range(steps):

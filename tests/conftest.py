@@ -45,7 +45,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from albert_jax import train  # noqa: E402
+from albert_jax import steps, train  # noqa: E402
 from albert_jax.data import corpus  # noqa: E402
 from albert_jax.data.train_tokenizer import train_spm  # noqa: E402
 
@@ -123,8 +123,8 @@ def abstract_state(workdir, step, mesh, rule_name):
   optim = pretrain.get_config("tiny").optim
   optim.update(config["optim"])
   tx = optimizer.make_optimizer(optim, config["total_steps"])
-  layout = train.state_layout(M.AlbertForPreTraining(cfg), tx, mesh, sharding.rules(rule_name))
-  return train.checkpoint_parts(layout.abstract)
+  layout = steps.state_layout(M.AlbertForPreTraining(cfg), tx, mesh, sharding.rules(rule_name))
+  return steps.checkpoint_parts(layout.abstract)
 
 
 @pytest.fixture(scope="session")

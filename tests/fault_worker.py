@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import app  # noqa: E402
 
-from albert_jax import checkpointing, main, train  # noqa: E402
+from albert_jax import checkpointing, main, steps, train  # noqa: E402
 
 
 def _applies(process):
@@ -106,7 +106,7 @@ def inject(kind: str, step: int, process: int | None) -> None:
     checkpointing.restore_train_state = restore_then_sigterm
     return
 
-  make_step = train.jit_train_step
+  make_step = steps.jit_train_step
 
   def faulty_jit_train_step(*args, **kwargs):
     p_train_step = make_step(*args, **kwargs)
@@ -120,7 +120,7 @@ def inject(kind: str, step: int, process: int | None) -> None:
         time.sleep(3600)
       return p_train_step(state, batch)
     return step_fn
-  train.jit_train_step = faulty_jit_train_step
+  steps.jit_train_step = faulty_jit_train_step
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from albert_jax import checkpointing, metrics, sharding, train
+from albert_jax import checkpointing, metrics, sharding, steps, train
 from albert_jax.checkpoints import model_dir
 from albert_jax.data import arrays, order
 
@@ -234,7 +234,7 @@ CONTROLS = {
     "data position not restored": lambda mp: mp.setattr(
         "albert_jax.data.input_pipeline.BatchIterator.set_state", lambda self, state: None),
     "PRNG not restored": lambda mp: mp.setattr(
-        train, "train_step", _other_dropout_keys(train.train_step)),
+        steps, "train_step", _other_dropout_keys(steps.train_step)),
     "optimizer state not restored": lambda mp: mp.setattr(
         checkpointing, "restore_train_state", _fresh_opt_state(checkpointing.restore_train_state)),
 }
@@ -354,9 +354,9 @@ def test_a_non_finite_update_is_skipped_even_when_loss_and_gradient_are_finite(l
            "attention_mask": np.ones((4, 3), np.int32),
            "token_type_ids": np.zeros((4, 3), np.int32)}
   params = module.init(jax.random.key(0), batch["input_ids"])["params"]
-  state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+  state = steps.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                            nonfinite_step=jnp.int32(-1))
-  step = jax.jit(functools.partial(train.train_step, module=module, task=_SquaredError, tx=tx,
+  step = jax.jit(functools.partial(steps.train_step, module=module, task=_SquaredError, tx=tx,
                                    schedule=lambda count: lr, accum_steps=1, seed=0))
   new, out = jax.device_get(step(state, batch))
   assert np.isfinite(out["loss"]) and np.isfinite(out["grad_norm"])

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax import files, hf_convert, metrics, sharding, train
+from albert_jax import files, hf_convert, metrics, sharding, steps, train
 from albert_jax import model as M
 from albert_jax.tasks import common
 
@@ -44,7 +44,7 @@ def _evaluator(tmp_path, task):
 
 
 def test_prediction_files_appear_whole_or_not_at_all(tmp_path, monkeypatch):
-  state = train.TrainState(step=0, params={}, opt_state=(), nonfinite_step=-1)
+  state = steps.TrainState(step=0, params={}, opt_state=(), nonfinite_step=-1)
   evaluate = _evaluator(tmp_path, _Task)
   monkeypatch.setattr(_Task, "fail", True)
   with pytest.raises(RuntimeError):

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from albert_jax import model as M
-from albert_jax import optimizer, sharding, train
+from albert_jax import optimizer, sharding, steps
 from albert_jax.tasks import pretraining
 from helpers import random_params
 
@@ -136,11 +136,11 @@ def _run_steps(mesh, rule_name, params, batches, accum_steps=1):
   tx = optimizer.make_optimizer(optim, 10)
   rules = sharding.rules(rule_name)
   replicated = NamedSharding(mesh, P())
-  layout = train.state_layout(module, tx, mesh, rules)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  layout = steps.state_layout(module, tx, mesh, rules)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
   state = jax.device_put(state, layout.shardings)
-  step = jax.jit(functools.partial(train.train_step, module=module, task=pretraining, tx=tx,
+  step = jax.jit(functools.partial(steps.train_step, module=module, task=pretraining, tx=tx,
                                    schedule=optimizer.learning_rate_schedule(optim, 10),
                                    accum_steps=accum_steps, seed=0),
                  out_shardings=(layout.shardings, replicated), donate_argnums=0)
@@ -203,7 +203,7 @@ def test_optimizer_state_carries_its_parameters_shardings(name):
   optim = optimizer.default_optim_config()
   optim.name = name
   module = M.AlbertForPreTraining(CFG)
-  layout = train.state_layout(module, optimizer.make_optimizer(optim, 10), mesh, rules)
+  layout = steps.state_layout(module, optimizer.make_optimizer(optim, 10), mesh, rules)
   params = {jax.tree_util.keystr(k): v.spec for k, v in
             jax.tree_util.tree_leaves_with_path(layout.shardings.params)}
   moments = 0

@@ -8,7 +8,7 @@ One run of a few minutes (the compiles dominate it). First the numerics: each im
 bf16 against `xla` in float32 (albert-`--check`, 8 right-padded rows: outputs at real tokens and
 gradients, relative errors), and the chip's measured bf16 matrix rate. Then, for each attention
 implementation, the real
-`train.train_step` (LAMB, MLM at the masked positions + SOP, bf16 compute, float32 state donated)
+`steps.train_step` (LAMB, MLM at the masked positions + SOP, bf16 compute, float32 state donated)
 is compiled, its first step's loss taken from the same state and batch (the implementations must
 agree), then `--rounds` rounds of `--steps` steps each, the implementations alternating and the
 order rotating. Prints the median step time over rounds, tokens/s, MFU = 3 x
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from albert_jax import model as M
-from albert_jax import optimizer, train
+from albert_jax import optimizer, steps
 from albert_jax.tasks import pretraining
 from experiments.benchmarks.train_step import make_batch, max_predictions
 
@@ -118,11 +118,11 @@ class Peer:
     optim_cfg.update(warmup_steps=0)
     tx = optimizer.make_optimizer(optim_cfg, 10_000)
     params = jax.tree_util.tree_map(jnp.copy, params)  # its own: the state is donated
-    self.state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    self.state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                   opt_state=tx.init(params),
                                   nonfinite_step=jnp.full((), -1, jnp.int32))
     self.batch = batch
-    step = functools.partial(train.train_step, module=module, task=pretraining, tx=tx,
+    step = functools.partial(steps.train_step, module=module, task=pretraining, tx=tx,
                              accum_steps=1, seed=0,
                              schedule=optimizer.learning_rate_schedule(optim_cfg, 10_000))
     start = time.perf_counter()

@@ -166,7 +166,7 @@ def make_config(smoke: bool, **overrides):
 
 @dataclasses.dataclass
 class Step:
-  """The real jitted train step (`train.jit_train_step`) for a config on this host's devices,
+  """The real jitted train step (`steps.jit_train_step`) for a config on this host's devices,
   compiled, with its own state and a padded batch."""
   config: object
   options: dict | None = None  # XLA options instead of the platform's (None: ours)
@@ -174,21 +174,21 @@ class Step:
   def __post_init__(self):
     import flax.linen as nn
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from albert_jax import aot, optimizer, sharding, train
+    from albert_jax import aot, optimizer, sharding, steps, train
     config = self.config
     spec = aot.step_of(config)
     self.mesh = sharding.make_mesh(dict(config.mesh), jax.devices())
     self.rules = sharding.rules(config.sharding)
-    module = train.make_module(config, spec.model_config, spec.head)
+    module = steps.make_module(config, spec.model_config, spec.head)
     tx = optimizer.make_optimizer(config.optim, config.total_steps)
     schedule = optimizer.learning_rate_schedule(config.optim, config.total_steps)
-    layout = train.state_layout(module, tx, self.mesh, self.rules)
+    layout = steps.state_layout(module, tx, self.mesh, self.rules)
     self.state = layout.init(0, {})
     host = padded_batch(spec.model_config, config.batch_size, config.data.max_seq_length)
     host = {k: np.asarray(v) for k, v in host.items() if k in spec.example}
     self.batch = {k: jax.device_put(v, sharding.batch_sharding(self.mesh, v.ndim))
                   for k, v in host.items()}
-    step = train.jit_train_step(config, module, spec.task, tx, schedule, layout.shardings,
+    step = steps.jit_train_step(config, module, spec.task, tx, schedule, layout.shardings,
                                 {k: v.sharding for k, v in self.batch.items()},
                                 NamedSharding(self.mesh, P()), compiler_options=self.options)
     start = time.perf_counter()

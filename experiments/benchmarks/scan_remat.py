@@ -5,7 +5,7 @@ TPU HBM per chip (compiled here for a v5p slice), the figures behind the model's
         [--cpu_settings=base:128:8,base:128:16,base:512:8] [--steps=5]
         [--tpu_sizes=large,xlarge,xxlarge] [--tpu_loop=large] [--topology=v5p-8]
 
-cpu         our real `train.train_step` (float32, adamw_optax, MLM head at the masked positions)
+cpu         our real `steps.train_step` (float32, adamw_optax, MLM head at the masked positions)
             with the layers scanned under each remat policy, against `layer_loop="unroll"` (a
             Python loop over the same shared weights, no remat), their timed steps alternating
             in this one run; median step time, the ratio to the loop, XLA temporaries.
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from albert_jax import hf_convert, optimizer, train
+from albert_jax import hf_convert, optimizer, steps
 from albert_jax.tasks import pretraining
 from albert_jax import model as M
 from experiments.benchmarks.train_step import (JittedPeer, Torch, dense_labels,
@@ -69,7 +69,7 @@ def alternate(peers: dict, steps: int) -> dict[str, dict]:
 
 
 class Step(JittedPeer):
-  """`train.train_step` of a module built with `runtime` (remat_policy, scan_layers)."""
+  """`steps.train_step` of a module built with `runtime` (remat_policy, scan_layers)."""
 
   def __init__(self, cfg, params, batch, **runtime):
     module = M.AlbertForPreTraining(cfg, **runtime)
@@ -77,12 +77,12 @@ class Step(JittedPeer):
     optim_cfg.update(name="adamw_optax", lr=1e-4, warmup_steps=0)
     tx = optimizer.make_optimizer(optim_cfg, total_steps=10_000)
     params = jax.tree_util.tree_map(jnp.array, params)
-    self.state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    self.state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                   opt_state=tx.init(params),
                                   nonfinite_step=jnp.full((), -1, jnp.int32))
     self.batch = jax.tree_util.tree_map(jnp.asarray, batch)
     self.compile(functools.partial(
-        train.train_step, module=module, task=pretraining, tx=tx, accum_steps=1, seed=0,
+        steps.train_step, module=module, task=pretraining, tx=tx, accum_steps=1, seed=0,
         schedule=optimizer.learning_rate_schedule(optim_cfg, total_steps=10_000)))
 
   def step_with_cpu(self):

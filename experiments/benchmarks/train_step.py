@@ -1,11 +1,11 @@
-"""Train-step time on CPU: our jitted `train.train_step` vs transformers' PyTorch and Flax ALBERT.
+"""Train-step time on CPU: our jitted `steps.train_step` vs transformers' PyTorch and Flax ALBERT.
 
     python -m experiments.benchmarks.train_step [--sizes=base,large] [--seqs=128,512]
         [--batch=128:2,512:1] [--steps=3] [--optimizer=adamw_optax]
 
 Three peers run the same float32 training step on the same batch from the same weights, side by
 side in this one process run, their timed steps alternating (the order rotates every round):
-  ours     `train.train_step` (MLM head at the `max_predictions` masked positions only, as the
+  ours     `steps.train_step` (MLM head at the `max_predictions` masked positions only, as the
            original: 20 at 128, 77 at 512; global-norm clipping + optax AdamW, or LAMB), jitted
            with the state donated;
   torch    `transformers.AlbertForPreTraining` (its default SDPA attention, full-vocabulary MLM
@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from albert_jax import encoder, hf_convert, optimizer, train
+from albert_jax import encoder, hf_convert, optimizer, steps
 from albert_jax.tasks import pretraining
 from albert_jax import model as M
 
@@ -132,7 +132,7 @@ class JittedPeer:
 
 
 class Ours(JittedPeer):
-  """The real `train.train_step`, jitted with the state donated."""
+  """The real `steps.train_step`, jitted with the state donated."""
 
   def __init__(self, cfg, params, batch, optim="adamw_optax", remat_policy=encoder.DEFAULT_REMAT):
     module = M.AlbertForPreTraining(cfg, remat_policy=remat_policy)
@@ -141,11 +141,11 @@ class Ours(JittedPeer):
     tx = optimizer.make_optimizer(optim_cfg, total_steps=10_000)
     schedule = optimizer.learning_rate_schedule(optim_cfg, total_steps=10_000)
     params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the state is donated
-    self.state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    self.state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                   opt_state=tx.init(params),
                                   nonfinite_step=jnp.full((), -1, jnp.int32))
     self.batch = jax.tree_util.tree_map(jnp.asarray, batch)
-    self.compile(functools.partial(train.train_step, module=module, task=pretraining, tx=tx,
+    self.compile(functools.partial(steps.train_step, module=module, task=pretraining, tx=tx,
                                    schedule=schedule, accum_steps=1, seed=0))
 
 
@@ -314,16 +314,16 @@ def remat_modes(size, seq, batch_size, params, args):
 
 
 def abstract_step(module, optim: str):
-  """(`train.train_step` bound to module and optimizer, its state as shapes only): to compile."""
+  """(`steps.train_step` bound to module and optimizer, its state as shapes only): to compile."""
   optim_cfg = optimizer.default_optim_config()
   optim_cfg.update(name=optim, warmup_steps=0)
   tx = optimizer.make_optimizer(optim_cfg, 10_000)
   abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                                     nn.unbox(M.abstract_params(module)))
-  state = jax.eval_shape(lambda p: train.TrainState(
+  state = jax.eval_shape(lambda p: steps.TrainState(
       step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
       nonfinite_step=jnp.zeros((), jnp.int32)), abstract)
-  step = functools.partial(train.train_step, module=module, task=pretraining, tx=tx,
+  step = functools.partial(steps.train_step, module=module, task=pretraining, tx=tx,
                            accum_steps=1, seed=0,
                            schedule=optimizer.learning_rate_schedule(optim_cfg, 10_000))
   return step, state
