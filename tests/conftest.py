@@ -112,6 +112,20 @@ def tiny_config(spm_model, **changes):
   return config
 
 
+def stop_after(steps: int):
+  """A stand-in for train._StopFlag that "receives SIGTERM" once `steps` steps have run."""
+  class StopAfter:
+    def __init__(self):
+      self._checks = 0
+
+    @property
+    def set(self):
+      self._checks += 1
+      return self._checks >= steps
+
+  return StopAfter
+
+
 def abstract_state(workdir, step, mesh, rule_name):
   """The train state's (params, rest) shapes for the run in `workdir`, laid out on `mesh`."""
   import json

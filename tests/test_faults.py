@@ -23,7 +23,7 @@ from albert_jax import checkpointing, metrics, sharding, steps, train
 from albert_jax.checkpoints import model_dir
 from albert_jax.data import arrays, order
 
-from conftest import abstract_state, tiny_config
+from conftest import abstract_state, stop_after, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -202,17 +202,6 @@ def test_fine_tuning_data_that_changed_is_refused_unless_allowed():
 
 # ----------------------------------------------------------------------------- T5: controls
 
-class _StopAfter:
-  """Stands in for train._StopFlag: "SIGTERM" once `steps` steps have run."""
-  steps = 2
-
-  def __init__(self):
-    self._checks = 0
-
-  @property
-  def set(self):
-    self._checks += 1
-    return self._checks >= self.steps
 
 
 def _fresh_opt_state(restore):
@@ -247,7 +236,7 @@ def test_resume_comparison_fails_when_a_part_of_the_state_is_not_restored(
   uninterrupted run's losses exactly; leaving out the data position, the dropout keys or the
   optimizer state changes them (so the exact-resume tests would catch each)."""
   workdir = copy_run(reference, tmp_path, keep=(6, 12))
-  monkeypatch.setattr(train, "_StopFlag", _StopAfter)
+  monkeypatch.setattr(train, "_StopFlag", stop_after(2))
   if CONTROLS[control]:
     CONTROLS[control](monkeypatch)
   summary = train.train_and_evaluate(tiny_config(spm_model), str(workdir))

@@ -19,6 +19,8 @@ from albert_jax.data.train_tokenizer import train_spm
 from albert_jax.tasks import glue
 from albert_jax.tasks.glue import Example
 
+import finetune_glue  # noqa: E402  (configs/, on the path by conftest.py)
+
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
 
@@ -406,18 +408,9 @@ def test_hyperparameters_from_run_glue_sh():
                                               batch_size=16, max_seq_length=512)
 
 
-def _finetune_config(name, arg):
-  """configs/NAME.py's get_config(arg) (configs/ is not a package)."""
-  path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def test_the_config_reads_the_hyperparameters():
   for arg, task in (("task=mnli", "mnli"), ("task=CoLA,model=base", "cola"), ("rte", "rte")):
-    hp, config = glue.HYPERPARAMETERS[task], _finetune_config("finetune_glue", arg)
+    hp, config = glue.HYPERPARAMETERS[task], finetune_glue.get_config(arg)
     assert (config.optim.lr, config.batch_size, config.total_steps, config.optim.warmup_steps,
             config.data.max_seq_length) == (hp["lr"], hp["batch_size"], hp["train_steps"],
                                             hp["warmup_steps"], hp["max_seq_length"])

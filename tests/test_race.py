@@ -1,16 +1,16 @@
 """RACE: reading the distribution and TFDS rows, run_race.py's features, accuracies by level."""
 
-import importlib.util
 import json
 import math
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from albert_jax.data import arrays
 from albert_jax.tasks import race
+
+import finetune_race  # noqa: E402  (configs/, on the path by conftest.py)
 
 # RACE/{split}/{level}/{file}: one JSON article record per file, as the distribution has them.
 RECORDS = {
@@ -234,19 +234,10 @@ def test_data_config_and_hyperparameters():
                                                                                 12000, 1000)
 
 
-def _finetune_config(name, arg):
-  """configs/NAME.py's get_config(arg) (configs/ is not a package)."""
-  path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def test_the_config_reads_the_hyperparameters():
   hp = race.HYPERPARAMETERS
   for arg in ("all", "high,model=base"):
-    config = _finetune_config("finetune_race", arg)
+    config = finetune_race.get_config(arg)
     assert (config.optim.lr, config.batch_size, config.total_steps, config.optim.warmup_steps) == (
         hp["lr"], hp["batch_size"], hp["total_steps"], hp["warmup_steps"])
     assert (config.task, config.optim.name) == ("race", "adamw")

@@ -21,7 +21,7 @@ from albert_jax import checkpointing, metrics, spike, train
 from albert_jax.checkpoints import model_dir
 
 import fault_worker
-from conftest import OVERRIDES, REPO, once_per_session, tiny_config
+from conftest import OVERRIDES, REPO, once_per_session, stop_after, tiny_config
 from experiments import spike_noise
 
 # The poisoned batches (global indices): steps 17-20 train on them, so the save of step 18 would
@@ -203,17 +203,6 @@ def test_a_resume_after_the_rollback_is_exact(tmp_path, spm_model, spiked):
   assert events(workdir) == events(spiked[0])
 
 
-class _StopAfter:
-  """Stands in for train._StopFlag: "SIGTERM" once `steps` steps have run."""
-  steps = 6
-
-  def __init__(self):
-    self._checks = 0
-
-  @property
-  def set(self):
-    self._checks += 1
-    return self._checks >= self.steps
 
 
 def _preempted_inside_the_spike(workdir, reference, config, monkeypatch):
@@ -224,7 +213,7 @@ def _preempted_inside_the_spike(workdir, reference, config, monkeypatch):
   for step in (18, 24):
     shutil.rmtree(workdir / "checkpoints" / str(step))
   with monkeypatch.context() as patch:
-    patch.setattr(train, "_StopFlag", _StopAfter)
+    patch.setattr(train, "_StopFlag", stop_after(6))
     summary = train.train_and_evaluate(config, str(workdir))
   assert summary["preempted"] and summary["step"] == 18
   state = json.loads((workdir / "checkpoints" / "18" / "data" / "metadata").read_text())

@@ -3,13 +3,11 @@ scripts, sliding windows that map every answer back to its exact text, post-proc
 reading and the task interface."""
 
 import collections
-import importlib.util
 import json
 import math
 import random
 import re
 import string
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +20,8 @@ from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
 from albert_jax.data import arrays
 from albert_jax.tasks import squad, squad_data, squad_metrics, squad_v2_original
+
+import finetune_squad  # noqa: E402  (configs/, on the path by conftest.py)
 
 
 def dataset_json(*qas, v2=False):
@@ -498,19 +498,10 @@ def test_config_and_num_labels():
     squad.data_config("v3")
 
 
-def _finetune_config(name, arg):
-  """configs/NAME.py's get_config(arg) (configs/ is not a package)."""
-  path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def test_the_config_reads_the_hyperparameters():
   """Both heads train with their version's row of squad_data.HYPERPARAMETERS."""
   for arg, version in (("v1", 1), ("v2", 2), ("v2,head=original,model=base", 2)):
-    hp, config = squad_data.HYPERPARAMETERS[version], _finetune_config("finetune_squad", arg)
+    hp, config = squad_data.HYPERPARAMETERS[version], finetune_squad.get_config(arg)
     assert (config.optim.lr, config.batch_size, config.total_steps, config.optim.warmup_steps,
             config.data.max_seq_length) == (hp["lr"], hp["batch_size"], hp["total_steps"],
                                             hp["warmup_steps"], hp["max_seq_length"])
