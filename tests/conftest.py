@@ -38,6 +38,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="albe
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import socket  # noqa: E402
+import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -124,6 +125,22 @@ def stop_after(steps: int):
       return self._checks >= steps
 
   return StopAfter
+
+
+def tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
+  """Scalars of TFRecord event files, read with the Event proto (not with our writer)."""
+  from tensorboardX.proto import event_pb2  # test-side reader of what metrics.py wrote
+  out = {}
+  for path in Path(logdir).glob("events.out.tfevents.*"):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, {})[event.step] = value.simple_value
+  return out
 
 
 def abstract_state(workdir, step, mesh, rule_name):

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,8 @@ from albert_jax import checkpointing, metrics, spike, train
 from albert_jax.checkpoints import model_dir
 
 import fault_worker
-from conftest import OVERRIDES, REPO, once_per_session, stop_after, tiny_config
+from conftest import (OVERRIDES, REPO, once_per_session, stop_after, tensorboard_scalars,
+                      tiny_config)
 from experiments import spike_noise
 
 # The poisoned batches (global indices): steps 17-20 train on them, so the save of step 18 would
@@ -140,22 +140,6 @@ def _trained_on(data_state) -> set[int]:
   return {g for g in range(data_state["next_batch"]) if not any(a <= g < b for a, b in skipped)}
 
 
-
-def _tensorboard_tags(logdir) -> dict[str, dict[int, float]]:
-  """Scalars of TFRecord event files, read with the Event proto (not with our writer)."""
-  from tensorboardX.proto import event_pb2
-  out = {}
-  for path in Path(logdir).glob("events.out.tfevents.*"):
-    data, offset = path.read_bytes(), 0
-    while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-      offset += 12 + length + 4
-      for value in event.summary.value:
-        out.setdefault(value.tag, {})[event.step] = value.simple_value
-  return out
-
-
 @pytest.mark.slow
 def test_a_poisoned_stretch_is_rolled_back_past_its_batches(spiked, reference):
   """Steps 17-20 train on poisoned batches. The spike is declared at step 20 and rolled back
@@ -183,7 +167,7 @@ def test_a_poisoned_stretch_is_rolled_back_past_its_batches(spiked, reference):
     assert not _trained_on(data) & poisoned, step
   assert saves[2][1]["next_batch"] == 27  # 18 steps: batches 0-11 and 21-26
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [6, 12, 18, 24]
-  scalars = _tensorboard_tags(workdir / "tensorboard")
+  scalars = tensorboard_scalars(workdir / "tensorboard")
   assert scalars["rollback/to_step"] == {12: 12.0}
 
 
@@ -201,8 +185,6 @@ def test_a_resume_after_the_rollback_is_exact(tmp_path, spm_model, spiked):
     fault_worker.unpoison(draw)
   assert losses(workdir) == losses(spiked[0])
   assert events(workdir) == events(spiked[0])
-
-
 
 
 def _preempted_inside_the_spike(workdir, reference, config, monkeypatch):

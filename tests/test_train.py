@@ -3,7 +3,6 @@
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ from albert_jax import train
 from albert_jax.checkpoints import model_dir
 from albert_jax import model as M
 
-from conftest import OVERRIDES, REPO, abstract_state, tiny_config  # shared with other tests
+# Shared with other tests:
+from conftest import OVERRIDES, REPO, abstract_state, tensorboard_scalars, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -74,25 +74,9 @@ def test_end_to_end_run_learns_and_writes_everything(reference):
   assert tok.mask_token_id == 4 and tok.vocab_size == 500
 
 
-def _tensorboard_scalars(logdir):
-  """Scalars of TFRecord event files, read with the Event proto (not with our writer)."""
-  from tensorboardX.proto import event_pb2
-  out = {}
-  for path in Path(logdir).glob("events.out.tfevents.*"):
-    data = path.read_bytes()
-    offset = 0
-    while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-      offset += 12 + length + 4
-      for value in event.summary.value:
-        out.setdefault(value.tag, {})[event.step] = value.simple_value
-  return out
-
-
 def test_tensorboard_event_files_hold_the_metrics(reference):
   workdir, _ = reference
-  scalars = _tensorboard_scalars(workdir / "tensorboard")
+  scalars = tensorboard_scalars(workdir / "tensorboard")
   rows = {r["step"]: r for r in metrics.read_metrics(workdir) if "loss" in r}
   assert sorted(scalars["loss"]) == sorted(rows)
   for step, row in rows.items():
