@@ -46,7 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from albert_jax import accelerators, attention, census, encoder, files, init_from  # noqa: E402
-from albert_jax import model as M, optimizer, overrides, sharding, steps, tasks, train  # noqa: E402
+from albert_jax import optimizer, overrides, sharding, steps, tasks, train  # noqa: E402
 
 GiB = 2**30
 

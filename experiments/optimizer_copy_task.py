@@ -57,12 +57,12 @@ def model_config() -> M.AlbertConfig:
                         num_attention_heads=2, intermediate_size=512)
 
 
-def run_ours(name: str, lr: float, steps: int, log) -> tuple[float, float]:
+def run_ours(name: str, lr: float, num_steps: int, log) -> tuple[float, float]:
   module = M.AlbertForPreTraining(model_config())
   optim_cfg = optimizer.default_optim_config()
   optim_cfg.update(name=name, lr=lr, warmup_steps=WARMUP, weight_decay=0.01, clip_norm=1.0,
                    eps=1e-6)
-  tx = optimizer.make_optimizer(optim_cfg, steps)
+  tx = optimizer.make_optimizer(optim_cfg, num_steps)
   params = M.init_params(module, 0)
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
@@ -72,11 +72,11 @@ def run_ours(name: str, lr: float, steps: int, log) -> tuple[float, float]:
                                  "loss": pretraining.normalise(sums, d)["mlm_loss"]})
   step = jax.jit(functools.partial(
       steps.train_step, module=module, task=mlm_only, tx=tx, accum_steps=1, seed=0,
-      schedule=optimizer.learning_rate_schedule(optim_cfg, steps)))
+      schedule=optimizer.learning_rate_schedule(optim_cfg, num_steps)))
   rs = np.random.RandomState(0)
-  for i in range(steps):
+  for i in range(num_steps):
     state, metrics = step(state, copy_batch(rs))
-    if (i + 1) % 100 == 0 or i + 1 == steps:
+    if (i + 1) % 100 == 0 or i + 1 == num_steps:
       log(i + 1, float(metrics["mlm_loss"]), float(metrics["mlm_accuracy"]))
   return float(metrics["mlm_loss"]), float(metrics["mlm_accuracy"])
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import app  # noqa: E402
 
-from albert_jax import checkpointing, main, steps, train  # noqa: E402
+from albert_jax import checkpointing, main, steps  # noqa: E402
 
 
 def _applies(process):
