@@ -97,6 +97,14 @@ def step_of(config) -> JobStep:
   return JobStep(config.task, task, task.head(config.data), cfg, task.example_spec(config.data))
 
 
+def batch_rows(config) -> int:
+  """The rows of the step's batch: config.batch_size examples, or data.pack_rows packed rows
+  (`data/packed_batches.py`; unset, a packed batch is compiled at batch_size rows: its
+  widest)."""
+  data = config.data
+  return int(data.pack_rows) if data.get("pack") and data.get("pack_rows") else config.batch_size
+
+
 def _batch(spec, batch_size: int, mesh) -> dict:
   return {k: jax.ShapeDtypeStruct((batch_size, *s.shape), s.dtype,
                                   sharding=sharding.batch_sharding(mesh, 1 + len(s.shape)))
@@ -115,7 +123,12 @@ def lower(config, spec, devices):
   # State shapes outside jax.set_mesh: eval_shape there would trace eager PRNG keys on the mesh.
   layout = steps.state_layout(module, tx, mesh, rules)
   abstract, state_shardings = layout.abstract, layout.shardings
-  batch = _batch(spec, config.batch_size, mesh)
+  rows = batch_rows(config)
+  divisor = mesh.shape["data"] * mesh.shape["fsdp"] * config.grad_accum_steps
+  if rows % divisor:
+    raise ValueError(f"config.data.pack_rows={rows} must be a multiple of data x fsdp x "
+                     f"grad_accum_steps = {divisor}")
+  batch = _batch(spec, rows, mesh)
   step = steps.jit_train_step(config, module, spec.task, tx, schedule, state_shardings,
                               {k: v.sharding for k, v in batch.items()}, NamedSharding(mesh, P()))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -237,7 +250,8 @@ def compile_report(config, target: accelerators.Target, devices: Sequence | None
       "opt_state_bytes_per_device": _bytes_per_device(abstract.opt_state),
       "hbm_bytes_per_device": target.hbm_bytes,
       "peak_flops_per_device": target.peak_flops,
-      "flops_per_step": 3 * config.batch_size * train.flops_per_example(config, spec.task, cfg),
+      "rows": batch_rows(config),
+      "flops_per_step": 3 * batch_rows(config) * train.flops_per_example(config, spec.task, cfg),
   }
   if target.platform == "gpu":
     report["compiler_options"] = accelerators.compiler_options(devices) or {}

@@ -53,8 +53,32 @@ def _dtype(value) -> type:
   return np.float32 if kind == "f" else np.int32
 
 
+def first_fit(lengths: Sequence[int], length: int, max_examples: int, rows: int | None = None
+              ) -> tuple[list[tuple[int, int, int]], int]:
+  """(row, slot, start) of each example of `lengths` placed, and the rows used: each example to
+  the first row with room for it and a free slot, a new row when none has (up to `rows`; None:
+  as many as needed); the placing stops at the first example that fits nowhere. Plain Python:
+  sizing a run's row budget packs thousands of steps' lengths (`data/packed_batches.py`)."""
+  used, slots, placed = [], [], []
+  for n in lengths:
+    for r, taken in enumerate(used):
+      if taken + n <= length and slots[r] < max_examples:
+        break
+    else:
+      if rows is not None and len(used) >= rows:
+        break
+      r = len(used)
+      used.append(0)
+      slots.append(0)
+    placed.append((r, slots[r], used[r]))
+    used[r] += n
+    slots[r] += 1
+  return placed, len(used)
+
+
 def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: int, length: int,
-         max_examples: int, pad_values: Mapping[str, int | float] | None = None) -> Packed:
+         max_examples: int, pad_values: Mapping[str, int | float] | None = None,
+         template: Mapping[str, Sequence[int] | int | float] | None = None) -> Packed:
   """Packs `examples` into `rows` rows of `length` tokens, at most `max_examples` to a row.
 
   Each example is a dict of features: sequences as long as its `input_ids` are per token
@@ -63,13 +87,14 @@ def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: in
   and a free slot (first fit), and the packing stops at the first that fits nowhere: the
   `count` packed are always a prefix, so a stream of examples is cut into steps in order.
   Padding gets `pad_values[name]` (default 0; NER's ignored label, say); an empty slot's label
-  must still be a valid one: it weighs 0, but a NaN loss times 0 is NaN.
+  must still be a valid one: it weighs 0, but a NaN loss times 0 is NaN. `template`: an example
+  whose features' names and kinds the rows take when `examples` is empty (all padding).
   """
   if rows < 1 or length < 1 or max_examples < 1:
     raise ValueError(f"rows={rows}, length={length}, max_examples={max_examples}: each must be "
                      "at least 1")
   pad_values = dict(pad_values or {})
-  first = examples[0] if examples else {"input_ids": []}
+  first = examples[0] if examples else (template or {"input_ids": []})
   token_keys = [k for k, v in first.items() if np.ndim(v) == 1]
   example_keys = [k for k, v in first.items() if np.ndim(v) == 0]
   if "input_ids" not in token_keys:
@@ -83,9 +108,6 @@ def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: in
                    for k in example_keys})
   example_ids = np.zeros((rows, length), np.int32)
   cls_positions = np.zeros((rows, max_examples), np.int32)
-  used = np.zeros(rows, np.int64)  # tokens taken in each row
-  slots = np.zeros(rows, np.int64)  # examples in each row
-  placed = []
   for i, example in enumerate(examples):
     n = len(example["input_ids"])
     if not 1 <= n <= length:
@@ -93,25 +115,25 @@ def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: in
                        "(truncate it first)")
     if sorted(example) != sorted(first):
       raise ValueError(f"example {i} has features {sorted(example)}, example 0 {sorted(first)}")
-    room = np.flatnonzero((used + n <= length) & (slots < max_examples))
-    if not room.size:
-      break
-    r, s, start = int(room[0]), int(slots[room[0]]), int(used[room[0]])
     for k in token_keys:
       if len(example[k]) != n:
         raise ValueError(f"example {i}: {k} has {len(example[k])} values, input_ids {n}")
+  placed, _ = first_fit([len(e["input_ids"]) for e in examples], length, max_examples, rows)
+  slots = np.zeros(rows, np.int64)  # examples in each row
+  for example, (r, s, start) in zip(examples, placed):
+    n = len(example["input_ids"])
+    for k in token_keys:
       features[k][r, start:start + n] = example[k]
     for k in example_keys:
       features[k][r, s] = example[k]
     example_ids[r, start:start + n] = s + 1
     cls_positions[r, s] = start
-    used[r] += n
     slots[r] += 1
-    placed.append((r, s, start, n))
 
   features["example_ids"] = example_ids
   features["attention_mask"] = (example_ids > 0).astype(np.int32)
   features["cls_positions"] = cls_positions
   features["example_mask"] = (np.arange(max_examples)[None] < slots[:, None]).astype(np.int32)
-  row, slot, start, size = np.array(placed, np.int64).reshape(-1, 4).T
-  return Packed(features, row, slot, start, size)
+  sizes = [len(e["input_ids"]) for e in examples[:len(placed)]]
+  row, slot, start = np.array(placed, np.int64).reshape(-1, 3).T
+  return Packed(features, row, slot, start, np.array(sizes, np.int64))

@@ -33,6 +33,7 @@ from albert_jax import accelerators, checkpointing, files, hf_convert, init_from
 from albert_jax import metrics as metrics_lib
 from albert_jax import model as M
 from albert_jax import optimizer, sharding, spike, steps, tasks, watchdog
+from albert_jax.data import packed_batches
 
 PyTree = Any
 
@@ -275,7 +276,7 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
                         compiler_options=accelerators.compiler_options(mesh.devices.flat))
 
   writer = metrics_lib.MetricsWriter(workdir, start_step, enabled=is_main)
-  flops_per_step = 3 * config.batch_size * flops_per_example(config, task, cfg)
+  flops_per_step = 3 * flops_per_batch(config, task, cfg, train_iter)
   throughput = metrics_lib.Throughput(config.total_steps, flops_per_step,
                                       metrics_lib.peak_flops(config))
   best = _Best(workdir, f"eval/{task.METRIC}", cfg, head, tokenizer) if task.METRIC else None
@@ -402,6 +403,14 @@ def flops_per_example(config, task, cfg: M.AlbertConfig) -> float:
   rows = math.prod(inputs[:-1])
   predictions = spec["masked_lm_positions"].shape[0] if "masked_lm_positions" in spec else 0
   return rows * M.pretraining_flops_per_example(cfg, inputs[-1], predictions)
+
+
+def flops_per_batch(config, task, cfg: M.AlbertConfig, train_iter) -> float:
+  """Forward FLOPs of a global batch as it runs: its examples, or its packed rows."""
+  if isinstance(train_iter, packed_batches.PackedIterator):
+    rows, length = train_iter.row_shape
+    return rows * M.pretraining_flops_per_example(cfg, length, 0)
+  return config.batch_size * flops_per_example(config, task, cfg)
 
 
 def _spike_config(config) -> ml_collections.ConfigDict | None:

@@ -18,7 +18,7 @@ from albert_jax.data import corpus
 from albert_jax.data.train_tokenizer import train_spm
 from albert_jax.tasks import squad_metrics
 
-from conftest import once_per_session
+from conftest import once_per_session, stop_after
 
 pytestmark = pytest.mark.slow
 
@@ -146,6 +146,75 @@ def test_glue_resumes_without_losing_the_best(tmp_path, vocab):
   results = json.loads((workdir / "eval_results.json").read_text())
   assert results["last_step"] == 30
   assert results["accuracy"] >= first["accuracy"]
+
+
+# ----------------------------------------------------------------------------- packed rows
+
+def _losses(workdir: Path) -> dict[int, float]:
+  return {r["step"]: r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r}
+
+
+def _files(directory: Path) -> dict[str, str]:
+  return {str(p.relative_to(directory)): p.read_text() for p in sorted(directory.rglob("*.tsv"))}
+
+
+def test_packed_glue_run_equals_the_unpacked_one_and_resumes(tmp_path, vocab, monkeypatch):
+  """data.pack changes the rows only: every step's loss, the evals and the prediction files of
+  a GLUE run (and of an unlabelled split's submission) are the unpacked run's; a packed run
+  stopped in the middle and rerun is the uninterrupted one."""
+  # 37 dev rows: the last eval batch (16) is mostly padding, which packing leaves out.
+  data = write_sst2(tmp_path / "SST-2", 96, 37)
+  changes = {"data.data_dir": str(data), "data.max_seq_length": 24, "total_steps": 8,
+             "eval_every_steps": 4, "checkpoint_every_steps": 4, "log_every_steps": 1,
+             "data.predict_split": "test"}
+  runs = {}
+  for name, pack in (("padded", False), ("packed", True)):
+    config = tiny(load_config("finetune_glue", "sst2"), vocab, **changes, **{"data.pack": pack})
+    runs[name] = train.train_and_evaluate(config, str(tmp_path / name))
+  padded, packed = _losses(tmp_path / "padded"), _losses(tmp_path / "packed")
+  assert sorted(packed) == list(range(1, 9))
+  for step in padded:
+    assert packed[step] == pytest.approx(padded[step], rel=1e-5), step
+  assert runs["packed"]["eval"] == pytest.approx(runs["padded"]["eval"], rel=1e-5)
+  for step in (4, 8):
+    assert _files(tmp_path / "packed" / "predictions" / f"step_{step}") == _files(
+        tmp_path / "padded" / "predictions" / f"step_{step}")
+
+  # Stopped after step 5 (saved there), then rerun: the uninterrupted packed run, step by step.
+  config = tiny(load_config("finetune_glue", "sst2"), vocab, **changes)
+  with monkeypatch.context() as patch:
+    patch.setattr(train, "_StopFlag", stop_after(5))
+    stopped = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert stopped["preempted"] and stopped["step"] == 5
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = _losses(tmp_path / "resumed")
+  assert sorted(resumed) == list(range(1, 9))
+  for step in packed:
+    assert resumed[step] == pytest.approx(packed[step], rel=1e-6), step
+
+
+def test_packed_ner_run_equals_the_unpacked_one(tmp_path, vocab):
+  """Token classification packed: the same losses, entity scores and predictions file."""
+  lines, rng = [], random.Random(1)
+  for _ in range(24):
+    name = rng.choice(["Paris", "London", "Berlin"])
+    words = rng.sample(["The", "film", "opened", "quietly", "in", "old"], rng.randint(1, 5))
+    lines += [f"{w} NN O" for w in words] + [f"{name} NNP B-LOC", ". . O", ""]
+  path = tmp_path / "train.txt"
+  path.write_text("\n".join(lines))
+  results = {}
+  for name, pack in (("padded", False), ("packed", True)):
+    config = tiny(load_config("finetune_ner", "model=base"), vocab,
+                  **{"data.train_file": str(path), "data.eval_file": str(path),
+                     "data.max_seq_length": 24, "total_steps": 4, "eval_every_steps": 4,
+                     "log_every_steps": 1, "data.pack": pack, "eval_batch_size": 8})
+    results[name] = train.train_and_evaluate(config, str(tmp_path / name))["eval_results"]
+  padded, packed = _losses(tmp_path / "padded"), _losses(tmp_path / "packed")
+  assert packed == pytest.approx(padded, rel=1e-5) and len(packed) == 4
+  assert results["packed"] == pytest.approx(results["padded"], rel=1e-5)
+  prediction = Path("predictions") / "step_4" / "eval" / "predictions.txt"
+  assert (tmp_path / "packed" / prediction).read_text() == (
+      tmp_path / "padded" / prediction).read_text()
 
 
 # ----------------------------------------------------------------------------- init_from

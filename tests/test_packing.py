@@ -7,6 +7,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -14,6 +15,9 @@ import pytest
 from albert_jax import attention as A
 from albert_jax import model as M
 from albert_jax import packing
+from albert_jax.data import arrays, packed_batches
+from albert_jax.tasks import common
+import finetune_glue
 from helpers import random_params
 
 IGNORE = -100  # a token without a label (NER's convention)
@@ -199,3 +203,166 @@ def test_a_packed_batch_needs_a_head_that_takes_it():
   with pytest.raises(ValueError, match="need cls_positions"):
     jax.eval_shape(lambda b: M.apply_to_batch(
         classifier, random_params(CFG, "sequence_classification", 0), b), batch)
+
+
+# ----------------------------------------------------------------------------- packed batches
+
+def _dataset(lengths, per_token_labels=False, length=48):
+  """Padded features as a task's `load` makes them: ids 1000*i + position, labels i (per
+  example) or 100*i + position (per token)."""
+  n = len(lengths)
+  ids = np.zeros((n, length), np.int32)
+  mask = np.zeros((n, length), np.int32)
+  for i, k in enumerate(lengths):
+    ids[i, :k] = 1000 * i + np.arange(k)
+    mask[i, :k] = 1
+  labels = (np.where(mask > 0, ids % 1000 + 100 * np.arange(n)[:, None], IGNORE)
+            if per_token_labels else np.arange(n, dtype=np.int32))
+  return arrays.Dataset({"input_ids": ids, "attention_mask": mask,
+                         "token_type_ids": (ids % 2) * mask, "labels": labels.astype(np.int32)})
+
+
+def _unpacked(batch) -> list[dict]:
+  """The examples of a packed batch, row by row, slot by slot: each one's tokens and label."""
+  out = []
+  for r in range(len(batch["input_ids"])):
+    for slot in np.flatnonzero(batch["weight"][r]):
+      tokens = batch["example_ids"][r] == slot + 1
+      assert batch["input_ids"][r, batch["cls_positions"][r, slot]] % 1000 == 0  # its first
+      out.append({"ids": batch["input_ids"][r, tokens].tolist(),
+                  "types": batch["token_type_ids"][r, tokens].tolist(),
+                  "label": (batch["labels"][r, tokens].tolist() if batch["labels"].shape[1] ==
+                            batch["input_ids"].shape[1] else int(batch["labels"][r, slot]))})
+  return out
+
+
+def _order(examples: list[dict]) -> list[dict]:
+  return sorted(examples, key=lambda e: e["ids"][0])
+
+
+def _trimmed(dataset, index) -> list[dict]:
+  f, out = dataset.features, []
+  for i in index:
+    n = int(f["attention_mask"][i].sum())
+    label = f["labels"][i, :n].tolist() if f["labels"].ndim == 2 else int(f["labels"][i])
+    out.append({"ids": f["input_ids"][i, :n].tolist(), "types": f["token_type_ids"][i, :n].tolist(),
+                "label": label})
+  return out
+
+
+@pytest.mark.parametrize("per_token, max_examples", [(False, 0), (True, 0), (False, 1)])
+def test_packed_steps_hold_the_unpacked_steps_examples(per_token, max_examples):
+  """Every packed step holds exactly the examples of the same unpacked step (three epochs of a
+  shuffled stream); one slot a row packs one example a row; the state is the position."""
+  rs = np.random.RandomState(0)
+  dataset = _dataset(rs.randint(3, 49, 40), per_token)
+  cfg = ml_collections.ConfigDict(dict(pack_length=0, pack_rows=0,
+                                       pack_max_examples=max_examples))
+  plain = arrays.ArrayIterator(dataset, global_batch_size=8, seed=3)
+  base = arrays.ArrayIterator(dataset, global_batch_size=8, seed=3)
+  layout = packed_batches.size_layout(
+      packed_batches.lengths_of(dataset), packed_batches.sizing_steps(base, 15),
+      max_seq_length=48, processes=1, row_multiple=2, data_cfg=cfg)
+  assert layout.length == 48 and layout.rows % 2 == 0
+  assert layout.rows == 8 if max_examples == 1 else layout.rows < 8
+  packed = packed_batches.PackedIterator(base, packed_batches.Packer(dataset, layout))
+  for _ in range(15):
+    batch, reference = next(packed), next(plain)
+    assert batch["input_ids"].shape == (layout.rows, 48)
+    index = [int(i) for i in reference["input_ids"][:, 0] // 1000]
+    assert _order(_unpacked(batch)) == _order(_trimmed(dataset, index))
+  assert packed.get_state() == plain.get_state()
+  again = packed_batches.PackedIterator(arrays.ArrayIterator(dataset, global_batch_size=8, seed=3),
+                                        packed_batches.Packer(dataset, layout))
+  again.set_state(packed.get_state())
+  assert all(np.array_equal(a, b) for a, b in zip(next(again).values(), next(packed).values()))
+
+
+def test_a_step_that_needs_more_rows_runs_with_more(caplog):
+  """Past the sizing steps, a step whose examples do not fit the budget gets a multiple of it:
+  the same examples, one more shape (and a warning)."""
+  dataset = _dataset([40] * 8 + [4] * 8)
+  base = arrays.ArrayIterator(dataset, global_batch_size=8, seed=0)
+  layout = packed_batches.Layout(rows=2, length=48, max_examples=8)
+  packer = packed_batches.Packer(dataset, layout)
+  features, (packed,) = packer.pack([(np.arange(8), np.ones(8, np.float32))])
+  assert features["input_ids"].shape == (8, 48) and packed.count == 8  # 8 rows of 40 tokens
+  assert _order(_unpacked(features)) == _trimmed(dataset, range(8))
+  features, _ = packer.pack([(np.arange(8, 16), np.ones(8, np.float32))])
+  assert features["input_ids"].shape == (2, 48)
+  iterator = packed_batches.PackedIterator(base, packer)
+  shapes = {next(iterator)["input_ids"].shape for _ in range(6)}
+  assert max(shapes)[0] > 2 and "more than the 2 sized" in caplog.text
+
+
+@pytest.mark.parametrize("setting, match", [
+    ({"pack_length": 32}, "data.pack_length=32 is shorter than an example of 48 tokens"),
+    ({"pack_rows": 6}, "data.pack_rows=6 must be a multiple of 4"),
+    ({"pack_rows": 4}, r"data.pack_rows=4 is too few: step \d+'s examples need \d+ rows of 48"),
+])
+def test_packing_sizes_it_cannot_hold_are_refused(setting, match):
+  dataset = _dataset([48] * 4 + [10] * 12)
+  cfg = ml_collections.ConfigDict(dict(pack_length=0, pack_rows=0, pack_max_examples=0))
+  cfg.update(setting)
+  base = arrays.ArrayIterator(dataset, global_batch_size=16, seed=0)
+  with pytest.raises(ValueError, match=match):
+    packed_batches.size_layout(packed_batches.lengths_of(dataset),
+                               packed_batches.sizing_steps(base, 4), max_seq_length=48,
+                               processes=1, row_multiple=4, data_cfg=cfg)
+
+
+def test_the_row_length_is_the_one_with_fewest_row_tokens():
+  """Rows of 128 hold examples of 100 one a row (28 tokens wasted each); rows of 512 five."""
+  dataset = _dataset([100] * 10, length=512)
+  cfg = ml_collections.ConfigDict(dict(pack_length=0, pack_rows=0, pack_max_examples=0))
+  base = arrays.ArrayIterator(dataset, global_batch_size=10, seed=0)
+  layout = packed_batches.size_layout(packed_batches.lengths_of(dataset),
+                                      packed_batches.sizing_steps(base, 3), max_seq_length=512,
+                                      processes=1, row_multiple=1, data_cfg=cfg)
+  assert (layout.rows, layout.length, layout.max_examples) == (2, 512, 5)
+  short = _dataset([20] * 10, length=512)  # 6 a row of 128: 2 rows x 128 < 1 x 512
+  layout = packed_batches.size_layout(packed_batches.lengths_of(short),
+                                      packed_batches.sizing_steps(base, 3), max_seq_length=512,
+                                      processes=1, row_multiple=1, data_cfg=cfg)
+  assert (layout.rows, layout.length) == (2, 128)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("per_token", [False, True])
+def test_packed_eval_batches_read_back_in_dataset_order(processes, per_token, monkeypatch):
+  """Each eval example once (the last batch's padding left out), on every process's rows; the
+  predictions read back per example in dataset order, per token as [n, max_seq_length]."""
+  rs = np.random.RandomState(1)
+  dataset = _dataset(rs.randint(3, 49, 21), per_token)
+  every = []
+  for p in range(processes):
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    batches, packed = packed_batches.eval_batches(dataset, global_batch_size=8, length=48,
+                                                  row_multiple=2, max_examples=4)
+    every.append(batches)
+  assert len(batches) == 3
+  seen = [e for b in zip(*every) for local in b for e in _unpacked(local)]
+  assert _order(seen) == _trimmed(dataset, range(21))
+  # What an eval step returns: global rows (the processes' in order); here the labels.
+  predictions = [{"labels": np.concatenate([local["labels"] for local in b])} for b in zip(*every)]
+  back = packed.unpack(predictions)["labels"]
+  if per_token:
+    assert back.shape == (21, 48)
+    mask = dataset.features["attention_mask"] > 0
+    np.testing.assert_array_equal(np.where(mask, back, 0),
+                                  np.where(mask, dataset.features["labels"], 0))
+  else:
+    np.testing.assert_array_equal(back, np.arange(21))
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_an_empty_eval_split_is_refused(pack):
+  """At the start, naming the eval set, rather than at the first eval."""
+  config = finetune_glue.get_config("sst2")
+  config.data.pack = pack
+  config.update(total_steps=2, batch_size=8)
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  load = lambda data_cfg, tok, split: _dataset([5] * 16 if split == "train" else [])
+  with pytest.raises(ValueError, match="glue: eval set 'eval' \\(split 'eval'\\) has no examples"):
+    common.data(load, config, None)

@@ -67,7 +67,7 @@ class ArrayIterator:
     if not len(dataset):
       raise ValueError("the training set is empty")
     self._features, self._n = dataset.features, len(dataset)
-    self._batch, self._seed = global_batch_size, seed
+    self.global_batch_size, self._seed = global_batch_size, seed
     self._rows = _rows(global_batch_size, process_index, process_count)
     self._next = 0
     self._allow_change = allow_change
@@ -78,11 +78,18 @@ class ArrayIterator:
   def __iter__(self):
     return self
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    start = self._next * self._batch
-    positions = range(start + self._rows[0], start + self._rows[1])
-    index = order.examples_at(positions, self._n, self._seed)
+  def indices(self, positions: range) -> np.ndarray:
+    """The examples at `positions` of the stream (global batch g: g*B to (g+1)*B)."""
+    return order.examples_at(positions, self._n, self._seed)
+
+  def next_indices(self) -> np.ndarray:
+    """The next global batch's examples (every process's), in order; moves on past it."""
+    start = self._next * self.global_batch_size
     self._next += 1
+    return self.indices(range(start, start + self.global_batch_size))
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    index = self.next_indices()[self._rows[0]:self._rows[1]]
     batch = {k: v[index] for k, v in self._features.items()}
     batch[WEIGHT] = np.ones(len(index), np.float32)
     return batch

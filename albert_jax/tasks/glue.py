@@ -432,6 +432,7 @@ def data_config(arg: str = "") -> ml_collections.ConfigDict:
       predict_split="",  # e.g. "test" (MNLI: "test_matched,test_mismatched"): submission files
       max_seq_length=HYPERPARAMETERS[task]["max_seq_length"],
       max_examples=0,  # 0: all; else the first N of each split (smoke tests)
+      **common.PACK_SETTINGS,
   ))
 
 
@@ -447,11 +448,9 @@ def num_labels(data_cfg) -> int:
 
 
 def example_spec(data_cfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """One row of `load`'s features: the inputs and `labels` (float32 for STS-B)."""
+  """One row of the batches: the inputs and `labels` (float32 for STS-B), packed or not."""
   regression = TASKS[canonical_task(data_cfg.task)].labels is None
-  return common.with_weight({
-      **common.input_spec(data_cfg.max_seq_length),
-      "labels": jax.ShapeDtypeStruct((), jnp.float32 if regression else jnp.int32)})
+  return common.row_spec(data_cfg, jnp.float32 if regression else jnp.int32)
 
 
 def _splits(data_cfg, split: str) -> list[str]:

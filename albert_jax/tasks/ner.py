@@ -189,6 +189,7 @@ def data_config(arg: str = "") -> ml_collections.ConfigDict:
       labels=(),  # empty: the train file's tags, sorted with "O" first
       max_seq_length=128,
       max_examples=0,  # the first N sentences of a file; 0 = all
+      **common.PACK_SETTINGS,
   ))
 
 
@@ -211,10 +212,8 @@ def num_labels(data_cfg: ml_collections.ConfigDict) -> int:
 
 
 def example_spec(data_cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-  """One sentence of `load`'s features: the inputs and a label per token."""
-  return common.with_weight({
-      **common.input_spec(data_cfg.max_seq_length),
-      "labels": jax.ShapeDtypeStruct((data_cfg.max_seq_length,), jnp.int32)})
+  """One row of the batches: the inputs and a label per token, packed or not."""
+  return common.row_spec(data_cfg, jnp.int32, per_token=True)
 
 
 def load(data_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> arrays.Dataset:
@@ -234,9 +233,8 @@ def load(data_cfg: ml_collections.ConfigDict, tokenizer, split: str) -> arrays.D
 
 
 def _labelled(batch) -> jax.Array:
-  """[b, L]: 1 where a token has a label (its word's first piece), times the row's weight."""
-  weight = batch[common.WEIGHT].astype(jnp.float32)[:, None]
-  return (batch["labels"] != common.IGNORE).astype(jnp.float32) * weight
+  """[b, L]: 1 where a token has a label (its word's first piece), times its example's weight."""
+  return (batch["labels"] != common.IGNORE).astype(jnp.float32) * common.token_weights(batch)
 
 
 def loss_sums(outputs, batch) -> dict[str, jax.Array]:
