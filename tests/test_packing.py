@@ -250,27 +250,38 @@ def _trimmed(dataset, index) -> list[dict]:
   return out
 
 
-@pytest.mark.parametrize("per_token, max_examples", [(False, 0), (True, 0), (False, 1)])
-def test_packed_steps_hold_the_unpacked_steps_examples(per_token, max_examples):
+@pytest.mark.parametrize("per_token, max_examples, processes",
+                         [(False, 0, 1), (True, 0, 1), (False, 1, 1), (False, 0, 2)])
+def test_packed_steps_hold_the_unpacked_steps_examples(per_token, max_examples, processes,
+                                                        monkeypatch):
   """Every packed step holds exactly the examples of the same unpacked step (three epochs of a
-  shuffled stream); one slot a row packs one example a row; the state is the position."""
+  shuffled stream), each process its part in rows of one shape; one slot a row packs one
+  example a row; the state is the unpacked one's."""
   rs = np.random.RandomState(0)
   dataset = _dataset(rs.randint(3, 49, 40), per_token)
   cfg = ml_collections.ConfigDict(dict(pack_length=0, pack_rows=0,
                                        pack_max_examples=max_examples))
-  plain = arrays.ArrayIterator(dataset, global_batch_size=8, seed=3)
-  base = arrays.ArrayIterator(dataset, global_batch_size=8, seed=3)
+  plain = arrays.ArrayIterator(dataset, global_batch_size=8, seed=3, process_index=0,
+                               process_count=1)
+  sizing = packed_batches.sizing_steps(plain, 15)
   layout = packed_batches.size_layout(
-      packed_batches.lengths_of(dataset), packed_batches.sizing_steps(base, 15),
-      max_seq_length=48, processes=1, row_multiple=2, data_cfg=cfg)
+      packed_batches.lengths_of(dataset), sizing, max_seq_length=48, processes=processes,
+      row_multiple=2, data_cfg=cfg)
   assert layout.length == 48 and layout.rows % 2 == 0
-  assert layout.rows == 8 if max_examples == 1 else layout.rows < 8
-  packed = packed_batches.PackedIterator(base, packed_batches.Packer(dataset, layout))
+  if processes == 1:
+    assert layout.rows == 8 if max_examples == 1 else layout.rows < 8
+  iterators = []
+  for p in range(processes):
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    base = arrays.ArrayIterator(dataset, global_batch_size=8, seed=3)
+    iterators.append(packed_batches.PackedIterator(base, packed_batches.Packer(dataset, layout)))
   for _ in range(15):
-    batch, reference = next(packed), next(plain)
-    assert batch["input_ids"].shape == (layout.rows, 48)
+    batches, reference = [next(i) for i in iterators], next(plain)
+    assert {b["input_ids"].shape for b in batches} == {(layout.rows // processes, 48)}
     index = [int(i) for i in reference["input_ids"][:, 0] // 1000]
-    assert _order(_unpacked(batch)) == _order(_trimmed(dataset, index))
+    assert _order([e for b in batches for e in _unpacked(b)]) == _order(_trimmed(dataset, index))
+  packed = iterators[-1]  # the process the patched jax says this is
   assert packed.get_state() == plain.get_state()
   again = packed_batches.PackedIterator(arrays.ArrayIterator(dataset, global_batch_size=8, seed=3),
                                         packed_batches.Packer(dataset, layout))
