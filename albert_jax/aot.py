@@ -161,7 +161,7 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
   """
 
   cfg, rules = spec.model_config, sharding.rules(config.sharding)
-  micro = config.batch_size // config.grad_accum_steps
+  micro = batch_rows(config) // config.grad_accum_steps
   dtype = jnp.dtype(config.dtype)
   group = encoder.layer_group_class(config.remat_policy, "tpu")(
       config=cfg, dtype=dtype, remat_policy=config.remat_policy, attention=config.attention,
@@ -329,7 +329,9 @@ def format_report(r: dict[str, Any]) -> str:
       f"{r['remat_policy']}, attention {r['attention']}, sequence {r['seq_len']}",
       f"batch {r['batch_size']} = {r['batch_per_device']:g} per {unit}"
       + (f" ({r['grad_accum_steps']} micro-batches of {r['micro_batch_per_device']:g})"
-         if r["grad_accum_steps"] > 1 else ""),
+         if r["grad_accum_steps"] > 1 else "")
+      + (f"; packed into {r['rows']} rows of {r['seq_len']} (data.pack_rows, pack_length)"
+         if r.get("rows") != r["batch_size"] else ""),
       f"per {unit}: parameters {gib(r['params_bytes_per_device'])}, optimizer state "
       f"{gib(r['opt_state_bytes_per_device'])}"
       + (f", temporaries {gib(r['temp_bytes_per_device'])}"

@@ -12,13 +12,15 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from albert_jax import accelerators, aot
 from albert_jax import model as M
 from conftest import tpu_env
 
-import pretrain  # configs/, put on sys.path by conftest
+import finetune_glue  # configs/, put on sys.path by conftest
+import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -254,6 +256,32 @@ def test_a_fine_tuning_step_compiles_over_two_slices(tmp_path):
       "glue", 8, 2, True)
   assert report["seq_len"] == 128 and report["batch_per_device"] == 8
   assert report["model"]["num_hidden_layers"] == 2
+
+
+@pytest.mark.parametrize("pack, rows, length", [(True, 8, 64), (True, 0, 128), (False, 0, 128)])
+def test_a_packed_step_is_compiled_at_its_rows(pack, rows, length):
+  """A packed GLUE step's batch is data.pack_rows rows of data.pack_length (batch_size rows of
+  max_seq_length, its widest, where they are unset) with its example ids and slots."""
+  config = finetune_glue.get_config("task=sst2,model=base")
+  config.model.update(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                      intermediate_size=64, embedding_size=16, vocab_size=100)
+  config.mesh.update(data=4, fsdp=1, tensor=1)
+  config.update(batch_size=16, dtype="float32")
+  config.data.update(max_seq_length=128, pack=pack, pack_rows=rows, pack_length=length if rows
+                     else 0, pack_max_examples=6 if rows else 0)
+  spec = aot.step_of(config)
+  lowered, _, _ = aot.lower(config, spec, jax.devices()[:4])
+  batch = {k: v.shape for k, v in lowered.args_info[0][1].items()}
+  assert batch["input_ids"] == (rows or 16, length)
+  assert ("example_ids" in batch) == pack
+  if pack:
+    assert batch["labels"] == batch["cls_positions"] == (rows or 16, 6 if rows else 32)
+  else:
+    assert batch["labels"] == (16,)
+  config.data.pack_rows = 6 if pack else 0
+  if pack:
+    with pytest.raises(ValueError, match="pack_rows=6 must be a multiple of data x fsdp"):
+      aot.lower(config, spec, jax.devices()[:4])
 
 
 @needs_libtpu

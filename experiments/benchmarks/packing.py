@@ -174,8 +174,8 @@ def main():
   parser.add_argument("--seq", type=int, default=512)
   parser.add_argument("--steps", type=int, default=2)
   parser.add_argument("--examples", type=int, default=8192)
-  parser.add_argument("--tpu", default="v5p-8")
-  parser.add_argument("--gpu", default="h100-1")
+  parser.add_argument("--tpu", default="v5p-8", help="a TPU slice; empty: none")
+  parser.add_argument("--gpu", default="h100-1", help="GPUs; empty: none")
   parser.add_argument("--aot_size", default="large")
   parser.add_argument("--skip_cpu", action="store_true")
   parser.add_argument("--skip_aot", action="store_true")
@@ -207,8 +207,9 @@ def main():
                      / padded["examples_per_second"]}
   if not args.skip_aot:
     aot_config = make_config(args.aot_size, args.batch, args.seq, dtype="bfloat16")
-    result["tpu"] = aot_pair(aot_config, dataset, args.tpu)
-    result["gpu"] = aot_pair(aot_config, dataset, args.gpu)
+    for name in ("tpu", "gpu"):
+      if getattr(args, name):  # --tpu= or --gpu= (empty) leaves it out
+        result[name] = aot_pair(aot_config, dataset, getattr(args, name))
 
   print("\n| | padded | packed | ratio |\n|---|---|---|---|")
   print(f"| rows x length a step | {args.batch} x {args.seq} | {layout.rows} x {layout.length} | "
