@@ -77,6 +77,63 @@ def test_files_in_a_bucket_are_written_whole(gcs_bucket, tmp_path):
                                                {"step": 3, "loss": 1.5}]
 
 
+def _tiny_state(step):
+  return {"w": jax.numpy.full((4,), float(step)), "step": jax.numpy.asarray(step)}
+
+
+def test_checkpoints_a_run_and_its_exports_in_a_bucket(gcs_bucket, reference):
+  """The bucket run's (heavy, below) storage apart from training, in seconds: Orbax's steps
+  written to the bucket (tensorstore over HTTP) and restored with their fingerprints; a step
+  without its commit marker (Orbax writes commit_success.txt last in a bucket) is not a step
+  (T7); the reference run copied into the bucket restores there, and from_pretrained("gs://...")
+  reads its export and the run itself (its newest verified step); orbax-to-hf from the run in
+  the bucket to the bucket. (Resuming exactly: test_train's chain; the data in a bucket:
+  test_prepare's corpus in a bucket.)"""
+  import orbax.checkpoint as ocp
+  from conftest import abstract_state
+  from albert_jax import sharding
+  root = f"{gcs_bucket}/checkpoint_parts"
+  manager = checkpointing.make_manager(f"{root}/saved", max_to_keep=None)
+  for step in (6, 12):
+    state = _tiny_state(step)
+    checkpointing.save_train_state(manager, step, state, {"n": state["step"]},
+                                   {"next_batch": step}, {"config": {}, "head": "base"})
+  checkpointing.check_written(manager)
+  fresh = checkpointing.make_manager(f"{root}/saved", max_to_keep=None)
+  assert sorted(fresh.all_steps()) == [6, 12]
+  stored = json.loads(files.path(f"{root}/saved/checkpoints/12/fingerprints/metadata").read_text())
+  restored = fresh.restore(12, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(_tiny_state(0))))["params"]
+  assert checkpointing.fingerprints(restored) == stored["params"]
+  assert float(restored["w"][0]) == 12
+  files.path(f"{root}/saved/checkpoints/12/commit_success.txt").unlink()
+  assert sorted(checkpointing.make_manager(f"{root}/saved", max_to_keep=None).all_steps()) == [6]
+
+  local = reference[0]
+  workdir = f"{root}/run"
+  for path in sorted(local.rglob("*")):  # its newest step (24) only: fewer objects to upload
+    if path.is_file() and not path.relative_to(local).parts[:2] in {
+        ("checkpoints", "6"), ("checkpoints", "12"), ("checkpoints", "18")}:
+      files.copy(path, f"{workdir}/{path.relative_to(local)}")
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  step, params, rest, data = checkpointing.restore_train_state(
+      checkpointing.make_manager(workdir, max_to_keep=None),
+      *abstract_state(local, 24, mesh, "data_parallel"))
+  assert step == 24 and int(rest["step"]) == 24 and data["next_batch"] == 24
+  _, expected = hf_convert.from_pretrained(local / "hf")
+  _, exported = hf_convert.from_pretrained(f"{workdir}/hf")
+  _, from_run = hf_convert.from_pretrained(workdir)
+  for a, b, c, d in zip(*map(jax.tree_util.tree_leaves, (exported, expected, from_run, params))):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(a, np.asarray(d))
+  assert hf_convert.main(["orbax-to-hf", workdir, f"{root}/converted"]) == 0
+  _, converted = hf_convert.from_pretrained(f"{root}/converted")
+  for a, b in zip(*map(jax.tree_util.tree_leaves, (converted, expected))):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.heavy  # its parts in seconds: the test above, test_train's resume chain
 def test_pretraining_in_a_bucket_killed_and_resumed_loses_nothing(gcs_bucket, bucket_data,
                                                                   spm_model, reference):
   """Corpus, vocabulary and workdir in the bucket; SIGKILL once step 12 is saved; the rerun
