@@ -339,6 +339,14 @@ def test_tiny_pretraining_step_compiles_for_eight_h100s(tmp_path):
   assert "kernels per step" in output and "roofline" in output
   hlo = (tmp_path / "step.hlo").read_text()
   assert hlo.startswith("HloModule") and "__cudnn$fmha" in hlo
+  # What test_census's GPU train step census (heavy) checks of the unrolled program: the FLOPs
+  # the model's formula counts (per device here: the batch is split over 8), the attention
+  # kernel's forward once per layer, cuBLAS with its epilogues instead of Triton GEMM fusions.
+  assert 0.95 < report["census"]["flops"] * 8 / report["flops_per_step"] < 1.1
+  assert report["census"]["attention_forward_calls"] == report["model"]["num_hidden_layers"]
+  assert "gemm_triton" not in kinds
+  assert report["compiler_options"] == {"xla_gpu_enable_triton_gemm": False}
+  assert '"epilogue":"BIAS_GELU_AUX"' in hlo and '"beta":1' in hlo
 
 
 @pytest.mark.parametrize("args,message", [

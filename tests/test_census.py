@@ -173,7 +173,27 @@ def _tiny_config(**overrides):
 
 
 @needs_cuda_plugin
-@pytest.mark.slow  # four GPU compiles of a small train step
+def test_an_option_named_in_xla_flags_is_xla_flags_to_set():
+  """accelerators.compiler_options (the GPU options the steps compile with) yields to XLA_FLAGS;
+  none for a CPU. (Also in the heavy census below; here without its compiles.)"""
+  devices = accelerators.parse_target("h100-1").compile_devices()
+  assert accelerators.compiler_options(devices) == {"xla_gpu_enable_triton_gemm": False}
+  os.environ["XLA_FLAGS"] += " --xla_gpu_enable_triton_gemm=true"
+  try:
+    assert accelerators.compiler_options(devices) is None
+  finally:
+    os.environ["XLA_FLAGS"] = os.environ["XLA_FLAGS"].replace(
+        " --xla_gpu_enable_triton_gemm=true", "")
+  assert accelerators.compiler_options(jax.devices("cpu")) is None
+
+
+@needs_cuda_plugin
+@pytest.mark.slow  # three GPU compiles of a small train step
+# Heavy (~75 s alone): its parts apart in `make test`: the census of hand-counted programs and of
+# a compiled GPU GEMM (above), the GPU train step's census, FLOPs, attention calls, cuBLAS
+# epilogues and compiler options (test_aot's eight H100s), what each remat policy saves
+# (test_model), the options XLA_FLAGS overrides (the test above).
+@pytest.mark.heavy
 def test_the_gpu_train_step_census():
   """The real train step for one compile-only H100: what runs per step, by the census.
   Independent checks: the FLOPs the model's formula counts; a scan counted by its trip count
