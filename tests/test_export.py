@@ -203,7 +203,11 @@ for target in ("v5e-1", "h100-1"):
 """
 
 
-@pytest.mark.slow  # compiles for a TPU and a GPU in a subprocess (~10 s)
+@pytest.mark.slow  # compiles for a TPU and a GPU in a subprocess (~15 s)
+# Heavy: its parts apart in `make test`: the artifact lowered for cpu, cuda and tpu and served
+# from its serialized form (test_the_serving_process_needs_no_albert_jax and the parity tests),
+# the TPU and GPU compiles (test_aot's v5p-8 and eight H100s).
+@pytest.mark.heavy
 @pytest.mark.skipif(not all(map(importlib.util.find_spec, ("libtpu", "jax_plugins.xla_cuda13"))),
                     reason="libtpu and jax's CUDA plugin are not installed (.[tpu], .[gpu-aot])")
 def test_the_same_artifact_compiles_for_a_tpu_and_a_gpu(models, tmp_path):
