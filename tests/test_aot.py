@@ -17,7 +17,7 @@ import pytest
 
 from albert_jax import accelerators, aot
 from albert_jax import model as M
-from conftest import tpu_env
+from conftest import once_per_session, tpu_env
 
 import finetune_glue  # configs/, put on sys.path by conftest
 import pretrain
@@ -96,21 +96,36 @@ def test_unknown_targets_are_refused_with_the_choices(name, num_slices, message)
   assert f"--topology={name!r}" in str(info.value) or "--num_slices" in str(info.value)
 
 
-@needs_libtpu
-@pytest.mark.parametrize("name,chips,hosts,kind", [
+SLICES = [
     ("v4-32", 16, 4, "TPU v4"), ("v5p-8", 4, 1, "TPU v5"), ("v5e-8", 8, 1, "TPU v5 lite"),
     ("v5litepod-16", 16, 4, "TPU v5 lite"), ("v6e-8", 8, 1, "TPU v6 lite"),
-    ("tpu7x-8", 8, 1, "TPU7x")])
-def test_libtpu_describes_the_slice(name, chips, hosts, kind):
+    ("tpu7x-8", 8, 1, "TPU7x")]
+
+
+@pytest.fixture(scope="module")
+def slice_descriptions(tmp_path_factory):
+  """{name: "CHIPS HOSTS KIND"} of every slice below, as libtpu describes it: one subprocess
+  for all of them (a process's start-up and libtpu's load are most of each), once a session."""
+  def make(_):
+    code = ("from albert_jax import accelerators as A\n"
+            "for name in %r:\n"
+            "  d = A.parse_target(name).compile_devices()\n"
+            "  print('RESULT', name, len(d), len({x.process_index for x in d}), d[0].device_kind)"
+            % [name for name, *_ in SLICES])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=tpu_env(),
+                          capture_output=True, text=True, timeout=300)
+    lines = [l.split(" ", 2)[1:] for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+    assert lines, proc.stderr[-3000:]
+    return dict(lines)
+  return once_per_session(tmp_path_factory, "tpu_slice_descriptions", make)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("name,chips,hosts,kind", SLICES)
+def test_libtpu_describes_the_slice(slice_descriptions, name, chips, hosts, kind):
   """One device per chip (v4/v5p megacore), hosts as Cloud TPU VMs have them (4 chips, 8 on a
   single-host v5e/v6e slice)."""
-  env = tpu_env()
-  code = ("from albert_jax import accelerators as A; d = A.parse_target('%s').compile_devices(); "
-          "print('RESULT', len(d), len({x.process_index for x in d}), d[0].device_kind)" % name)
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300)
-  line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-  assert line.split(" ", 3)[1:] == [str(chips), str(hosts), kind]
+  assert slice_descriptions[name].split(" ", 2) == [str(chips), str(hosts), kind]
 
 
 def test_out_of_memory_messages_are_read():
