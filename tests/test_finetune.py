@@ -279,6 +279,10 @@ def write_squad(path: Path, version: int):
   return path
 
 
+# Heavy: its parts apart in `make test`: test_squad (reading the files, windows, loss, the task's
+# evaluate writing the predictions files with the official metrics, as the loop calls it), the
+# fine-tuning loop itself (the GLUE runs above).
+@pytest.mark.heavy
 @pytest.mark.parametrize("version", [1, 2])
 def test_squad_run_writes_predictions_and_official_metrics(tmp_path, vocab, version):
   data = write_squad(tmp_path / "train.json", version)
