@@ -291,6 +291,10 @@ def _compile_for_v5p(*attentions):
 
 
 @pytest.mark.slow  # a TPU compile at seq 512 in a subprocess
+# Heavy: its parts apart in `make test`: splash's kernels against XLA's attention (interpreted on
+# the CPU, above), the pretraining step compiled for a v5p-8 (test_aot), what the remat
+# policies keep (test_model: attention's context).
+@pytest.mark.heavy
 def test_pretraining_step_with_splash_compiles_for_a_v5p_slice():
   result = _compile_for_v5p("splash")
   assert (result["platform"], result["chips"]) == ("tpu", 4)
