@@ -218,6 +218,10 @@ def test_splash_refuses_a_length_that_is_not_a_multiple_of_its_block(params):
 # ----------------------------------------------------------------------------- GPU, compiled here
 
 @pytest.mark.slow  # a GPU compile (~10 s here, most of it fixed cost)
+# Heavy: its parts apart in `make test`: `auto` picking cudnn on a GPU in bf16 (the table above),
+# packed rows through cudnn's call (test_packing, by XLA's implementation), cuDNN's fused
+# attention in the step compiled for H100s (test_aot's eight H100s).
+@pytest.mark.heavy
 @pytest.mark.skipif(importlib.util.find_spec("jax_plugins.xla_cuda13") is None,
                     reason="jax's CUDA plugin is not installed (pip install -e .[gpu-aot])")
 def test_packed_rows_compile_to_cudnn_for_an_h100():
