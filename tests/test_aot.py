@@ -170,6 +170,11 @@ def test_tiny_pretraining_step_compiles_for_v5p_8(tmp_path):
 
 @needs_libtpu
 @pytest.mark.slow  # a TPU compile in a subprocess
+# Heavy: its parts apart in `make test`: XLA:TPU's out-of-memory messages read
+# (test_out_of_memory_messages_are_read), a step that does not fit reported as such
+# (test_the_fit_decision_counts_arguments_and_outputs_not_only_temporaries), the CLI's TPU
+# compile (the v5p-8 test above).
+@pytest.mark.heavy
 def test_a_step_too_big_for_the_chip_is_reported_as_not_fitting(tmp_path):
   """XLA refuses to compile a program larger than HBM: reported, exit 0, with what it needed."""
   code, report, output = run_aot(tmp_path, *TINY, "--topology=v5e-8", "--noestimate",
