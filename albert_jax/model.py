@@ -175,7 +175,11 @@ class AlbertForPreTraining(_Albert):
 
   With `masked_lm_positions` [batch, P], MLM logits are computed at those positions only
   ([batch, P, vocab]), as the original does: the vocab projection is most of the head's cost.
+  Packed rows (`example_ids`, `cls_positions`, as `AlbertModel`: several pairs to a row,
+  `data/packed_pairs.py`) give `sop_logits` [rows, max_examples, 2], each pair's at its own
+  [CLS]; their masked positions are positions in the row.
   """
+  PACKED_INPUTS = ("example_ids", "cls_positions")
 
   def setup(self):
     self.albert = AlbertModel(**self.runtime)
@@ -188,9 +192,10 @@ class AlbertForPreTraining(_Albert):
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                deterministic: bool = True, output_hidden_states: bool = False,
-               masked_lm_positions=None) -> PreTrainingOutput:
+               masked_lm_positions=None, *, example_ids=None,
+               cls_positions=None) -> PreTrainingOutput:
     out = self.albert(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                      output_hidden_states)
+                      output_hidden_states, example_ids=example_ids, cls_positions=cls_positions)
     x = out.last_hidden_state
     if masked_lm_positions is not None:
       x = _gather(x, masked_lm_positions)

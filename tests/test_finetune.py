@@ -193,6 +193,7 @@ def test_packed_glue_run_equals_the_unpacked_one_and_resumes(tmp_path, vocab, mo
     assert resumed[step] == pytest.approx(packed[step], rel=1e-6), step
 
 
+@pytest.mark.heavy  # packed token classification: test_packing (model, eval read-back)
 def test_packed_ner_run_equals_the_unpacked_one(tmp_path, vocab):
   """Token classification packed: the same losses, entity scores and predictions file."""
   lines, rng = [], random.Random(1)

@@ -228,3 +228,20 @@ def test_dead_peers_end_every_process_within_the_timeouts(tmp_path, small_corpus
   (code,), (out,) = finish([procs[1 - dying]])
   assert code != 0, out[-2000:]
   assert time.time() - died < 5 + 15, out[-2000:]  # the heartbeat timeout and some slack
+
+
+@pytest.mark.heavy  # two process launches; packed pairs' own equality is tested in test_train
+def test_packed_pairs_on_two_processes_equal_one_unpacked_process(tmp_path, small_corpus):
+  """Each process packs its part of the batch; the processes agree on the rows every step (a
+  host all-gather): with dropout off, every step's loss is a one-process unpacked run's."""
+  changes = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0,
+             "data.short_seq_prob": 1.0, "data.max_seq_length": 64, "total_steps": 8}
+  codes, outs = finish(launch(tmp_path / "padded", 1, 4, small_corpus, **changes))
+  assert codes == [0], outs[0][-3000:]
+  codes, outs = finish(launch(tmp_path / "packed", 2, 2, small_corpus, **changes,
+                              **{"data.pack": True}))
+  assert codes == [0, 0], [o[-3000:] for o in outs]
+  assert "Packing 16 pairs a step into" in outs[0]
+  padded, packed = losses(tmp_path / "padded"), losses(tmp_path / "packed")
+  assert sorted(packed) == list(range(1, 9))
+  assert packed == pytest.approx(padded, rel=1e-5)

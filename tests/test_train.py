@@ -16,6 +16,7 @@ import transformers
 from albert_jax import checkpointing, hf_convert, init_from, metrics, overrides, sharding, tasks
 from albert_jax import train
 from albert_jax.checkpoints import model_dir
+from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax import model as M
 
 # Shared with other tests:
@@ -253,3 +254,28 @@ def test_a_failed_save_ends_the_process_within_seconds(tmp_path, spm_model):
   assert said is not None and time.monotonic() - said < 10
   assert proc.returncode == 74
   assert 6 not in [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_packed_pretraining_equals_the_unpacked_run(tmp_path, spm_model, monkeypatch):
+  """data.pack puts several pairs in a row (data/packed_pairs.py): the same pairs a step, so
+  with dropout off every step's MLM and SOP loss is the unpacked run's; the data state is the
+  pipeline's batch index (resuming is the pipeline's, tested above)."""
+  changes = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0,
+             "data.short_seq_prob": 1.0, "data.max_seq_length": 64, "total_steps": 4,
+             "eval_every_steps": 0, "checkpoint_every_steps": 4}
+  losses = {}
+  for name, pack in (("padded", False), ("packed", True)):
+    config = tiny_config(spm_model, **changes, **{"data.pack": pack})
+    train.train_and_evaluate(config, str(tmp_path / name))
+    losses[name] = {r["step"]: (r["mlm_loss"], r["sop_loss"])
+                    for r in metrics.read_metrics(tmp_path / name) if "mlm_loss" in r}
+  assert sorted(losses["packed"]) == list(range(1, 5))
+  for step, (mlm, sop) in losses["padded"].items():
+    assert losses["packed"][step] == pytest.approx((mlm, sop), rel=1e-5), step
+  # Short pairs share rows; each step's 16 pairs are in its rows (never more rows than pairs).
+  packed, _ = tasks.get("pretraining").data(config, AlbertTokenizer(spm_model))
+  assert packed.layout.rows <= 16
+  batches = [next(packed) for _ in range(3)]
+  assert all(b["weight"].sum() == 16 for b in batches)
+  assert any((b["weight"].sum(axis=1) > 1).any() for b in batches)
+  assert packed.get_state()["next_batch"] == 3

@@ -20,6 +20,7 @@ import numpy as np
 from albert_jax.data import order
 
 WEIGHT = "weight"  # 1 for real rows, 0 for the padding that completes the last eval batch
+IGNORE = -100  # the label of a position without a loss (as Hugging Face)
 
 
 @dataclasses.dataclass

@@ -83,6 +83,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       num_workers=0,  # 0: batches made in a thread of this process; N: N worker processes
       prefetch=2,  # batches buffered ahead
       eval_batches=8,
+      pack=False,  # several pairs to a row (data/packed_pairs.py); training batches only
+      pack_rows=0,  # rows a global batch; 0: sized from the stream's first batches
+      pack_max_examples=0,  # pairs a row at most; 0: as the sizing batches need
   ))
 
 

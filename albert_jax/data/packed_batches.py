@@ -33,9 +33,6 @@ from albert_jax.data import arrays
 
 SIZING_STEPS = 1000  # the steps whose examples size the rows (all of a shorter run)
 ROW_MULTIPLE = 128  # row lengths tried: multiples of this (TPU lanes), up to max_seq_length
-IGNORE = -100  # a per-token label without a loss (tasks.common.IGNORE)
-# Per-example features of a packed batch that are not the examples' own.
-_DROPPED = ("attention_mask", "example_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +112,7 @@ class Packer:
     self.lengths = lengths_of(dataset)
     self.features = {k: v for k, v in dataset.features.items() if k != "attention_mask"}
     self.per_token = [k for k, v in self.features.items() if v.ndim == 2]
-    self.pad = {"labels": IGNORE} if "labels" in self.per_token else {}
+    self.pad = {"labels": arrays.IGNORE} if "labels" in self.per_token else {}
     self.template = self._examples(np.zeros(1, np.int64), np.zeros(1, np.float32))[0]
 
   def _examples(self, index: np.ndarray, weight: np.ndarray) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from albert_jax import files, init_from, sharding
 from albert_jax.data import arrays, packed_batches
 from albert_jax.data.tokenizer import VOCAB_FILE, AlbertTokenizer
 
-IGNORE = -100  # label of positions without a loss (as Hugging Face)
+IGNORE = arrays.IGNORE
 WEIGHT = arrays.WEIGHT
 
 

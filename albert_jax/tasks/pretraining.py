@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
-from albert_jax.data import input_pipeline
+from albert_jax import sharding
+from albert_jax.data import input_pipeline, packed_pairs
 from albert_jax.tasks import common
 
 METRIC = None  # no best checkpoint: the last one is the model
@@ -36,14 +38,25 @@ def num_labels(data_cfg) -> int:
 
 
 def example_spec(data_cfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """One example as the input pipeline makes it (no batch axis)."""
+  """One example as the input pipeline makes it (no batch axis); packed (data.pack), one row of
+  pairs: their example ids, and per pair slot (data.pack_max_examples; common.PACK_SLOTS where
+  0) the [CLS] position, the sentence-order label and the weight, and the masked positions a
+  row holds (`packed_pairs.predictions_per_row`)."""
   length = data_cfg.max_seq_length
-  predictions = input_pipeline.example_config(data_cfg).max_predictions
+  example = input_pipeline.example_config(data_cfg)
+  predictions = example.max_predictions
   ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+  per_pair = {"sentence_order_label": ints()}
+  if data_cfg.get("pack"):
+    slots = data_cfg.pack_max_examples or common.PACK_SLOTS
+    predictions = packed_pairs.predictions_per_row(length, slots, predictions,
+                                                   example.masked_lm_prob)
+    per_pair = {"sentence_order_label": ints(slots), "cls_positions": ints(slots),
+                "weight": jax.ShapeDtypeStruct((slots,), jnp.float32),
+                "example_ids": ints(length)}
   return {**common.input_spec(length), "masked_lm_positions": ints(predictions),
           "masked_lm_ids": ints(predictions),
-          "masked_lm_weights": jax.ShapeDtypeStruct((predictions,), jnp.float32),
-          "sentence_order_label": ints()}
+          "masked_lm_weights": jax.ShapeDtypeStruct((predictions,), jnp.float32), **per_pair}
 
 
 def tokenizer(config, workdir):
@@ -63,6 +76,15 @@ def data(config, tok):
   train = input_pipeline.train_iterator(config.data, tok, global_batch_size=config.batch_size,
                                         seed=config.seed,
                                         allow_change=config.get("allow_data_change", False))
+  if config.data.get("pack"):  # several pairs to a row (data/packed_pairs.py)
+    data_devices, fsdp, _ = sharding.mesh_shape(dict(config.mesh), jax.device_count())
+    layout = packed_pairs.size_layout(
+        train, config.data, data_devices * fsdp * config.grad_accum_steps,
+        input_pipeline.example_config(config.data).max_predictions)
+    logging.info("Packing %d pairs a step into %d rows of %d tokens (at most %d pairs and %d "
+                 "masked positions a row)", config.batch_size, layout.rows, layout.length,
+                 layout.max_examples, layout.predictions)
+    train = packed_pairs.PackedPairs(train, layout)
   # Held-out pairs are cut with the training seed (as `prepare` cuts both splits), and shuffled
   # and masked with another.
   batches = input_pipeline.eval_batches(
@@ -79,20 +101,29 @@ def loss_sums(outputs, batch) -> dict[str, jax.Array]:
   mlm_logits, sop_logits = outputs.prediction_logits, outputs.sop_logits  # [b, P, V], [b, 2]
   weights = batch["masked_lm_weights"].astype(jnp.float32)
   mlm_xent = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["masked_lm_ids"])
-  sop_labels = batch["sentence_order_label"].reshape(-1)
+  sop_labels = batch["sentence_order_label"]  # [b], packed [rows, slots] with their weights
+  sop_weights = _pair_weights(batch)
   sop_xent = optax.softmax_cross_entropy_with_integer_labels(sop_logits, sop_labels)
+  sop_correct = (jnp.argmax(sop_logits, -1) == sop_labels).astype(jnp.float32)
   return {
       "mlm_loss": jnp.sum(mlm_xent * weights),
       "mlm_correct": jnp.sum((jnp.argmax(mlm_logits, -1) == batch["masked_lm_ids"]) * weights),
-      "sop_loss": jnp.sum(sop_xent),
-      "sop_correct": jnp.sum(jnp.argmax(sop_logits, -1) == sop_labels).astype(jnp.float32),
+      "sop_loss": jnp.sum(sop_xent * sop_weights),
+      "sop_correct": jnp.sum(sop_correct * sop_weights),
   }
 
 
+def _pair_weights(batch) -> jax.Array:
+  """1 for each pair (packed rows: each slot's weight, 0 where empty)."""
+  if "weight" in batch:
+    return batch["weight"].astype(jnp.float32)
+  return jnp.ones(batch["sentence_order_label"].shape, jnp.float32)
+
+
 def counts(batch) -> dict[str, jax.Array]:
-  """The original's denominators: the masked positions (`masked_lm_weights`) and the examples."""
+  """The original's denominators: the masked positions (`masked_lm_weights`) and the pairs."""
   return {"masked": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)),
-          "examples": jnp.asarray(batch["sentence_order_label"].shape[0], jnp.float32)}
+          "examples": jnp.sum(_pair_weights(batch))}
 
 
 def normalise(sums, denominators) -> dict[str, jax.Array]:
