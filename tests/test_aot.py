@@ -304,6 +304,20 @@ def test_a_packed_step_is_compiled_at_its_rows(pack, rows, length):
       aot.lower(config, spec, jax.devices()[:4])
 
 
+def test_a_packed_pretraining_step_is_compiled_at_its_rows():
+  """Packed pairs: data.pack_rows rows, each pair's slot, and the masked positions a row holds
+  (ceil(length x masked_lm_prob) + one a pair)."""
+  config = pretrain.get_config("tiny")
+  config.data.update(vocab_size=100, max_seq_length=64, pack=True, pack_rows=8,
+                     pack_max_examples=4)
+  config.mesh.update(data=4, fsdp=1, tensor=1)
+  lowered, _, _ = aot.lower(config, aot.step_of(config), jax.devices()[:4])
+  batch = {k: v.shape for k, v in lowered.args_info[0][1].items()}
+  assert batch["input_ids"] == batch["example_ids"] == (8, 64)
+  assert batch["sentence_order_label"] == batch["cls_positions"] == batch["weight"] == (8, 4)
+  assert batch["masked_lm_positions"] == (8, 10 + 4)
+
+
 @needs_libtpu
 @pytest.mark.parametrize("args,message", [
     (["--config.mesh.data=3"], "needs 3 devices; there are 4"),
