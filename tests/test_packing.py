@@ -3,6 +3,7 @@ examples unpacked (logits, losses with the unpacked denominators, token classifi
 gradients) for sequence classification, regression and token classification, with every
 attention implementation that runs here."""
 
+import dataclasses
 import functools
 
 import jax
@@ -14,10 +15,12 @@ import pytest
 
 from albert_jax import attention as A
 from albert_jax import model as M
-from albert_jax import packing
-from albert_jax.data import arrays, packed_batches
+from albert_jax import packing, tasks
+from albert_jax.data import arrays, packed_batches, packed_pairs
+from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.tasks import common
 import finetune_glue
+from conftest import tiny_config
 from helpers import random_params
 
 IGNORE = -100  # a token without a label (NER's convention)
@@ -377,3 +380,39 @@ def test_an_empty_eval_split_is_refused(pack):
   load = lambda data_cfg, tok, split: _dataset([5] * 16 if split == "train" else [])
   with pytest.raises(ValueError, match="glue: eval set 'eval' \\(split 'eval'\\) has no examples"):
     common.data(load, config, None)
+
+
+
+def test_packed_pretraining_pairs_give_the_unpacked_loss_and_gradients(spm_model):
+  """A batch of the pipeline's pairs (short on purpose), packed (data/packed_pairs.py): the MLM
+  and SOP sums, their denominators and the gradients are the unpacked batch's."""
+  config = tiny_config(spm_model, **{"data.short_seq_prob": 1.0, "data.max_seq_length": 64,
+                                     "data.pack": True})
+  tokenizer = AlbertTokenizer(spm_model)
+  train, _ = tasks.get("pretraining").data(config, tokenizer)
+  batch = next(train.base)  # what the packed iterator would pack next
+  layout = train.layout
+  rows = packed_pairs.rows_needed(batch, layout.length, layout.max_examples)[0]  # as few as fit
+  packed = packed_pairs.pack_batch(batch, rows, layout)
+  assert rows < len(batch["input_ids"]) and (packed["weight"].sum(axis=1) > 1).any()
+  assert packed["masked_lm_weights"].sum() == batch["masked_lm_weights"].sum()
+  cfg = dataclasses.replace(CFG, vocab_size=tokenizer.vocab_size)
+  module, task = M.make_model(cfg, "pretraining"), tasks.get("pretraining")
+  params = random_params(cfg, "pretraining", 0)
+
+  @jax.jit
+  def loss(params, b):
+    out = M.apply_to_batch(module, params, b)
+    sums, counts = task.loss_sums(out, b), task.counts(b)
+    return task.normalise(sums, counts)["loss"], (sums, counts)
+
+  (ref, (ref_sums, ref_counts)), ref_grads = jax.value_and_grad(loss, has_aux=True)(
+      params, {k: jnp.asarray(v) for k, v in batch.items()})
+  (value, (sums, counts)), grads = jax.value_and_grad(loss, has_aux=True)(
+      params, {k: jnp.asarray(v) for k, v in packed.items()})
+  assert counts == ref_counts
+  for k in ref_sums:
+    np.testing.assert_allclose(sums[k], ref_sums[k], rtol=1e-5)
+  np.testing.assert_allclose(value, ref, rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         grads, ref_grads)

@@ -256,7 +256,8 @@ def test_a_failed_save_ends_the_process_within_seconds(tmp_path, spm_model):
   assert 6 not in [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
-def test_packed_pretraining_equals_the_unpacked_run(tmp_path, spm_model, monkeypatch):
+@pytest.mark.heavy  # the batch's loss and gradients packed: test_packing, in make test
+def test_packed_pretraining_equals_the_unpacked_run(tmp_path, spm_model):
   """data.pack puts several pairs in a row (data/packed_pairs.py): the same pairs a step, so
   with dropout off every step's MLM and SOP loss is the unpacked run's; the data state is the
   pipeline's batch index (resuming is the pipeline's, tested above)."""
