@@ -124,19 +124,21 @@ class Packer:
       out.append(example)
     return out
 
-  def pack(self, parts: list[tuple[np.ndarray, np.ndarray]]
+  def pack(self, parts: list[tuple[np.ndarray, np.ndarray]], every: bool = False
            ) -> tuple[dict[str, np.ndarray], list[packing.Packed]]:
-    """(this process's rows, every process's `Packed`) of each process's (indices, weights)."""
+    """(this process's rows, the `Packed` of this process's part, or of every process's with
+    `every`: eval reads all predictions back) of each process's (indices, weights). The other
+    parts are only counted: the rows are as many as the fullest part needs."""
     L = self.layout
     needed = max(fit(self.lengths[i], L.length, L.max_examples)[0] for i, _ in parts)
     rows = math.ceil(max(needed, 1) / self.local_rows) * self.local_rows
-    every = [packing.pack(self._examples(i, w), rows, L.length, L.max_examples, self.pad,
-                          template=self.template) for i, w in parts]
-    if any(packed.count != len(i) for packed, (i, _) in zip(every, parts)):
-      raise AssertionError(f"packed {[p.count for p in every]} of {[len(i) for i, _ in parts]} "
-                           "examples: first fit sized differently than it packed")
-    return ({k: v for k, v in every[self.process].features.items() if k != "example_mask"},
-            every)
+    chosen = range(len(parts)) if every else [self.process]
+    packed = {p: packing.pack(self._examples(*parts[p]), rows, L.length, L.max_examples,
+                              self.pad, template=self.template) for p in chosen}
+    if any(packed[p].count != len(parts[p][0]) for p in chosen):
+      raise AssertionError("first fit sized the rows differently than it packed them")
+    mine = packed[self.process].features
+    return {k: v for k, v in mine.items() if k != "example_mask"}, list(packed.values())
 
 
 class PackedIterator:
@@ -229,7 +231,7 @@ def eval_batches(dataset: arrays.Dataset, *, global_batch_size: int, length: int
   multiple = math.lcm(row_multiple, processes)
   packer = Packer(dataset, Layout(math.ceil(needed * processes / multiple) * multiple, length,
                                   max_examples))
-  packed = [packer.pack(parts) for parts in batches]
+  packed = [packer.pack(parts, every=True) for parts in batches]
   return [local for local, _ in packed], EvalPacking(
       [every for _, every in packed], packer.local_rows, "labels" in packer.per_token,
       max_seq_length)
