@@ -245,3 +245,50 @@ def test_packed_pairs_on_two_processes_equal_one_unpacked_process(tmp_path, smal
   padded, packed = losses(tmp_path / "padded"), losses(tmp_path / "packed")
   assert sorted(packed) == list(range(1, 9))
   assert packed == pytest.approx(padded, rel=1e-5)
+
+
+@pytest.mark.heavy  # three process launches; packed GLUE's own equality: test_finetune
+def test_packed_glue_on_two_processes_equals_one_unpacked_process(tmp_path, spm_model):
+  """Each process packs its part of every GLUE step and every eval batch, and the eval reads
+  both processes' predictions back: the losses, the metrics and the prediction files of one
+  unpacked process."""
+  rows = ["sentence\tlabel"] + [
+      f"{' '.join(['the film was'] * (1 + i % 4))} {'good' if i % 2 else 'bad'}\t{i % 2}"
+      for i in range(40)]
+  (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+  (tmp_path / "dev.tsv").write_text("\n".join(rows[:22]) + "\n")  # 21: a last batch part-full
+  run = {"model.embedding_size": 16, "model.hidden_size": 32, "model.num_hidden_layers": 2,
+         "model.num_attention_heads": 4, "model.intermediate_size": 64,
+         "model.classifier_dropout_prob": 0.0, "model.vocab_size": -1, "dtype": "float32",
+         "spm_model": spm_model, "data.data_dir": tmp_path, "data.max_seq_length": 32,
+         "batch_size": 8, "total_steps": 6, "eval_every_steps": 6, "log_every_steps": 1,
+         "optim.name": "adamw_optax", "optim.lr": 0.001, "optim.warmup_steps": 2,
+         "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1, "export_hf": False}
+
+  def launch_glue(workdir, n, devices, pack):
+    port, procs = free_port(), []
+    for i in range(n):
+      args = [sys.executable, "-m", "albert_jax.main",
+              "--config=configs/finetune_glue.py:task=sst2,model=base", f"--workdir={workdir}",
+              *[f"--config.{k}={v}" for k, v in {**run, "data.pack": pack}.items()]]
+      if n > 1:
+        args += [f"--coordinator_address=localhost:{port}", f"--num_processes={n}",
+                 f"--process_id={i}"]
+      procs.append(subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True,
+                                    env={**os.environ, "XLA_FLAGS": cpu_flags(devices)}))
+    codes, outs = finish(procs)
+    assert codes == [0] * n, [o[-3000:] for o in outs]
+    return outs
+
+  launch_glue(tmp_path / "padded", 1, 4, False)
+  outs = launch_glue(tmp_path / "packed", 2, 2, True)
+  assert "Packing 8 examples a step into" in outs[0]
+  padded, packed = losses(tmp_path / "padded"), losses(tmp_path / "packed")
+  assert sorted(packed) == list(range(1, 7)) and packed == pytest.approx(padded, rel=1e-5)
+  results = [json.loads((tmp_path / w / "eval_results.json").read_text())
+             for w in ("padded", "packed")]
+  assert results[1] == pytest.approx(results[0], rel=1e-5)
+  prediction = "predictions/step_6/eval/predictions_dev.tsv"
+  assert (tmp_path / "packed" / prediction).read_text() == (
+      tmp_path / "padded" / prediction).read_text()
