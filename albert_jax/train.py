@@ -33,7 +33,7 @@ from albert_jax import accelerators, checkpointing, files, hf_convert, init_from
 from albert_jax import metrics as metrics_lib
 from albert_jax import model as M
 from albert_jax import optimizer, sharding, spike, steps, tasks, watchdog
-from albert_jax.data import packed_batches
+from albert_jax.data import packed_batches, packed_pairs
 
 PyTree = Any
 
@@ -395,21 +395,22 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag, held: lease.Lease | No
 
 # ----------------------------------------------------------------------------- the loop's pieces
 
-def flops_per_example(config, task, cfg: M.AlbertConfig) -> float:
-  """Forward FLOPs of one example as it runs (model.py): every application of the shared layer,
-  the MLM head only at the masked positions."""
+def flops_per_example(config, task, cfg: M.AlbertConfig, length: int | None = None) -> float:
+  """Forward FLOPs of one example (or packed row, of `length` tokens) as it runs (model.py):
+  every application of the shared layer, the MLM head only at the masked positions."""
   spec = task.example_spec(config.data)
   inputs = spec["input_ids"].shape  # [length] or [choices, length]
   rows = math.prod(inputs[:-1])
   predictions = spec["masked_lm_positions"].shape[0] if "masked_lm_positions" in spec else 0
-  return rows * M.pretraining_flops_per_example(cfg, inputs[-1], predictions)
+  return rows * M.pretraining_flops_per_example(cfg, length or inputs[-1], predictions)
 
 
 def flops_per_batch(config, task, cfg: M.AlbertConfig, train_iter) -> float:
-  """Forward FLOPs of a global batch as it runs: its examples, or its packed rows."""
-  if isinstance(train_iter, packed_batches.PackedIterator):
+  """Forward FLOPs of a global batch as it runs: its examples, or its packed rows (GLUE and NER
+  examples, pretraining pairs)."""
+  if isinstance(train_iter, (packed_batches.PackedIterator, packed_pairs.PackedPairs)):
     rows, length = train_iter.row_shape
-    return rows * M.pretraining_flops_per_example(cfg, length, 0)
+    return rows * flops_per_example(config, task, cfg, length)
   return config.batch_size * flops_per_example(config, task, cfg)
 
 

@@ -27,6 +27,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from albert_jax import packing
+from albert_jax.data import packed_batches
 
 SIZING_STEPS = 20  # pretraining batches are large: their fill varies little from step to step
 MARGIN = 1.05  # rows sized 5% over the fullest sizing step's
@@ -68,9 +69,7 @@ def _pairs(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 def rows_needed(batch: dict[str, np.ndarray], length: int, max_examples: int) -> tuple[int, int]:
   """(rows, the most pairs in a row) first fit needs for a padded batch's pairs."""
-  lengths = batch["attention_mask"].sum(axis=1).tolist()
-  placed, rows = packing.first_fit(lengths, length, max_examples or len(lengths) or 1)
-  return rows, 1 + max((s for _, s, _ in placed), default=0)
+  return packed_batches.fit(batch["attention_mask"].sum(axis=1), length, max_examples)
 
 
 def pack_batch(batch: dict[str, np.ndarray], rows: int, layout: Layout) -> dict[str, np.ndarray]:

@@ -39,8 +39,8 @@ import jax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from albert_jax import accelerators, aot, optimizer, sharding, steps, tasks  # noqa: E402
-from albert_jax import init_from  # noqa: E402
+from albert_jax import accelerators, aot, init_from, optimizer, sharding, steps  # noqa: E402
+from albert_jax import tasks  # noqa: E402
 from albert_jax.data import arrays, corpus, packed_batches  # noqa: E402
 from albert_jax.data.tokenizer import AlbertTokenizer  # noqa: E402
 from albert_jax.data.train_tokenizer import train_spm  # noqa: E402
@@ -152,7 +152,7 @@ def aot_pair(config, dataset, target_name: str) -> dict:
   target = accelerators.parse_target(target_name)
   multiple = 1
   if target.platform == "tpu":
-    multiple = target.compile_devices().__len__()
+    multiple = len(target.compile_devices())
   layout, _ = layout_for(dataset, config, multiple)
   out = {"layout": layout.__dict__}
   for name, c in (("padded", padded_config(config)), ("packed", packed_config(config, layout))):
