@@ -283,18 +283,20 @@ class AlbertForTokenClassification(_Albert):
 
 
 class AlbertForQuestionAnswering(_Albert):
-  """Span extraction: `start_logits` and `end_logits` [batch, length]."""
+  """Span extraction: `start_logits` and `end_logits` [batch, length]; packed rows too
+  (`example_ids`, as `AlbertModel`): each token's logits are those it has alone in its row."""
+  PACKED_INPUTS = ("example_ids",)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               deterministic: bool = True,
-               output_hidden_states: bool = False) -> QuestionAnsweringOutput:
+               deterministic: bool = True, output_hidden_states: bool = False, *,
+               example_ids=None) -> QuestionAnsweringOutput:
     if self.config.num_labels != 2:
       raise ValueError(f"AlbertForQuestionAnswering needs num_labels=2 (start, end), "
                        f"got {self.config.num_labels}")
     out = AlbertModel(**self.runtime, add_pooling_layer=False, name="albert")(
         input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-        output_hidden_states)
+        output_hidden_states, example_ids=example_ids)
     logits = self.dense(2, ("hidden", None), "qa_outputs")(out.last_hidden_state)
     logits = logits.astype(jnp.float32)
     return QuestionAnsweringOutput(start_logits=logits[..., 0], end_logits=logits[..., 1],

@@ -78,7 +78,8 @@ def first_fit(lengths: Sequence[int], length: int, max_examples: int, rows: int 
 
 def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: int, length: int,
          max_examples: int, pad_values: Mapping[str, int | float] | None = None,
-         template: Mapping[str, Sequence[int] | int | float] | None = None) -> Packed:
+         template: Mapping[str, Sequence[int] | int | float] | None = None,
+         positions: Sequence[str] = ()) -> Packed:
   """Packs `examples` into `rows` rows of `length` tokens, at most `max_examples` to a row.
 
   Each example is a dict of features: sequences as long as its `input_ids` are per token
@@ -89,6 +90,8 @@ def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: in
   Padding gets `pad_values[name]` (default 0; NER's ignored label, say); an empty slot's label
   must still be a valid one: it weighs 0, but a NaN loss times 0 is NaN. `template`: an example
   whose features' names and kinds the rows take when `examples` is empty (all padding).
+  `positions`: per-example features that are positions in the example's tokens (SQuAD's answer
+  span): they move with it, to positions in its row.
   """
   if rows < 1 or length < 1 or max_examples < 1:
     raise ValueError(f"rows={rows}, length={length}, max_examples={max_examples}: each must be "
@@ -99,6 +102,8 @@ def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: in
   example_keys = [k for k, v in first.items() if np.ndim(v) == 0]
   if "input_ids" not in token_keys:
     raise ValueError(f"each example needs a sequence of input_ids; got {sorted(first)}")
+  if stray := set(positions) - set(example_keys):
+    raise ValueError(f"positions {sorted(stray)} are not per-example features of the examples")
   if clash := set(first) & set(PACKED_FEATURES):
     raise ValueError(f"examples may not have features named {sorted(clash)}: pack adds them")
 
@@ -118,6 +123,9 @@ def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: in
     for k in token_keys:
       if len(example[k]) != n:
         raise ValueError(f"example {i}: {k} has {len(example[k])} values, input_ids {n}")
+    for k in positions:
+      if not 0 <= example[k] < n:
+        raise ValueError(f"example {i}: {k}={example[k]} is not one of its {n} tokens")
   placed, _ = first_fit([len(e["input_ids"]) for e in examples], length, max_examples, rows)
   slots = np.zeros(rows, np.int64)  # examples in each row
   for example, (r, s, start) in zip(examples, placed):
@@ -125,7 +133,7 @@ def pack(examples: Sequence[Mapping[str, Sequence[int] | int | float]], rows: in
     for k in token_keys:
       features[k][r, start:start + n] = example[k]
     for k in example_keys:
-      features[k][r, s] = example[k]
+      features[k][r, s] = example[k] + start if k in positions else example[k]
     example_ids[r, start:start + n] = s + 1
     cls_positions[r, s] = start
     slots[r] += 1

@@ -20,6 +20,7 @@ from albert_jax import model as M
 from conftest import once_per_session, tpu_env
 
 import finetune_glue  # configs/, put on sys.path by conftest
+import finetune_squad
 import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,6 +317,25 @@ def test_a_packed_pretraining_step_is_compiled_at_its_rows():
   assert batch["input_ids"] == batch["example_ids"] == (8, 64)
   assert batch["sentence_order_label"] == batch["cls_positions"] == batch["weight"] == (8, 4)
   assert batch["masked_lm_positions"] == (8, 10 + 4)
+
+
+def test_a_packed_squad_step_is_compiled_at_its_rows():
+  """Packed SQuAD windows (span head): each slot's answer span beside the rows; the original
+  SQuAD 2.0 head refuses packing, naming the flag."""
+  config = finetune_squad.get_config("v2")
+  config.model.update(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                      intermediate_size=64, embedding_size=16, vocab_size=100)
+  config.mesh.update(data=4, fsdp=1, tensor=1)
+  config.update(batch_size=16, dtype="float32")
+  config.data.update(max_seq_length=128, pack=True, pack_rows=8, pack_max_examples=3)
+  lowered, _, _ = aot.lower(config, aot.step_of(config), jax.devices()[:4])
+  batch = {k: v.shape for k, v in lowered.args_info[0][1].items()}
+  assert batch["input_ids"] == batch["example_ids"] == (8, 128)
+  assert batch["start_positions"] == batch["end_positions"] == batch["weight"] == (8, 3)
+  original = finetune_squad.get_config("v2,head=original")
+  original.data.pack = True
+  with pytest.raises(ValueError, match="data.pack: the original SQuAD 2.0 head"):
+    aot.step_of(original)
 
 
 @needs_libtpu

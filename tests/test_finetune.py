@@ -310,6 +310,47 @@ def test_squad_run_writes_predictions_and_official_metrics(tmp_path, vocab, vers
       assert key in results, results
 
 
+# Heavy: its parts in `make test` are test_packing's (the span head and its loss on packed
+# windows, packed eval read back with -inf past each window) and the packed GLUE run above.
+@pytest.mark.heavy
+def test_packed_squad_run_predicts_what_its_model_does_unpacked(tmp_path, vocab):
+  """A packed SQuAD 2.0 run (span head, windows packed in training and eval): its prediction
+  files are the post-processing of its final model's logits on the windows unpacked, each
+  window's padding positions left out (-inf: no packed row has them), and its metrics the
+  official ones of its predictions."""
+  from albert_jax.data.tokenizer import AlbertTokenizer
+  from albert_jax.tasks import squad
+  data = write_squad(tmp_path / "train.json", 2)
+  config = tiny(load_config("finetune_squad", "v2"), vocab,
+                **{"data.train_file": str(data), "data.eval_file": str(data),
+                   "data.max_seq_length": 48, "data.doc_stride": 16, "data.max_query_length": 16,
+                   "total_steps": 4, "batch_size": 8, "data.pack": True, "export_hf": True})
+  workdir = tmp_path / "run"
+  summary = train.train_and_evaluate(config, str(workdir))
+  cfg, params, head = hf_convert.load_any(summary["hf_dir"])
+  windows = squad.load(config.data, AlbertTokenizer(str(vocab)), "eval")
+  f = windows.features
+  out = M.make_model(cfg, head).apply({"params": params}, f["input_ids"], f["attention_mask"],
+                                      f["token_type_ids"])
+  real = f["attention_mask"] > 0
+  preds, null_odds, nbest = squad.postprocess(
+      windows, np.where(real, out.start_logits, -np.inf), np.where(real, out.end_logits, -np.inf),
+      config.data.n_best_size, config.data.max_answer_length, True,
+      config.data.null_score_diff_threshold)
+  written = workdir / "predictions" / "step_4" / "eval"
+  assert json.loads((written / "predictions.json").read_text()) == preds
+  odds = json.loads((written / "null_odds.json").read_text())
+  assert odds.keys() == null_odds.keys()
+  np.testing.assert_allclose([odds[k] for k in odds], [null_odds[k] for k in odds], rtol=1e-4,
+                             atol=1e-5)
+  assert [[e["text"] for e in v] for v in json.loads(
+      (written / "nbest_predictions.json").read_text()).values()] == [
+          [e["text"] for e in v] for v in nbest.values()]
+  official = squad_metrics.evaluate(json.loads(data.read_text()), preds)
+  for key in ("exact", "f1", "HasAns_f1", "NoAns_exact"):
+    assert summary["eval_results"][key] == pytest.approx(official[key]), key
+
+
 @pytest.mark.heavy  # one of a few task runs kept out of `make test` (tasks unit-tested apart)
 def test_squad_v2_original_head_from_an_hf_directory(tmp_path, vocab):
   """The original SQuAD 2.0 head through the loop, started from an HF pretraining directory:

@@ -192,14 +192,99 @@ def test_packed_rows_equal_the_same_examples_unpacked(kind, attention, monkeypat
                            grads, ref_grads)
 
 
+def _windows(seed=0):
+  """Ten SQuAD-like windows (the examples above) with an answer span each: none ([CLS], 0) in
+  some, else start <= end inside the window."""
+  rs = np.random.RandomState(seed)
+  out = []
+  for e in _examples("classification", seed):
+    n = len(e["input_ids"])
+    del e["labels"]
+    start = 0 if rs.rand() < 0.3 else int(rs.randint(1, n - 1))
+    end = 0 if start == 0 else int(rs.randint(start, n - 1))
+    out.append({**e, "start_positions": start, "end_positions": end})
+  return out
+
+
+@functools.cache
+def _span_case():
+  """(params, windows, the unpacked model's start and end logits at each window's tokens)."""
+  cfg = CFG.replace(num_labels=2)
+  params = random_params(cfg, "question_answering", seed=1)
+  windows = _windows()
+  unpacked = packing.pack(windows, rows=len(windows), length=UNPACKED_LENGTH, max_examples=1)
+  f = unpacked.features
+  module = M.make_model(cfg, "question_answering", attention="xla")
+  out = jax.jit(lambda p: module.apply({"params": p}, f["input_ids"], f["attention_mask"],
+                                       f["token_type_ids"]))(params)
+  return cfg, params, windows, [unpacked.per_token(out.start_logits),
+                                unpacked.per_token(out.end_logits)]
+
+
+def _own_tokens_loss(logits: list[np.ndarray], windows, side: str) -> float:
+  """The reference: each window's cross-entropy over its own tokens' logits (float64), summed."""
+  total = 0.0
+  for x, w in zip(logits, windows, strict=True):
+    x = np.asarray(x, np.float64)
+    total += np.log(np.exp(x - x.max()).sum()) + x.max() - x[w[f"{side}_positions"]]
+  return total
+
+
+@pytest.mark.parametrize("attention", ["xla", "splash", "cudnn"])
+def test_packed_squad_windows_equal_the_same_windows_unpacked(attention, monkeypatch):
+  """The span head on packed windows: start and end logits at each window's tokens equal the
+  unpacked ones (float32, 1e-5), the answer spans moved into the row, and the task's loss
+  (`squad.loss_sums`) the cross-entropy over each window's own tokens of the unpacked logits
+  (NumPy here), over the same count of windows."""
+  from albert_jax.tasks import squad
+  if attention == "cudnn":
+    monkeypatch.setattr(A, "cudnn", functools.partial(A.cudnn, implementation="xla"))
+  cfg, params, windows, (ref_start, ref_end) = _span_case()
+  packed = packing.pack(windows, rows=ROWS, length=LENGTH, max_examples=SLOTS,
+                        positions=packed_batches.POSITIONS)
+  assert packed.count == len(windows) and packed.row.max() == ROWS - 1
+  f = packed.features
+  for i, w in enumerate(windows):  # the same token, now in the row
+    for side in ("start", "end"):
+      at = f[f"{side}_positions"][packed.row[i], packed.slot[i]]
+      assert at == packed.start[i] + w[f"{side}_positions"]
+      assert f["input_ids"][packed.row[i], at] == w["input_ids"][w[f"{side}_positions"]]
+  batch = {k: jnp.asarray(v) for k, v in f.items() if k != "example_mask"}
+  batch[common.WEIGHT] = jnp.asarray(f["example_mask"], jnp.float32)
+  module = M.make_model(cfg, "question_answering", attention=attention)
+  out = jax.jit(lambda p, b: M.apply_to_batch(module, p, b))(params, batch)
+  for ours, ref in ((out.start_logits, ref_start), (out.end_logits, ref_end)):
+    for x, y in zip(packed.per_token(ours), ref, strict=True):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  sums = squad.loss_sums(out, batch)
+  assert float(squad.counts(batch)["weight"]) == len(windows)
+  expected = (_own_tokens_loss(ref_start, windows, "start")
+              + _own_tokens_loss(ref_end, windows, "end")) / 2
+  np.testing.assert_allclose(float(sums["loss"]), expected, rtol=1e-5)
+
+
+def test_pack_moves_positions_with_their_example():
+  """Per-example positions (SQuAD's answer span) are the example's token, now in its row; one
+  outside the example is refused."""
+  examples = [{**_example(n, 0), "start_positions": n - 1} for n in (5, 3, 4)]
+  packed = packing.pack(examples, rows=2, length=8, max_examples=2, positions=["start_positions"])
+  f = packed.features
+  for i, e in enumerate(examples):
+    at = f["start_positions"][packed.row[i], packed.slot[i]]
+    assert f["input_ids"][packed.row[i], at] == e["input_ids"][-1]
+  with pytest.raises(ValueError, match="example 1: start_positions=3 is not one of its 3 tokens"):
+    packing.pack([examples[0], {**examples[1], "start_positions": 3}], rows=2, length=8,
+                 max_examples=2, positions=["start_positions"])
+
+
 def test_a_packed_batch_needs_a_head_that_takes_it():
   """Heads without packed rows refuse a packed batch; a pooling head needs cls_positions."""
   packed = packing.pack(_examples("classification")[:2], rows=1, length=128, max_examples=2)
   batch = {k: jnp.asarray(v) for k, v in packed.features.items()}
-  qa = M.make_model(CFG, "question_answering")
-  with pytest.raises(ValueError, match="AlbertForQuestionAnswering does not take packed rows.*"
+  choice = M.make_model(CFG, "multiple_choice")
+  with pytest.raises(ValueError, match="AlbertForMultipleChoice does not take packed rows.*"
                                        "AlbertForSequenceClassification"):
-    jax.eval_shape(lambda b: M.apply_to_batch(qa, random_params(CFG, "question_answering", 0), b),
+    jax.eval_shape(lambda b: M.apply_to_batch(choice, random_params(CFG, "multiple_choice", 0), b),
                    batch)
   classifier = M.make_model(CFG, "sequence_classification")
   del batch["cls_positions"]
@@ -353,19 +438,25 @@ def test_packed_eval_batches_read_back_in_dataset_order(processes, per_token, mo
     monkeypatch.setattr(jax, "process_count", lambda: processes)
     monkeypatch.setattr(jax, "process_index", lambda p=p: p)
     batches, packed = packed_batches.eval_batches(dataset, global_batch_size=8, length=48,
-                                                  row_multiple=2, max_examples=4)
+                                                  row_multiple=2, max_examples=4,
+                                                  token_predictions=per_token)
     every.append(batches)
   assert len(batches) == 3
   seen = [e for b in zip(*every) for local in b for e in _unpacked(local)]
   assert _order(seen) == _trimmed(dataset, range(21))
-  # What an eval step returns: global rows (the processes' in order); here the labels.
+  # What an eval step returns: global rows (the processes' in order); here the labels, and as
+  # floats (logits: past an example's tokens they read back as -inf, ids as 0).
   predictions = [{"labels": np.concatenate([local["labels"] for local in b])} for b in zip(*every)]
-  back = packed.unpack(predictions)["labels"]
+  for p in predictions:
+    p["logits"] = p["labels"].astype(np.float32)
+  unpacked = packed.unpack(predictions)
+  back = unpacked["labels"]
   if per_token:
     assert back.shape == (21, 48)
     mask = dataset.features["attention_mask"] > 0
-    np.testing.assert_array_equal(np.where(mask, back, 0),
-                                  np.where(mask, dataset.features["labels"], 0))
+    np.testing.assert_array_equal(back, np.where(mask, dataset.features["labels"], 0))
+    np.testing.assert_array_equal(unpacked["logits"],
+                                  np.where(mask, dataset.features["labels"], -np.inf))
   else:
     np.testing.assert_array_equal(back, np.arange(21))
 

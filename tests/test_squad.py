@@ -492,6 +492,7 @@ def test_config_and_num_labels():
     assert (cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length, cfg.n_best_size,
             cfg.max_answer_length, cfg.max_examples) == (384, 128, 64, 20, 30, 0)
     assert cfg.source in ("files", "tfds") and squad.num_labels(cfg) == 2
+    assert cfg.pack is False  # packed windows change the loss (docs/finetuning.md)
   assert (squad.HEAD, squad.METRIC) == ("question_answering", "f1")
   assert "question_answering" in M.HEADS
   with pytest.raises(ValueError):

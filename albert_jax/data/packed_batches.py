@@ -32,6 +32,8 @@ from albert_jax import packing
 from albert_jax.data import arrays
 
 SIZING_STEPS = 1000  # the steps whose examples size the rows (all of a shorter run)
+# Per-example features that are positions in the example's tokens: moved into its row.
+POSITIONS = ("start_positions", "end_positions")  # SQuAD's answer span
 ROW_MULTIPLE = 128  # row lengths tried: multiples of this (TPU lanes), up to max_seq_length
 
 
@@ -113,6 +115,7 @@ class Packer:
     self.features = {k: v for k, v in dataset.features.items() if k != "attention_mask"}
     self.per_token = [k for k, v in self.features.items() if v.ndim == 2]
     self.pad = {"labels": arrays.IGNORE} if "labels" in self.per_token else {}
+    self.positions = [k for k in POSITIONS if k in self.features]
     self.template = self._examples(np.zeros(1, np.int64), np.zeros(1, np.float32))[0]
 
   def _examples(self, index: np.ndarray, weight: np.ndarray) -> list[dict[str, Any]]:
@@ -134,7 +137,8 @@ class Packer:
     rows = math.ceil(max(needed, 1) / self.local_rows) * self.local_rows
     chosen = range(len(parts)) if every else [self.process]
     packed = {p: packing.pack(self._examples(*parts[p]), rows, L.length, L.max_examples,
-                              self.pad, template=self.template) for p in chosen}
+                              self.pad, template=self.template, positions=self.positions)
+              for p in chosen}
     if any(packed[p].count != len(parts[p][0]) for p in chosen):
       raise AssertionError("first fit sized the rows differently than it packed them")
     mine = packed[self.process].features
@@ -179,12 +183,13 @@ class EvalPacking:
   """Where each eval example went: per batch, every process's `Packed`."""
   packed: list[list[packing.Packed]]
   local_rows: int  # a process's rows of a batch
-  per_token: bool  # per-token predictions (token classification), else per example
+  per_token: bool  # per-token predictions (NER's tags, SQuAD's logits), else per example
   max_seq_length: int
 
   def unpack(self, predictions: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The eval batches' predictions (global rows) -> per example, in dataset order: per-token
-    arrays as [n, max_seq_length, ...] (each example's tokens first, zeros after)."""
+    arrays as [n, max_seq_length, ...], each example's tokens first, then what no token has:
+    -inf for floats (logits: never a candidate), 0 for integers (ids)."""
     out = {}
     for name in predictions[0] if predictions else ():
       rows = []
@@ -195,7 +200,8 @@ class EvalPacking:
             rows.extend(packed.per_example(local))
             continue
           for tokens in packed.per_token(local):
-            row = np.zeros((self.max_seq_length, *tokens.shape[1:]), tokens.dtype)
+            none = -np.inf if np.issubdtype(tokens.dtype, np.floating) else 0
+            row = np.full((self.max_seq_length, *tokens.shape[1:]), none, tokens.dtype)
             row[:len(tokens)] = tokens
             rows.append(row)
       out[name] = np.stack(rows)
@@ -209,12 +215,13 @@ def sizing_steps(base: arrays.ArrayIterator, total_steps: int) -> list[np.ndarra
 
 
 def eval_batches(dataset: arrays.Dataset, *, global_batch_size: int, length: int,
-                 row_multiple: int, max_examples: int
+                 row_multiple: int, max_examples: int, token_predictions: bool = False
                  ) -> tuple[list[dict[str, np.ndarray]], EvalPacking]:
   """The examples of `arrays.eval_batches`' batches, each once, in order, packed into rows of
   `length` tokens (longer where an example is: the training rows' length is sized from the
   training set), as many a batch as the fullest needs (the last batch's padding is left out:
-  there is no row to fill)."""
+  there is no row to fill). `token_predictions`: the task predicts per token (else per
+  example), which `EvalPacking.unpack` reads back."""
   processes = jax.process_count()
   n, max_seq_length = dataset.features["input_ids"].shape
   lengths = lengths_of(dataset)
@@ -233,5 +240,4 @@ def eval_batches(dataset: arrays.Dataset, *, global_batch_size: int, length: int
                                   max_examples))
   packed = [packer.pack(parts, every=True) for parts in batches]
   return [local for local, _ in packed], EvalPacking(
-      [every for _, every in packed], packer.local_rows, "labels" in packer.per_token,
-      max_seq_length)
+      [every for _, every in packed], packer.local_rows, token_predictions, max_seq_length)

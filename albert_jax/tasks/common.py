@@ -120,12 +120,12 @@ def keep_copy(tok: AlbertTokenizer, workdir) -> AlbertTokenizer:
   return tok
 
 
-def data(load: Callable, config, tok) -> tuple[arrays.ArrayIterator | packed_batches.PackedIterator,
-                                               list[EvalSet]]:
+def data(load: Callable, config, tok, token_predictions: bool = False
+         ) -> tuple[arrays.ArrayIterator | packed_batches.PackedIterator, list[EvalSet]]:
   """A fine-tuning task's batches from its `load(data_cfg, tokenizer, split) -> Dataset` (each
   split tokenised once into arrays): shuffled training epochs, and every eval split, each its
   own eval set; packed, several examples to a row, with `config.data.pack`
-  (`data/packed_batches.py`)."""
+  (`data/packed_batches.py`; `token_predictions`: the task predicts per token)."""
   data_cfg = config.data
   train_set = load(data_cfg, tok, "train")
   logging.info("%s: %d training rows", config.task, len(train_set))
@@ -151,7 +151,8 @@ def data(load: Callable, config, tok) -> tuple[arrays.ArrayIterator | packed_bat
       return EvalSet(name, arrays.eval_batches(dataset, global_batch_size=size), dataset)
     batches, packed = packed_batches.eval_batches(
         dataset, global_batch_size=size, length=layout.length,
-        row_multiple=data_devices * fsdp, max_examples=layout.max_examples)
+        row_multiple=data_devices * fsdp, max_examples=layout.max_examples,
+        token_predictions=token_predictions)
     return EvalSet(name, batches, dataset, unpack=packed.unpack)
 
   evals = [eval_set("eval", "eval")]
@@ -203,11 +204,14 @@ def evaluate_rows(evaluate_task: Callable, predictions, eval_set: EvalSet, data_
   return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
-def interface(load: Callable, evaluate_task: Callable) -> tuple[Callable, Callable, Callable]:
+def interface(load: Callable, evaluate_task: Callable, token_predictions: bool = False
+              ) -> tuple[Callable, Callable, Callable]:
   """The task interface's `tokenizer`, `data` and `score`, alike in every fine-tuning task, from its
   `load(data_cfg, tokenizer, split) -> Dataset` and `evaluate_task(rows, dataset, data_cfg,
-  out_dir) -> metrics` (rows: an eval set's predictions gathered in dataset order)."""
-  return tokenizer, functools.partial(data, load), functools.partial(evaluate_rows, evaluate_task)
+  out_dir) -> metrics` (rows: an eval set's predictions gathered in dataset order; per token where
+  `token_predictions`, else per example)."""
+  return (tokenizer, functools.partial(data, load, token_predictions=token_predictions),
+          functools.partial(evaluate_rows, evaluate_task))
 
 
 # ----------------------------------------------------------------------------- classification

@@ -297,4 +297,4 @@ def evaluate_task(predictions: dict[str, np.ndarray], dataset: arrays.Dataset,
   return metrics
 
 
-tokenizer, data, score = common.interface(load, evaluate_task)
+tokenizer, data, score = common.interface(load, evaluate_task, token_predictions=True)

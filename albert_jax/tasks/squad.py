@@ -140,8 +140,14 @@ def num_labels(data_cfg) -> int:
 
 
 def example_spec(data_cfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """One window of `load`'s features: the inputs and the answer's token span."""
-  return common.with_weight(squad_data.window_spec(data_cfg))
+  """One row of the batches: a window's inputs and its answer's token span; packed
+  (data.pack), a row of windows (`common.row_spec`) with each slot's span in row positions."""
+  if not data_cfg.get("pack"):
+    return common.with_weight(squad_data.window_spec(data_cfg))
+  spec = common.row_spec(data_cfg, jnp.int32)
+  slots = spec.pop("labels").shape
+  return {**spec, "start_positions": jax.ShapeDtypeStruct(slots, jnp.int32),
+          "end_positions": jax.ShapeDtypeStruct(slots, jnp.int32)}
 
 
 def load(data_cfg, tokenizer, split: str) -> arrays.Dataset:
@@ -153,12 +159,25 @@ def _field(outputs, name: str):
   return outputs[name] if isinstance(outputs, Mapping) else getattr(outputs, name)
 
 
+def _own_tokens(logits: jax.Array, batch) -> jax.Array:
+  """Packed rows: [rows, slots, length], each slot's window's logits at its own tokens (the
+  float32 minimum elsewhere: no probability); unpacked: the logits as they are, padding too."""
+  if "example_ids" not in batch:
+    return logits
+  ids = jnp.arange(1, batch[common.WEIGHT].shape[-1] + 1)
+  own = batch["example_ids"][:, None, :] == ids[None, :, None]
+  return jnp.where(own, logits[:, None, :], jnp.finfo(jnp.float32).min)
+
+
 def loss_sums(outputs, batch) -> dict[str, jax.Array]:
-  """Summed (CE(start) + CE(end)) / 2 per row, as the original, with correct-position counts."""
+  """Summed (CE(start) + CE(end)) / 2 per window, as the original, with correct-position counts.
+  A packed window's softmax runs over its own tokens; unpacked, over the row, padding too (the
+  original's)."""
   weight = batch[common.WEIGHT].astype(jnp.float32)
   sums = {"loss": 0.0}
   for side in ("start", "end"):
-    logits, labels = _field(outputs, f"{side}_logits"), batch[f"{side}_positions"].astype(jnp.int32)
+    logits = _own_tokens(_field(outputs, f"{side}_logits"), batch)
+    labels = batch[f"{side}_positions"].astype(jnp.int32)
     xent = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     sums["loss"] += jnp.sum(xent * weight) / 2
     sums[f"{side}_correct"] = jnp.sum((jnp.argmax(logits, -1) == labels) * weight)
@@ -206,4 +225,4 @@ def evaluate_task(predictions, dataset: arrays.Dataset, data_cfg, output_dir) ->
   return {k: float(v) for k, v in metrics.items()}
 
 
-tokenizer, data, score = common.interface(load, evaluate_task)
+tokenizer, data, score = common.interface(load, evaluate_task, token_predictions=True)

@@ -83,6 +83,10 @@ def data_config(arg: str, head: str) -> ml_collections.ConfigDict:
       null_score_diff_threshold=0.0,  # v2: predict "" where null score - best span > this
       max_examples=0,  # 0: all; else the first N examples (quick runs)
       head=head,  # "span" | "original": which SQuAD task this is (TASK_OF_HEAD)
+      # Packed windows (the span head only): off by default, as the loss is not the unpacked
+      # one (its softmax leaves out the padding positions the unpacked one spreads over;
+      # docs/finetuning.md "Packed rows").
+      **{**common.PACK_SETTINGS, "pack": False},
   ))
 
 

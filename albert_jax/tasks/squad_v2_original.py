@@ -57,6 +57,10 @@ def num_labels(data_cfg) -> int:
 
 def example_spec(data_cfg) -> dict[str, jax.ShapeDtypeStruct]:
   """One window of `load`'s features: the span head's, and p_mask, cls_index, is_impossible."""
+  if data_cfg.get("pack"):
+    raise ValueError("data.pack: the original SQuAD 2.0 head does not take packed rows (its end "
+                     "logits and answer class read the window's p_mask and [CLS]); set "
+                     "data.pack=False, or use the span head (finetune_squad.py:v2,head=span)")
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   return common.with_weight({
       **squad_data.window_spec(data_cfg),

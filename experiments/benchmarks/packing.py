@@ -1,15 +1,21 @@
-"""Packed against padded GLUE fine-tuning steps: examples/s, real tokens/s, packing efficiency.
+"""Packed against padded fine-tuning steps (GLUE, SQuAD): examples/s, real tokens/s, packing
+efficiency.
 
-    python -m experiments.benchmarks.packing [--size=base] [--batch=32] [--seq=512]
-        [--steps=2] [--examples=8192] [--tpu=v5p-8] [--gpu=h100-1] [--aot_size=large]
-        [--skip_cpu] [--skip_aot] [--json=PATH]
+    python -m experiments.benchmarks.packing [--task=glue|squad] [--size=base] [--batch=32]
+        [--seq=512] [--steps=2] [--examples=8192] [--tpu=v5p-8] [--gpu=h100-1]
+        [--aot_size=large] [--skip_cpu] [--skip_aot] [--json=PATH]
 
 The data: a GLUE-like mix, half SST-2-like single sentences and half MNLI-like pairs, taken word
 by word from the embedded corpus's prose to lengths drawn around the published means (SST-2
 about 10 words a sentence; MNLI premises about 22, hypotheses about 11: assumed, lognormal,
 sigma 0.5), tokenised by `glue.convert_examples` with a SentencePiece model trained here on the
 corpus (8000 pieces: ALBERT's has 30000, so these pieces are a little shorter and the rows a
-little fuller than with it). Both steps train on the same examples: `arrays.ArrayIterator`'s
+little fuller than with it). `--task=squad`: SQuAD-like questions instead (a context of about
+120 words of corpus prose, a question of about 10, an answer of 1-4 of the context's words:
+assumed published means, lognormal, sigma 0.4 and 0.3), cut into the original run_squad's
+windows by `squad_data.convert_examples` (doc stride 128, query 64), the step
+`configs/finetune_squad.py:v1` (use --batch=48 --seq=384, its own). Both steps train on the same
+examples: `arrays.ArrayIterator`'s
 global batches, padded to `--seq` (`data.pack` off) or packed (`data/packed_batches.py`, the
 rows sized from the first 1000 steps as a run sizes them).
 
@@ -44,15 +50,20 @@ from albert_jax import tasks  # noqa: E402
 from albert_jax.data import arrays, corpus, packed_batches  # noqa: E402
 from albert_jax.data.tokenizer import AlbertTokenizer  # noqa: E402
 from albert_jax.data.train_tokenizer import train_spm  # noqa: E402
-from albert_jax.tasks import glue  # noqa: E402
+from albert_jax.tasks import glue, squad_data  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MEAN_WORDS = {"sst2": 10, "premise": 22, "hypothesis": 11}  # assumed published means
+MEAN_WORDS = {"sst2": 10, "premise": 22, "hypothesis": 11,  # assumed published means
+              "context": 120, "question": 10}
+
+
+def _corpus_words() -> list[str]:
+  return [w for doc in corpus.embedded_documents("train") for s in doc for w in s.split()]
 
 
 def glue_like_examples(n: int, seed: int = 0) -> list[glue.Example]:
   """n examples, alternately SST-2-like sentences and MNLI-like pairs, of corpus words."""
-  words = [w for doc in corpus.embedded_documents("train") for s in doc for w in s.split()]
+  words = _corpus_words()
   rs = np.random.RandomState(seed)
 
   def text(mean):
@@ -65,11 +76,34 @@ def glue_like_examples(n: int, seed: int = 0) -> list[glue.Example]:
                        "entailment") for i in range(n)]
 
 
-def make_config(size: str, batch: int, seq: int, dtype: str = "float32"):
+def squad_like_examples(n: int, seed: int = 0) -> list[squad_data.Example]:
+  """n SQuAD-like questions on contexts of corpus words, each answered by 1-4 of its words."""
+  words = _corpus_words()
+  rs = np.random.RandomState(seed)
+
+  def text(mean, sigma):
+    k = int(np.clip(round(rs.lognormal(np.log(mean), sigma)), 3, 600))
+    start = rs.randint(0, len(words) - k)
+    return words[start:start + k]
+
+  out = []
+  for i in range(n):
+    context = text(MEAN_WORDS["context"], 0.4)
+    first = rs.randint(0, len(context))
+    answer = context[first:first + rs.randint(1, 5)]
+    out.append(squad_data.Example(
+        str(i), " ".join(text(MEAN_WORDS["question"], 0.3)), " ".join(context),
+        [" ".join(answer)], [len(" ".join(context[:first])) + (first > 0)]))
+  return out
+
+
+def make_config(size: str, batch: int, seq: int, dtype: str = "float32", task: str = "glue"):
   import sys
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import finetune_glue  # noqa: PLC0415  (configs/ is not a package)
-  config = finetune_glue.get_config(f"task=mnli,model={size}")
+  import finetune_squad  # noqa: PLC0415
+  config = (finetune_squad.get_config(f"v1,model={size}") if task == "squad" else
+            finetune_glue.get_config(f"task=mnli,model={size}"))
   config.update(batch_size=batch, dtype=dtype)
   config.data.max_seq_length = seq
   config.model.vocab_size = 30000
@@ -169,6 +203,7 @@ def aot_pair(config, dataset, target_name: str) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--task", default="glue", choices=["glue", "squad"])
   parser.add_argument("--size", default="base")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seq", type=int, default=512)
@@ -185,17 +220,23 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     sentences = [s for doc in corpus.embedded_documents("train") for s in doc]
     tokenizer = AlbertTokenizer(str(train_spm(sentences, 8000, tmp)))
-    examples = glue_like_examples(args.examples)
-    dataset = glue.convert_examples(examples, tokenizer, "mnli", args.seq)
+    if args.task == "squad":
+      examples = squad_like_examples(args.examples)
+      windows = squad_data.convert_examples(examples, tokenizer, args.seq)
+      keep = tasks.get("squad").example_spec(squad_data.data_config("v1", "span"))
+      dataset = arrays.Dataset({k: v for k, v in windows.features.items() if k in keep})
+    else:
+      examples = glue_like_examples(args.examples)
+      dataset = glue.convert_examples(examples, tokenizer, "mnli", args.seq)
   lengths = packed_batches.lengths_of(dataset)
-  result = {"args": vars(args), "examples": len(examples),
+  result = {"args": vars(args), "examples": len(examples), "rows": len(dataset),
             "tokens_per_example": {"mean": float(lengths.mean()),
                                    "p50": float(np.median(lengths)),
                                    "max": int(lengths.max())}}
-  print(f"GLUE-like mix: {len(examples)} examples, tokens an example mean "
+  print(f"{args.task}-like: {len(examples)} examples, {len(dataset)} rows, tokens a row mean "
         f"{lengths.mean():.1f}, median {np.median(lengths):.0f}, max {lengths.max()}", flush=True)
 
-  config = make_config(args.size, args.batch, args.seq)
+  config = make_config(args.size, args.batch, args.seq, task=args.task)
   layout, efficiency = layout_for(dataset, config, 1)
   result.update(layout=layout.__dict__, efficiency=efficiency)
   print(f"Layout (1 device): {layout}; efficiency {efficiency}", flush=True)
@@ -206,7 +247,8 @@ def main():
                      "examples_per_second_ratio": packed["examples_per_second"]
                      / padded["examples_per_second"]}
   if not args.skip_aot:
-    aot_config = make_config(args.aot_size, args.batch, args.seq, dtype="bfloat16")
+    aot_config = make_config(args.aot_size, args.batch, args.seq, dtype="bfloat16",
+                             task=args.task)
     for name in ("tpu", "gpu"):
       if getattr(args, name):  # --tpu= or --gpu= (empty) leaves it out
         result[name] = aot_pair(aot_config, dataset, getattr(args, name))
