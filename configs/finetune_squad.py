@@ -10,6 +10,8 @@ steps, 10% warmup, sequence 384 / 512, doc stride 128, query 64.
       --workdir=/tmp/squad2
 
 or `--config.data.source=tfds` (squad/v1.1, squad/v2.0: TFDS needs no TensorFlow for these).
+`--config.data.pack=True` packs several windows to a row (span head; its loss leaves out the
+padding positions: docs/finetuning.md "Packed rows").
 Predictions (and for v2 the null odds) go to WORKDIR/predictions/step_N/eval/; exact match and
 F1 are the official scripts'.
 
