@@ -149,6 +149,45 @@ def _compile_cost(fn, args, mesh, rules) -> tuple[float, float]:
   return cost.get("optimal_seconds", math.nan), cost.get("flops", math.nan)
 
 
+@jax.custom_vjp
+def _read_in_loop(copy, weight):
+  """`copy` (a weight cast to the compute dtype before the loop), as an iteration of the scanned
+  loop reads it; its gradient goes to `weight`, converted to the weight's dtype each iteration."""
+  del weight
+  return copy
+
+
+def _read_in_loop_fwd(copy, weight):
+  return copy, jnp.zeros((0,), weight.dtype)
+
+
+def _read_in_loop_bwd(kind, g):
+  return jnp.zeros_like(g), g.astype(kind.dtype)
+
+
+_read_in_loop.defvjp(_read_in_loop_fwd, _read_in_loop_bwd)
+
+
+def _loop_weights(params, dtype):
+  """A function giving the layer group's weights as the scanned step's loop holds them: XLA
+  hoists the loop-invariant cast of the float32 weights out of the loop, which then carries them
+  in the compute dtype (bf16) and sums their gradients in float32 accumulators, iteration by
+  iteration (the v5p-8 program's loops, docs/accelerators.md). LayerNorm parameters (`scale`,
+  `bias`) stay as they are: the layer normalises in float32."""
+  def cast(tree):
+    if isinstance(tree, dict):
+      return tree if "scale" in tree else {k: cast(v) for k, v in tree.items()}
+    return jax.lax.stop_gradient(tree.astype(dtype))
+  # Once, before the iterations, and kept in HBM: unbarriered, XLA would fuse the cast into
+  # each iteration's matmuls (reading float32), which the loop's hoisted cast does not.
+  copies = jax.lax.optimization_barrier(cast(params))
+  def weights(params):
+    def read(copy, weight):
+      return weight if copy is weight else _read_in_loop(copy, weight)
+    return jax.tree_util.tree_map(read, copies, params)
+  return weights
+
+
 def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
                   scan: bool = True) -> tuple[float, float]:
   """(seconds, FLOPs) per step and chip by XLA's TPU cost model, for the whole depth.
@@ -156,8 +195,8 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
   The cost model counts a loop body once: the scanned step's figure holds each group's layer
   once (and, with gradient accumulation, one micro-batch). The missing iterations are priced by
   small programs: a layer group applied twice and once, forward and backward with the step's
-  remat policy on the micro-batch's shapes (their difference is one iteration), and the
-  optimizer update. Checked against the unrolled program of albert-large (README).
+  remat policy on the micro-batch's shapes (their difference is one iteration), the weights read
+  as the loop reads them (`_loop_weights`), and the optimizer update.
   """
 
   cfg, rules = spec.model_config, sharding.rules(config.sharding)
@@ -180,9 +219,10 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
 
   def iterations(n):  # n iterations unrolled, forward and backward
     def program(params, x, mask):
+      weights = _loop_weights(params, dtype)
       def apply(params, x):
         for i in range(n):
-          x, _ = group.apply({"params": params}, x, mask,
+          x, _ = group.apply({"params": weights(params)}, x, mask,
                              rngs={"dropout": jax.random.key(i)})
         return x
       y, vjp = jax.vjp(apply, params, x)

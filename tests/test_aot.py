@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from albert_jax import accelerators, aot
@@ -233,6 +234,81 @@ def test_every_generations_hbm_and_peak_are_libtpus():
     ratio = spec.peak_flops / measured[gen]["rate"]
     low, high = (0.99, 1.01) if spec.cores_per_chip == 1 else (1.10, 1.20)
     assert low <= ratio <= high, (gen, ratio)
+
+
+def test_the_estimates_layer_reads_its_weights_as_the_loop_does():
+  """`aot._loop_weights`: the dense weights in bf16 (LayerNorm's as they are), copied once; the
+  float32 gradient of three applications is the sum of each application's bf16 gradient
+  converted to float32, as through a cast in every iteration (what XLA's loop accumulates)."""
+  import jax.numpy as jnp
+  rs = np.random.RandomState(0)
+  params = {"dense": {"kernel": jnp.asarray(rs.randn(8, 8), jnp.float32),
+                      "bias": jnp.asarray(rs.randn(8), jnp.float32)},
+            "LayerNorm": {"scale": jnp.asarray(rs.rand(8) + 0.5, jnp.float32),
+                          "bias": jnp.asarray(rs.randn(8), jnp.float32)}}
+  x = jnp.asarray(rs.randn(4, 8), jnp.bfloat16)
+
+  def layer(p, x):
+    h = x @ p["dense"]["kernel"].astype(jnp.bfloat16) + p["dense"]["bias"].astype(jnp.bfloat16)
+    h = h.astype(jnp.float32) * p["LayerNorm"]["scale"] + p["LayerNorm"]["bias"]
+    return jnp.tanh(h).astype(jnp.bfloat16)
+
+  def through_loop_weights(p):
+    weights = aot._loop_weights(p, jnp.bfloat16)
+    y = x
+    for _ in range(3):
+      w = weights(p)
+      assert w["dense"]["kernel"].dtype == jnp.bfloat16 and w["LayerNorm"]["scale"].dtype == jnp.float32
+      y = layer(w, y)
+    return jnp.sum(y.astype(jnp.float32))
+
+  def cast_each_time(p):
+    y = x
+    for _ in range(3):
+      y = layer(p, y)
+    return jnp.sum(y.astype(jnp.float32))
+
+  ours, ref = jax.grad(through_loop_weights)(params), jax.grad(cast_each_time)(params)
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref), strict=True):
+    assert a.dtype == b.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)
+
+
+# The premise of `_loop_weights`, checked on libtpu: the scanned step's forward loop carries the
+# layer's dense kernels in bf16 (XLA hoisted their cast out of the loop), the backward loop their
+# gradients in float32.
+_LOOP_PROBE = r"""
+import json, re, jax
+from albert_jax import accelerators, aot
+import sys; sys.path.insert(0, "configs")
+import pretrain
+config = pretrain.get_config("tiny")
+config.data.vocab_size = 1000
+config.mesh.update(data=4, fsdp=1, tensor=1)
+devices = accelerators.parse_target("v5p-8").compile_devices()
+lowered, _, _ = aot.lower(config, aot.step_of(config), devices)
+text = lowered.compile().as_text()
+bodies = set(re.findall(r"body=(%[\w.-]+)", text))
+carried = [line.split("->")[0] for line in text.splitlines()
+           if line.split(" ")[0] in bodies]
+print("RESULT", json.dumps(carried))
+"""
+
+
+@needs_libtpu
+@pytest.mark.heavy  # a TPU compile in a subprocess; the estimate's reading of it is tested above
+def test_the_scanned_loops_carry_bf16_weights_and_float32_gradients():
+  config = pretrain.get_config("tiny")
+  cfg = aot.step_of(config).model_config
+  shape = f"{cfg.hidden_size},{cfg.intermediate_size}"
+  proc = subprocess.run([sys.executable, "-c", _LOOP_PROBE], cwd=REPO, env=tpu_env(),
+                        capture_output=True, text=True, timeout=600)
+  line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT")), None)
+  assert line, proc.stderr[-3000:]
+  carried = json.loads(line.split(" ", 1)[1])
+  assert len(carried) == 2, carried  # the forward loop and the backward loop
+  assert any(f"bf16[{shape}]" in c for c in carried), carried
+  assert any(f"f32[{shape}]" in c and f"bf16[{shape}]" in c for c in carried), carried
 
 
 @pytest.mark.slow  # two compiles of the tiny step on the CPU
