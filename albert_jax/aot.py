@@ -181,11 +181,7 @@ def _loop_weights(params, dtype):
   # Once, before the iterations, and kept in HBM: unbarriered, XLA would fuse the cast into
   # each iteration's matmuls (reading float32), which the loop's hoisted cast does not.
   copies = jax.lax.optimization_barrier(cast(params))
-  def weights(params):
-    def read(copy, weight):
-      return weight if copy is weight else _read_in_loop(copy, weight)
-    return jax.tree_util.tree_map(read, copies, params)
-  return weights
+  return lambda params: jax.tree_util.tree_map(_read_in_loop, copies, params)
 
 
 def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
