@@ -15,8 +15,9 @@ import pytest
 from albert_jax import hf_convert, init_from, metrics, tasks, train
 from albert_jax import model as M
 from albert_jax.data import corpus
+from albert_jax.data.tokenizer import AlbertTokenizer
 from albert_jax.data.train_tokenizer import train_spm
-from albert_jax.tasks import squad_metrics
+from albert_jax.tasks import squad, squad_metrics
 
 from conftest import once_per_session, stop_after
 
@@ -318,8 +319,6 @@ def test_packed_squad_run_predicts_what_its_model_does_unpacked(tmp_path, vocab)
   files are the post-processing of its final model's logits on the windows unpacked, each
   window's padding positions left out (-inf: no packed row has them), and its metrics the
   official ones of its predictions."""
-  from albert_jax.data.tokenizer import AlbertTokenizer
-  from albert_jax.tasks import squad
   data = write_squad(tmp_path / "train.json", 2)
   config = tiny(load_config("finetune_squad", "v2"), vocab,
                 **{"data.train_file": str(data), "data.eval_file": str(data),

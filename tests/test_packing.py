@@ -18,7 +18,7 @@ from albert_jax import model as M
 from albert_jax import packing, tasks
 from albert_jax.data import arrays, packed_batches, packed_pairs
 from albert_jax.data.tokenizer import AlbertTokenizer
-from albert_jax.tasks import common
+from albert_jax.tasks import common, squad
 import finetune_glue
 from conftest import tiny_config
 from helpers import random_params
@@ -236,7 +236,6 @@ def test_packed_squad_windows_equal_the_same_windows_unpacked(attention, monkeyp
   unpacked ones (float32, 1e-5), the answer spans moved into the row, and the task's loss
   (`squad.loss_sums`) the cross-entropy over each window's own tokens of the unpacked logits
   (NumPy here), over the same count of windows."""
-  from albert_jax.tasks import squad
   if attention == "cudnn":
     monkeypatch.setattr(A, "cudnn", functools.partial(A.cudnn, implementation="xla"))
   cfg, params, windows, (ref_start, ref_end) = _span_case()
