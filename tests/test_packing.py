@@ -1,7 +1,7 @@
 """Packed rows: `packing.pack` and its inverse, and the model on packed rows against the same
 examples unpacked (logits, losses with the unpacked denominators, token classification's
-gradients) for sequence classification, regression and token classification, with every
-attention implementation that runs here."""
+gradients) for sequence classification, regression, token classification and SQuAD's spans,
+with every attention implementation that runs here."""
 
 import dataclasses
 import functools
