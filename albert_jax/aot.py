@@ -184,17 +184,12 @@ def _loop_weights(params, dtype):
   return lambda params: jax.tree_util.tree_map(_read_in_loop, copies, params)
 
 
-def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
-                  scan: bool = True) -> tuple[float, float]:
-  """(seconds, FLOPs) per step and chip by XLA's TPU cost model, for the whole depth.
-
-  The cost model counts a loop body once: the scanned step's figure holds each group's layer
-  once (and, with gradient accumulation, one micro-batch). The missing iterations are priced by
-  small programs: a layer group applied twice and once, forward and backward with the step's
-  remat policy on the micro-batch's shapes (their difference is one iteration), the weights read
-  as the loop reads them (`_loop_weights`), and the optimizer update.
-  """
-
+def layer_iteration(config, spec, mesh) -> tuple[float, float]:
+  """(seconds, FLOPs) of one iteration of the scanned layer loop on one chip by XLA's TPU cost
+  model: a layer group applied twice minus once, forward and backward with the step's remat
+  policy on the micro-batch's shapes, the weights read as the loop reads them (`_loop_weights`).
+  The difference leaves out what a step does once however deep it is (the gradient's reduction
+  over the batch axes)."""
   cfg, rules = spec.model_config, sharding.rules(config.sharding)
   micro = batch_rows(config) // config.grad_accum_steps
   dtype = jnp.dtype(config.dtype)
@@ -209,8 +204,7 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
   params = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       nn.unbox(boxed), sharding.logical_shardings(boxed, mesh, rules))
-  batch_sharding = sharding.batch_sharding(mesh, 3)
-  x = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding)
+  x = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, 3))
   mask = jax.ShapeDtypeStruct(mask.shape, mask.dtype, sharding=sharding.batch_sharding(mesh, 2))
 
   def iterations(n):  # n iterations unrolled, forward and backward
@@ -225,9 +219,20 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
       return vjp(y)
     return _compile_cost(program, (params, x, mask), mesh, rules)
 
-  # The difference leaves out what a step does once however deep it is (the gradient's
-  # reduction over the batch axes).
-  body = [b - a for a, b in zip(iterations(1), iterations(2))]
+  one, two = iterations(1), iterations(2)
+  return two[0] - one[0], two[1] - one[1]
+
+
+def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
+                  scan: bool = True) -> tuple[float, float]:
+  """(seconds, FLOPs) per step and chip by XLA's TPU cost model, for the whole depth.
+
+  The cost model counts a loop body once: the scanned step's figure holds each group's layer
+  once (and, with gradient accumulation, one micro-batch). The missing iterations are priced by
+  `layer_iteration`, and with gradient accumulation the optimizer update.
+  """
+  cfg = spec.model_config
+  body = layer_iteration(config, spec, mesh)
   repeats = cfg.num_hidden_layers // cfg.num_hidden_groups if scan else 1
   missing = [cfg.num_hidden_groups * (repeats - 1) * b for b in body]
   if config.grad_accum_steps == 1:
@@ -237,8 +242,8 @@ def estimate_step(config, spec, mesh, abstract, scanned: tuple[float, float],
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  update = _compile_cost(apply_update,
-                         (abstract.params, abstract.opt_state, abstract.params), mesh, rules)
+  update = _compile_cost(apply_update, (abstract.params, abstract.opt_state, abstract.params),
+                         mesh, sharding.rules(config.sharding))
   return tuple(u + config.grad_accum_steps * (s - u + m)
                for s, u, m in zip(scanned, update, missing))
 

@@ -16,11 +16,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from albert_jax import accelerators, aot, encoder, sharding  # noqa: E402
+from albert_jax import accelerators, aot  # noqa: E402
 from albert_jax.data import packed_batches  # noqa: E402
 from experiments.benchmarks import packing  # noqa: E402
 
@@ -33,37 +29,10 @@ def config_for(size: str, rows: int, seq: int, layers: int | None = None):
 
 
 def layer_cost(config, target) -> tuple[float, float]:
-  """(seconds, FLOPs) of one more layer iteration, forward and backward, as estimate_step
-  prices it."""
+  """(seconds, FLOPs) of one more layer iteration, as estimate_step prices it."""
   spec = aot.step_of(config)
   _, _, mesh = aot.lower(config, spec, target.compile_devices())
-  cfg, rules = spec.model_config, sharding.rules(config.sharding)
-  group = encoder.layer_group_class(config.remat_policy, "tpu")(
-      config=cfg, dtype=jnp.bfloat16, remat_policy=config.remat_policy,
-      attention=config.attention, deterministic=False)
-  rows, seq = config.data.pack_rows, config.data.pack_length
-  x = jax.ShapeDtypeStruct((rows, seq, cfg.hidden_size), jnp.bfloat16,
-                           sharding=sharding.batch_sharding(mesh, 3))
-  mask = jax.ShapeDtypeStruct((rows, seq), jnp.bool_, sharding=sharding.batch_sharding(mesh, 2))
-  boxed = jax.eval_shape(group.init, jax.random.key(0), x, mask)["params"]
-  params = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.unbox(boxed), sharding.logical_shardings(boxed, mesh, rules))
-
-  def iterations(n):
-    def program(params, x, mask):
-      weights = aot._loop_weights(params, jnp.bfloat16)
-      def apply(params, x):
-        for i in range(n):
-          x, _ = group.apply({"params": weights(params)}, x, mask,
-                             rngs={"dropout": jax.random.key(i)})
-        return x
-      y, vjp = jax.vjp(apply, params, x)
-      return vjp(y)
-    return aot._compile_cost(program, (params, x, mask), mesh, rules)
-
-  one, two = iterations(1), iterations(2)
-  return two[0] - one[0], two[1] - one[1]
+  return aot.layer_iteration(config, spec, mesh)
 
 
 def main():
@@ -81,7 +50,7 @@ def main():
     report = aot.compile_report(config_for(args.size, r, args.seq), target)
     print(f"step, {r} rows ({r / chips:g} a device): {1e3 * report['estimated_step_seconds']:.2f} ms",
           flush=True)
-  for r in (rows[0], rows[-1]):
+  for r in sorted({rows[0], rows[-1]}):
     report = aot.compile_report(config_for(args.size, r, args.seq, layers=1), target)
     print(f"one-layer step, {r} rows: {1e3 * report['estimated_step_seconds']:.2f} ms",
           flush=True)
