@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -240,7 +241,6 @@ def test_the_estimates_layer_reads_its_weights_as_the_loop_does():
   """`aot._loop_weights`: the dense weights in bf16 (LayerNorm's as they are), copied once; the
   float32 gradient of three applications is the sum of each application's bf16 gradient
   converted to float32, as through a cast in every iteration (what XLA's loop accumulates)."""
-  import jax.numpy as jnp
   rs = np.random.RandomState(0)
   params = {"dense": {"kernel": jnp.asarray(rs.randn(8, 8), jnp.float32),
                       "bias": jnp.asarray(rs.randn(8), jnp.float32)},
@@ -258,7 +258,8 @@ def test_the_estimates_layer_reads_its_weights_as_the_loop_does():
     y = x
     for _ in range(3):
       w = weights(p)
-      assert w["dense"]["kernel"].dtype == jnp.bfloat16 and w["LayerNorm"]["scale"].dtype == jnp.float32
+      assert w["dense"]["kernel"].dtype == jnp.bfloat16
+      assert w["LayerNorm"]["scale"].dtype == jnp.float32
       y = layer(w, y)
     return jnp.sum(y.astype(jnp.float32))
 

@@ -48,8 +48,8 @@ def main():
   print(f"{args.size}, bf16, packed rows of {args.seq}, {args.topology} ({chips} devices)")
   for r in rows:
     report = aot.compile_report(config_for(args.size, r, args.seq), target)
-    print(f"step, {r} rows ({r / chips:g} a device): {1e3 * report['estimated_step_seconds']:.2f} ms",
-          flush=True)
+    seconds = report["estimated_step_seconds"]
+    print(f"step, {r} rows ({r / chips:g} a device): {1e3 * seconds:.2f} ms", flush=True)
   for r in sorted({rows[0], rows[-1]}):
     report = aot.compile_report(config_for(args.size, r, args.seq, layers=1), target)
     print(f"one-layer step, {r} rows: {1e3 * report['estimated_step_seconds']:.2f} ms",
