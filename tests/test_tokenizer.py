@@ -364,6 +364,19 @@ def test_tokenize_raw_never_yields_control_ids(model, flags, request):
   assert tok.mask_token_id in tok.convert_tokens_to_ids(tok.tokenize(RAW[0]))
 
 
+def test_ids_raw_are_transformers_ids_of_raw_text(pair_of_tokenizers):
+  """The corpus path: ids straight from SentencePiece where they are the pieces' ids, the piece by
+  piece way for texts holding a digit-comma piece (some here must, or the comparison is weak)."""
+  tok, ref = pair_of_tokenizers
+  texts = RAW + ALL_STRINGS + _corpus(seed=3, n=200)
+  expected = [ref.convert_tokens_to_ids(ref.tokenize(t, split_special_tokens=True)) for t in texts]
+  assert tok.ids_raw(texts) == expected
+  lower = tokenizer_lib.lower_chars if tok.do_lower_case else str
+  respelled = [t for t, ids in zip(texts, expected)
+               if ids != tok.sp_model.encode(tok.preprocess_text(lower(t)), out_type=int)]
+  assert any("," in t for t in respelled), respelled
+
+
 def test_tokenize_raw_spells_out_user_defined_specials(tmp_path):
   """A model that made [MASK] a user-defined symbol would match it in text; raw text must not."""
   spm.SentencePieceTrainer.train(
@@ -375,6 +388,7 @@ def test_tokenize_raw_spells_out_user_defined_specials(tmp_path):
   assert specials & set(tok.sp_model.encode("a [MASK] b"))  # SentencePiece alone would
   for text in RAW:
     assert not specials & set(tok.convert_tokens_to_ids(tok.tokenize_raw(text))), text
+  assert tok.ids_raw(RAW) == [tok.convert_tokens_to_ids(tok.tokenize_raw(t)) for t in RAW]
 
 
 # ----------------------------------------------------------------------------- files

@@ -166,14 +166,13 @@ def tokenizer_tables(tokenizer: Any) -> VocabTables:
 
 def tokenize_documents(documents: Iterable[Sequence[str]], tokenizer: Any,
                        stats: Any = None) -> list[list[np.ndarray]]:
-  """Token ids (int32 arrays) of each sentence, by `tokenize_raw`, so that a "[MASK]" written in
-  the corpus stays text. Sentences and documents left without tokens are dropped; `stats` (a
-  `corpus.CorpusStats`) counts them and the one-sentence documents."""
+  """Token ids (int32 arrays) of each sentence, by `ids_raw` (those of `tokenize_raw`), so that a
+  "[MASK]" written in the corpus stays text. Sentences and documents left without tokens are
+  dropped; `stats` (a `corpus.CorpusStats`) counts them and the one-sentence documents."""
   out = []
   for doc in documents:
     sentences = []
-    for text in doc:
-      ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize_raw(text))
+    for ids in tokenizer.ids_raw(doc):
       if ids:
         sentences.append(np.asarray(ids, np.int32))
       elif stats is not None:
@@ -228,8 +227,9 @@ def truncate_seq_pair(tokens_a: np.ndarray, tokens_b: np.ndarray, max_num_tokens
   from_a[:first] = len_a > len_b
   from_a[first + 1::2] = True
   front = rng.random(excess) < 0.5
-  a_front, a_back = int((from_a & front).sum()), int((from_a & ~front).sum())
-  b_front, b_back = int((~from_a & front).sum()), int((~from_a & ~front).sum())
+  a_cuts, a_front, fronts = (int(np.count_nonzero(x)) for x in (from_a, from_a & front, front))
+  a_back, b_front = a_cuts - a_front, fronts - a_front
+  b_back = excess - a_cuts - b_front
   return tokens_a[a_front:len_a - a_back], tokens_b[b_front:len_b - b_back]
 
 

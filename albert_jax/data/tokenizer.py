@@ -33,7 +33,7 @@ def preprocess_text(text: str, *, do_lower_case: bool = True, remove_space: bool
   if remove_space:
     text = " ".join(text.strip().split())
   text = text.replace("``", '"').replace("''", '"')
-  if not keep_accents:
+  if not keep_accents and not text.isascii():  # NFKD leaves ASCII as it is
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c))
   if do_lower_case:
@@ -115,6 +115,11 @@ class AlbertTokenizer:
     # text. A model that made one a user-defined symbol would match it in raw text.
     self._matchable = frozenset(i for i in (self.pad_token_id, self.cls_token_id, self.sep_token_id,
                                             self.mask_token_id) if not sp.is_control(i))
+    # Ids `ids_raw` cannot take from SentencePiece as they are: pieces `_tokenize` splits again
+    # (a digit then ",") and the matchable ones.
+    self._respelled = frozenset(self._matchable) | frozenset(
+        i for i in range(sp.get_piece_size())
+        if len(p := sp.id_to_piece(i)) > 1 and p[-1] == "," and p[-2].isdigit())
 
   def __getstate__(self):
     state = self.__dict__.copy()
@@ -184,6 +189,17 @@ class AlbertTokenizer:
       pieces = [q for p in pieces
                 for q in (list(p) if self.sp_model.piece_to_id(p) in self._matchable else [p])]
     return pieces
+
+  def ids_raw(self, texts: Sequence[str]) -> list[list[int]]:
+    """`convert_tokens_to_ids(tokenize_raw(text))` of each text, taking the ids from SentencePiece
+    (twice as fast on a corpus) unless a piece is one `tokenize_raw` spells otherwise."""
+    lower = lower_chars if self.do_lower_case else str
+    out = []
+    for text in texts:
+      ids = self.sp_model.encode(self.preprocess_text(lower(text)), out_type=int)
+      out.append(ids if self._respelled.isdisjoint(ids)
+                 else self.convert_tokens_to_ids(self.tokenize_raw(text)))
+    return out
 
   def convert_tokens_to_ids(self, tokens: str | Sequence[str] | None) -> int | list[int] | None:
     if tokens is None:
