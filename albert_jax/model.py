@@ -8,6 +8,7 @@ names mirror Hugging Face's `modeling_albert.py`; parameters carry logical axis 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -496,8 +497,24 @@ def init_params(module: _Albert, rng: jax.Array | int = 0) -> PyTree:
 
 
 def abstract_params(module: _Albert) -> PyTree:
-  """Shapes and dtypes of the parameters, boxed with their logical axis names; no FLOPs spent."""
+  """Shapes and dtypes of the parameters, boxed with their logical axis names; no FLOPs spent.
+  Traced once per module and mesh in a process (loads, conversions, exports and aot ask again)."""
+  try:
+    hash(module)
+  except TypeError:  # a field that cannot be a key: traced every time
+    return _trace_params(module)
+  tree = _traced_params(module, jax.sharding.get_abstract_mesh())
+  return jax.tree_util.tree_map(lambda x: x, tree)  # the caller's own containers
+
+
+def _trace_params(module: _Albert) -> PyTree:
   return jax.eval_shape(module.init, jax.random.key(0), dummy_input_ids(module))["params"]
+
+
+@functools.lru_cache(maxsize=64)
+def _traced_params(module: _Albert, mesh) -> PyTree:
+  del mesh  # the key: a mesh's device can choose the attention traced, not the parameters
+  return _trace_params(module)
 
 
 def count_params(params: PyTree) -> int:

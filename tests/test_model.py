@@ -62,6 +62,23 @@ def test_every_preset_matches_transformers_parameter_count(size):
   assert M.count_params(M.abstract_params(M.AlbertModel(cfg))) == theirs
 
 
+def test_abstract_params_are_traced_once_and_each_caller_gets_its_own(monkeypatch):
+  """Cached per module (an equal one made again hits), never shared: a caller that edits its
+  tree leaves the next caller's whole; another config is traced again."""
+  trace = lambda m: jax.eval_shape(m.init, jax.random.key(0), M.dummy_input_ids(m))["params"]
+  traced = []
+  monkeypatch.setattr(M, "_trace_params", lambda m: traced.append(m) or trace(m))
+  config = TINY.replace(vocab_size=61)  # no other test's module: the cache starts cold
+  first = M.abstract_params(M.make_model(config, "pretraining"))
+  first.pop("predictions")
+  second = M.abstract_params(M.make_model(config, "pretraining"))
+  assert len(traced) == 1 and sorted(second) == ["albert", "predictions", "sop_classifier"]
+  shapes = lambda tree: jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), nn.unbox(tree))
+  assert shapes(second) == shapes(trace(M.make_model(config, "pretraining")))
+  M.abstract_params(M.make_model(config.replace(vocab_size=62), "pretraining"))
+  assert len(traced) == 2
+
+
 def test_parameter_count_does_not_depend_on_depth():
   counts = {L: M.count_params(M.abstract_params(M.AlbertModel(TINY.replace(num_hidden_layers=L))))
             for L in (1, 2, 12, 48)}
