@@ -1,6 +1,6 @@
 """Corpus tokenization: `AlbertTokenizer.ids_raw` (what pretraining's pipeline and `prepare` call)
-against the piece by piece way it replaced and transformers' slow AlbertTokenizer, on the embedded
-corpus, ids checked equal.
+against the piece by piece way it replaced (with today's `preprocess_text`) and transformers' slow
+AlbertTokenizer, on the embedded corpus, ids checked equal.
 
     python -m experiments.benchmarks.tokenize [--vocab_size=8000] [--repeats=3]
 
@@ -42,7 +42,7 @@ def main():
     ours, peer = AlbertTokenizer(vocab), transformers.AlbertTokenizer(vocab_file=vocab)
     ways = {
         "ids_raw (now)": lambda: [ours.ids_raw(doc) for doc in documents],
-        "tokenize_raw + convert_tokens_to_ids (before)": lambda: [
+        "tokenize_raw + convert_tokens_to_ids (piece by piece)": lambda: [
             [ours.convert_tokens_to_ids(ours.tokenize_raw(s)) for s in doc] for doc in documents],
         "transformers.AlbertTokenizer (slow, split_special_tokens)": lambda: [
             [peer.convert_tokens_to_ids(peer.tokenize(s, split_special_tokens=True)) for s in doc]
