@@ -170,10 +170,13 @@ def reference(tmp_path_factory, spm_model):
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
   """A 500-piece vocabulary of a quarter of the embedded corpus (spm_model takes all of it):
-  seconds, not tens of seconds, for the task tests' feature conversion."""
+  seconds, not tens of seconds, for the task tests' feature conversion; made once for both
+  workers."""
   from albert_jax.data.tokenizer import AlbertTokenizer
-  sentences = [s for doc in corpus.embedded_documents("train") for s in doc][::4]
-  return AlbertTokenizer(train_spm(sentences, 500, tmp_path_factory.mktemp("spm_quarter")))
+  def make(directory):
+    sentences = [s for doc in corpus.embedded_documents("train") for s in doc][::4]
+    return str(train_spm(sentences, 500, directory))
+  return AlbertTokenizer(once_per_session(tmp_path_factory, "spm_quarter", make))
 
 
 # ----------------------------------------------------------------------------- Cloud Storage
