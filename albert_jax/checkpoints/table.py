@@ -6,7 +6,6 @@ reader (`hf`) and the TF1 release reader (`tf1`, which names its variables by HF
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Any, Callable
 
@@ -159,17 +158,11 @@ def expected_hf_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
 
 def _expected_shapes(cfg: AlbertConfig, head: str) -> dict[str, tuple]:
   """Flax path -> shape for `head`, traced without allocating anything (and without the
-  activation sharding constraints of a mesh the caller may be inside: shapes are all we need)."""
-  return dict(_traced_shapes(cfg, head))
-
-
-@functools.lru_cache(maxsize=32)
-def _traced_shapes(cfg: AlbertConfig, head: str) -> tuple[tuple[str, tuple], ...]:
-  """`_expected_shapes`, traced once per (config, head) in a process: loads, conversions and
-  exports of the same model ask again, and each would trace the model's init."""
+  activation sharding constraints of a mesh the caller may be inside: shapes are all we need;
+  `abstract_params` traces a model once a process)."""
   with jax.set_mesh(None):
     abstract = nn.unbox(abstract_params(make_model(cfg, head)))
-  return tuple((k, tuple(v.shape)) for k, v in flatten(abstract).items())
+  return {k: tuple(v.shape) for k, v in flatten(abstract).items()}
 
 
 def check_finite(tensors: dict[str, Array], source) -> None:
