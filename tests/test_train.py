@@ -243,8 +243,8 @@ def test_a_failed_save_ends_the_process_within_seconds(tmp_path, spm_model):
   run stops at its next save check with the message, and exits 74 within 10 s of it. Orbax's
   threads, waiting for the directory that never came, kept it alive 300 s (and a SIGTERM then
   was taken for a preemption request)."""
-  proc = run_main(tmp_path, spm_model, wait=False, fault="no_step_dir:6", total_steps=12,
-                  eval_every_steps=0)
+  # The reference run's program (total_steps is in it): a compile the session has made.
+  proc = run_main(tmp_path, spm_model, wait=False, fault="no_step_dir:6", eval_every_steps=0)
   said = None
   for line in proc.stdout:
     if line.startswith("error: checkpoint step 6") and said is None:
