@@ -341,39 +341,43 @@ def _snapshot(d):
   return {p.relative_to(d): p.read_bytes() for p in sorted(Path(d).rglob("*")) if p.is_file()}
 
 
-def _assert_cli_fails_and_leaves_destination(tmp_path, src, match):
+def _assert_cli_fails_and_leaves_destination(tmp_path, capsys, src, match):
+  """The command's exit code and message, in this process (the CLI's own process is tested
+  above): an existing destination is left as it was, and no temporary file is left."""
   dst = tmp_path / "existing"
   model_dir.save_model_dir(dst, TINY, random_params(TINY, "base", 0), "base")
   before = _snapshot(dst)
-  run = _cli("hf-to-orbax", src, dst, "--overwrite")
-  assert run.returncode == 1 and match in run.stderr, run.stderr
+  capsys.readouterr()
+  code = hf_convert.main(["hf-to-orbax", str(src), str(dst), "--overwrite"])
+  stderr = capsys.readouterr().err
+  assert code == 1 and match in stderr, stderr
   assert _snapshot(dst) == before
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_missing_tensor_is_named(tmp_path):
+def test_missing_tensor_is_named(tmp_path, capsys):
   d = _hf_dir(tmp_path)
   _edit_tensors(d, lambda t: t.pop("albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.bias"))
   with pytest.raises(KeyError, match=r"albert_layers\.0\.ffn\.bias.*\(24,\)"):
     hf_convert.load(d)
-  _assert_cli_fails_and_leaves_destination(tmp_path, d, "missing tensor")
+  _assert_cli_fails_and_leaves_destination(tmp_path, capsys, d, "missing tensor")
 
 
-def test_unexpected_tensor_is_named(tmp_path):
+def test_unexpected_tensor_is_named(tmp_path, capsys):
   d = _hf_dir(tmp_path)
   _edit_tensors(d, lambda t: t.update({"albert.encoder.extra.weight": np.zeros(3, np.float32)}))
   with pytest.raises(ValueError, match=r"albert\.encoder\.extra\.weight"):
     hf_convert.load(d)
-  _assert_cli_fails_and_leaves_destination(tmp_path, d, "unexpected tensors")
+  _assert_cli_fails_and_leaves_destination(tmp_path, capsys, d, "unexpected tensors")
 
 
-def test_misshaped_tensor_names_key_and_both_shapes(tmp_path):
+def test_misshaped_tensor_names_key_and_both_shapes(tmp_path, capsys):
   d = _hf_dir(tmp_path)
   key = "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight"
   _edit_tensors(d, lambda t: t.update({key: np.zeros((16, 15), np.float32)}))
   with pytest.raises(ValueError, match=rf"{key}.*\(16, 15\).*\(16, 16\)"):
     hf_convert.load(d)
-  _assert_cli_fails_and_leaves_destination(tmp_path, d, "(16, 15)")
+  _assert_cli_fails_and_leaves_destination(tmp_path, capsys, d, "(16, 15)")
 
 
 def test_config_that_disagrees_with_the_weights(tmp_path):
@@ -387,16 +391,16 @@ def test_config_that_disagrees_with_the_weights(tmp_path):
     hf_convert.load(d)
 
 
-def test_unknown_model_type(tmp_path):
+def test_unknown_model_type(tmp_path, capsys):
   d = _hf_dir(tmp_path)
   cfg = json.loads((d / "config.json").read_text())
   (d / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
   with pytest.raises(ValueError, match="model_type='bert'"):
     hf_convert.load(d)
-  _assert_cli_fails_and_leaves_destination(tmp_path, d, "model_type")
+  _assert_cli_fails_and_leaves_destination(tmp_path, capsys, d, "model_type")
 
 
-def test_non_finite_values_are_rejected(tmp_path):
+def test_non_finite_values_are_rejected(tmp_path, capsys):
   d = _hf_dir(tmp_path)
   key = "predictions.dense.weight"
 
@@ -406,7 +410,7 @@ def test_non_finite_values_are_rejected(tmp_path):
   _edit_tensors(d, poison)
   with pytest.raises(ValueError, match=rf"{key}.*1 non-finite"):
     hf_convert.load(d)
-  _assert_cli_fails_and_leaves_destination(tmp_path, d, "non-finite")
+  _assert_cli_fails_and_leaves_destination(tmp_path, capsys, d, "non-finite")
 
 
 def test_duplicate_safetensors_keys_are_rejected(tmp_path):
