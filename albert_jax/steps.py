@@ -44,7 +44,7 @@ def all_finite(tree) -> jax.Array:
 
   The barrier keeps the last reduction one: XLA would otherwise rewrite it into a chain of
   scalar `and`s and fuse a copy of the chain into every consumer, as many copies as the state
-  has arrays when the flag guards each update (the tiny step's program 2.7x the size)."""
+  has arrays when the flag guards each update (the tests' tiny step: 37k lines of HLO, not 17k)."""
   checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jax.lax.optimization_barrier(jnp.stack(checks))) if checks else jnp.array(True)
