@@ -9,6 +9,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import os
 import pydoc_data.topics
 import re
 import sys
@@ -22,12 +23,14 @@ from albert_jax.data import sentences
 EVAL_PERCENT = 5
 
 # A docstring: a triple-quoted string first in a `def` or `class` body whose header fits one line.
+# It and a comment block start a line: they are matched in "\n" + source, from the newline before
+# it (a search for a literal is ten times faster than trying `^` at every character).
 _DOCSTRING = re.compile(
-    r"""^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t][^\n]*:[ \t]*(?:\#[^\n]*)?\n"""
-    r"""[ \t]*[rRuU]?(?P<q>\"\"\"|''')(?P<body>.*?)(?P=q)""", re.M | re.S)
+    r"""\n[ \t]*(?:async[ \t]+)?(?:def|class)[ \t][^\n]*:[ \t]*(?:\#[^\n]*)?\n"""
+    r"""[ \t]*[rRuU]?(?P<q>\"\"\"|''')(?P<body>.*?)(?P=q)""", re.S)
 _MODULE_DOCSTRING = re.compile(
     r"""\A(?:[ \t]*(?:\#[^\n]*)?\n)*[ \t]*[rRuU]?(?P<q>\"\"\"|''')(?P<body>.*?)(?P=q)""", re.S)
-_COMMENT_BLOCK = re.compile(r"(?:^[ \t]*#[^\n]*\n){3,}", re.M)
+_COMMENT_BLOCK = re.compile(r"\n(?P<block>(?:[ \t]*#[^\n]*\n){3,})")
 
 
 def _prose_comment(block: str) -> str | None:
@@ -41,17 +44,30 @@ def _prose_comment(block: str) -> str | None:
 
 def _module_document(source: str) -> list[str]:
   """Sentences of a module's docstrings (module, classes, functions) and prose comment blocks."""
-  parts = []  # (offset, text, wrapped)
+  parts = []  # (offset in "\n" + source, text, wrapped)
   if m := _MODULE_DOCSTRING.match(source):
+    parts.append((m.start("body") + 1, inspect.cleandoc(m.group("body")), True))
+  lines = "\n" + source
+  for m in _DOCSTRING.finditer(lines):
     parts.append((m.start("body"), inspect.cleandoc(m.group("body")), True))
-  for m in _DOCSTRING.finditer(source):
-    parts.append((m.start("body"), inspect.cleandoc(m.group("body")), True))
-  for m in _COMMENT_BLOCK.finditer(source):
-    if text := _prose_comment(m.group(0)):
-      parts.append((m.start(), text, False))
+  for m in _COMMENT_BLOCK.finditer(lines):
+    if text := _prose_comment(m.group("block")):
+      parts.append((m.start("block"), text, False))
   parts.sort(key=lambda p: p[0])
   return [s for _, text, wrapped in parts
           for s in sentences.split_sentences(text, wrapped=wrapped)]
+
+
+def _stdlib_sources(root: Path) -> list[Path]:
+  """The standard library's .py files, sorted, outside tests and installed packages. A walk that
+  never enters the skipped directories: globbing the whole tree walked site-packages too (half a
+  second of every start, more where many packages are installed)."""
+  skip = {"test", "tests", "site-packages", "dist-packages", "pydoc_data", "__pycache__"}
+  found = []
+  for directory, subdirectories, names in os.walk(root):  # symlinked directories not entered
+    subdirectories[:] = [d for d in subdirectories if d not in skip]
+    found += [Path(directory, n) for n in names if n.endswith(".py") and n not in skip]
+  return sorted(found)
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,12 +76,8 @@ def texts() -> tuple[tuple[str, tuple[str, ...]], ...]:
   docs = {f"topic:{name}": sentences.split_sentences(text)
           for name, text in pydoc_data.topics.topics.items()}
   root = Path(sysconfig.get_paths()["stdlib"])
-  skip = {"test", "tests", "site-packages", "dist-packages", "pydoc_data", "__pycache__"}
-  for path in sorted(root.rglob("*.py")):
-    rel = path.relative_to(root)
-    if skip & set(rel.parts):
-      continue
-    module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+  for path in _stdlib_sources(root):
+    module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
     try:
       source = path.read_bytes().decode("utf-8", errors="replace")
     except OSError:
