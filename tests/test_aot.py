@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -415,16 +416,49 @@ def test_a_packed_squad_step_is_compiled_at_its_rows():
     aot.step_of(original)
 
 
-@needs_libtpu
-@pytest.mark.parametrize("args,message", [
+# The command line's refusals, each a run of `python -m albert_jax.aot` (forked after one import
+# for all of them: tests/forked_cli.py): bad arguments before any compile, then bad meshes, batches
+# and slices once the devices are known.
+BAD_ARGUMENTS = [
+    (["--topology=h100-8", "--json=/nonexistent/dir/r.json"], "--json=/nonexistent/dir/r.json"),
+    (["--topology=v5p-8", "--hlo=/tmp/x.hlo"], "--hlo is for GPU targets"),
+    (["--topology=v5p-8", "--num_slices=1000000"], "between 1 and 64"),
+    (["--topology=h100-8", "--ceilings=/nonexistent.json"], "--ceilings=/nonexistent.json"),
+    (["--topology=v5p-8", "--config.foo=1"], "--config.foo: config has no field 'foo' (its "
+     "fields: allow_data_change, attention, batch_size")]
+BAD_SETUPS = [
     (["--config.mesh.data=3"], "needs 3 devices; there are 4"),
     (["--config.batch_size=30"], "must be a multiple of data x fsdp"),
     (["--config.batch_size=0"], "must be at least 1"),
-    (["--topology=v5p-6"], "no standard v5p slice")])
-def test_bad_meshes_batches_and_slices_are_named(tmp_path, args, message):
-  code, report, output = run_aot(tmp_path, *TINY, "--topology=v5p-8", "--noestimate", *args,
-                                 expect_ok=False)
-  assert code != 0 and report is None and message in output
+    (["--topology=v5p-6"], "no standard v5p slice")]
+
+
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+  """{" ".join(args): (exit code, stderr, report written)} of every case above."""
+  def make(directory):
+    cases = [args for args, _ in BAD_ARGUMENTS + BAD_SETUPS]
+    reports = [directory / f"report{i}.json" for i in range(len(cases))]
+    runs = [[*TINY, *args] for args, _ in BAD_ARGUMENTS]
+    runs += [[*TINY, "--topology=v5p-8", "--noestimate", *args, f"--json={report}"]
+             for (args, _), report in zip(BAD_SETUPS, reports[len(BAD_ARGUMENTS):])]
+    proc = subprocess.run([sys.executable, str(Path(REPO) / "tests" / "forked_cli.py")],
+                          input=json.dumps({"module": "albert_jax.aot", "runs": runs}) + "\n",
+                          cwd=REPO, env=tpu_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    return {" ".join(args): (r["code"], r["stderr"], report.exists())
+            for args, r, report in zip(cases, results, reports)}
+  return once_per_session(tmp_path_factory, "aot_refusals", make)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("args,message", BAD_SETUPS)
+def test_bad_meshes_batches_and_slices_are_named(refusals, args, message):
+  code, stderr, reported = refusals[" ".join(args)]
+  assert code != 0 and not reported and message in stderr, stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- the presets
@@ -480,15 +514,8 @@ def test_tiny_pretraining_step_compiles_for_eight_h100s(tmp_path):
   assert '"epilogue":"BIAS_GELU_AUX"' in hlo and '"beta":1' in hlo
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--topology=h100-8", "--json=/nonexistent/dir/r.json"], "--json=/nonexistent/dir/r.json"),
-    (["--topology=v5p-8", "--hlo=/tmp/x.hlo"], "--hlo is for GPU targets"),
-    (["--topology=v5p-8", "--num_slices=1000000"], "between 1 and 64"),
-    (["--topology=h100-8", "--ceilings=/nonexistent.json"], "--ceilings=/nonexistent.json"),
-    (["--topology=v5p-8", "--config.foo=1"], "--config.foo: config has no field 'foo' (its "
-     "fields: allow_data_change, attention, batch_size")])
-def test_bad_arguments_are_refused_before_compiling(tmp_path, args, message):
+@pytest.mark.parametrize("args,message", BAD_ARGUMENTS)
+def test_bad_arguments_are_refused_before_compiling(refusals, args, message):
   """Named, exit 1, in seconds (no compile, no memory blow-up)."""
-  proc = subprocess.run([sys.executable, "-m", "albert_jax.aot", *TINY, *args], cwd=REPO,
-                        env=tpu_env(), capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+  code, stderr, _ = refusals[" ".join(args)]
+  assert code == 1 and message in stderr, stderr[-2000:]
