@@ -29,10 +29,12 @@ def _child(module: str, args: list[str], out: int, err: int) -> None:
   try:
     runpy.run_module(module, run_name="__main__", alter_sys=True)
     code = 0
-  except SystemExit as e:  # as CPython's handle_system_exit: None, an int, or a message
-    code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
-    if not isinstance(e.code, (int, type(None))):
+  except SystemExit as e:  # read as CPython reads it: None, an int, or a message (exit 1)
+    if e.code is None or isinstance(e.code, int):
+      code = e.code or 0
+    else:
       print(e.code, file=sys.stderr)
+      code = 1
   except BaseException:  # noqa: BLE001  (a traceback, as the interpreter prints it)
     traceback.print_exc()
     code = 1

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,15 +34,15 @@ GiB = 2**30
 TINY = ["--config=configs/pretrain.py:tiny", "--config.data.vocab_size=1000"]
 
 
-def run_aot(tmp_path, *args, expect_ok=True):
-  """(return code, report dict or None, output) of the CLI with `args` and --json."""
+def run_aot(tmp_path, *args):
+  """(return code, report dict or None, output) of the CLI with `args` and --json; it must exit 0
+  (the refusals: `refusals` below)."""
   out = tmp_path / "report.json"
   env = tpu_env()
   proc = subprocess.run([sys.executable, "-m", "albert_jax.aot", *args, f"--json={out}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   output = proc.stdout + proc.stderr
-  if expect_ok:
-    assert proc.returncode == 0, output[-4000:]
+  assert proc.returncode == 0, output[-4000:]
   report = json.loads(out.read_text()) if out.exists() else None
   return proc.returncode, report, output
 
@@ -433,8 +432,6 @@ BAD_SETUPS = [
     (["--topology=v5p-6"], "no standard v5p slice")]
 
 
-
-
 @pytest.fixture(scope="module")
 def refusals(tmp_path_factory):
   """{" ".join(args): (exit code, stderr, report written)} of every case above."""
@@ -444,7 +441,7 @@ def refusals(tmp_path_factory):
     runs = [[*TINY, *args] for args, _ in BAD_ARGUMENTS]
     runs += [[*TINY, "--topology=v5p-8", "--noestimate", *args, f"--json={report}"]
              for (args, _), report in zip(BAD_SETUPS, reports[len(BAD_ARGUMENTS):])]
-    proc = subprocess.run([sys.executable, str(Path(REPO) / "tests" / "forked_cli.py")],
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "forked_cli.py")],
                           input=json.dumps({"module": "albert_jax.aot", "runs": runs}) + "\n",
                           cwd=REPO, env=tpu_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
