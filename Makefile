@@ -58,7 +58,7 @@ demo: $(VENV)/.installed
 	    "The [MASK] statement is used to leave a loop early."
 
 # Two workers: most tests are bound by single-threaded XLA compiles. `test` is what CI runs
-# (about 5.5 minutes on 2 cores), `test-floor` the same suite on the floor tier (about 4.5);
+# (5.5-7 minutes on 2 cores, as fast as the machine is), `test-floor` the same on the floor (4.5-6);
 # `test-all` adds the tests marked heavy (pytest.ini).
 test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest -q -n 2 --dist worksteal -m "not heavy" tests $(PYTEST_ARGS)
