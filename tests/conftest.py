@@ -2,6 +2,7 @@
 and one persistent XLA compilation cache for the session, shared with the subprocesses the
 end-to-end tests start (each would otherwise compile the same train step again)."""
 
+import atexit
 import fcntl
 import json
 import os
@@ -34,12 +35,11 @@ os.environ.setdefault("XLA_FLAGS", cpu_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# The session's compilation cache: made by the first process (pytest-xdist's controller), which
-# removes it at the end; the workers and subprocesses inherit it.
-_OWN_CACHE = None
+# The session's compilation cache: made by the first process (pytest-xdist's controller, or a
+# script importing this file), which removes it when it exits; workers and subprocesses inherit it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
-      prefix="albert-jax-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="albert-jax-xla-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import socket  # noqa: E402
@@ -256,8 +256,3 @@ def pytest_collection_modifyitems(items):
       return 2
     return 3 if item in uses_reference else 1
   items.sort(key=group)
-
-
-def pytest_unconfigure(config):
-  if _OWN_CACHE is not None:
-    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
