@@ -67,7 +67,7 @@ def _stdlib_sources(root: Path) -> list[Path]:
   found = []
   for directory, subdirectories, names in os.walk(root):  # symlinked directories not entered
     subdirectories[:] = [d for d in subdirectories if d not in skip]
-    found += [Path(directory, n) for n in names if n.endswith(".py") and n not in skip]
+    found += [Path(directory, n) for n in names if n.endswith(".py")]
   return sorted(found)
 
 
