@@ -58,8 +58,8 @@ demo: $(VENV)/.installed
 	    "The [MASK] statement is used to leave a loop early."
 
 # Two workers: most tests are bound by XLA compiles (each takes a second core when one is idle).
-# `test` is what CI runs (5.5-7.5 minutes on 2 cores, as fast as the machine is: docs/tests.md),
-# `test-floor` the same on the floor (4.5-6);
+# `test` is what CI runs (5-7.5 minutes on 2 cores, as fast as the machine is: docs/tests.md),
+# `test-floor` the same on the floor (4-6);
 # `test-all` adds the tests marked heavy (pytest.ini).
 test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest -q -n 2 --dist worksteal -m "not heavy" tests $(PYTEST_ARGS)
